@@ -1,0 +1,281 @@
+//! Authentication: `Authorization: ApiKey` / `On-Behalf-Of` / `QB-Token` -> [`Principal`].
+//!
+//! Keys are looked up by the SHA-256 of the presented key, so the policy never holds a key.
+//! Least privilege first: a key with `on_behalf_of: any` or a list must name its user; a key with
+//! `none` acts as the application and may not name one.
+
+use std::sync::{Arc, LazyLock};
+use std::time::SystemTime;
+
+use http::{header, HeaderMap};
+use sha2::{Digest, Sha256};
+
+use crate::error::GateError;
+use crate::policy::{OnBehalfOf, Policy, QbTokenMode};
+
+/// Key id that stands for session-token traffic in logs and metrics.
+static TOKEN_ID: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("qb-token"));
+
+/// Who is calling, as later phases need it.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// Index of the key in the policy; `None` for a QB-Token request.
+    pub key: Option<u32>,
+    /// Key id for logs and metrics (`qb-token` for session tokens).
+    pub key_id: Arc<str>,
+    /// The acting user from `On-Behalf-Of`; `None` for an application key or a token whose user
+    /// is not known yet.
+    pub user: Option<u64>,
+    /// SHA-256 of the QB-Token, when the request carries one.
+    pub token: Option<[u8; 32]>,
+}
+
+/// Run the authentication phase. Short-circuits with 400 (malformed or ambiguous credentials),
+/// 401 (missing, unknown, disabled, expired, rejected token) or 403 (user not allowed).
+pub fn authenticate(
+    policy: &Policy,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> Result<Principal, GateError> {
+    let authorization = single(headers, header::AUTHORIZATION.as_str())?;
+    let token = single(headers, "qb-token")?;
+    let on_behalf_of = single(headers, "on-behalf-of")?
+        .map(|v| parse_user(v.as_bytes()).ok_or(GateError::BadOnBehalfOf))
+        .transpose()?;
+    match (authorization, token) {
+        (Some(_), Some(_)) => Err(GateError::BothCredentials),
+        (None, None) => Err(GateError::MissingCredentials),
+        (None, Some(token)) => {
+            if policy.qb_token == QbTokenMode::Reject {
+                return Err(GateError::TokenRejected);
+            }
+            if token.as_bytes().is_empty() {
+                return Err(GateError::BadHeader("QB-Token is empty"));
+            }
+            if on_behalf_of.is_some() {
+                return Err(GateError::BadHeader(
+                    "On-Behalf-Of goes with an ApiKey, not a QB-Token",
+                ));
+            }
+            Ok(Principal {
+                key: None,
+                key_id: TOKEN_ID.clone(),
+                user: None,
+                token: Some(Sha256::digest(token.as_bytes()).into()),
+            })
+        }
+        (Some(authorization), None) => {
+            let key = api_key(authorization.as_bytes()).ok_or(GateError::UnknownKey)?;
+            let digest: [u8; 32] = Sha256::digest(key).into();
+            let (index, entry) = policy.key_by_digest(&digest).ok_or(GateError::UnknownKey)?;
+            if entry.disabled {
+                return Err(GateError::KeyDisabled);
+            }
+            if entry.expires_at.is_some_and(|t| t <= now) {
+                return Err(GateError::KeyExpired);
+            }
+            let user = match (&entry.on_behalf_of, on_behalf_of) {
+                (OnBehalfOf::None, Some(_)) => return Err(GateError::UserRefused),
+                (OnBehalfOf::None, None) => None,
+                (_, None) => return Err(GateError::UserRequired),
+                (OnBehalfOf::Any, Some(user)) => Some(user),
+                (OnBehalfOf::Users(users), Some(user)) => {
+                    if users.binary_search(&user).is_err() {
+                        return Err(GateError::UserNotAllowed);
+                    }
+                    Some(user)
+                }
+            };
+            Ok(Principal {
+                key: Some(index),
+                key_id: entry.id.clone(),
+                user,
+                token: None,
+            })
+        }
+    }
+}
+
+/// The header's only value; two values are ambiguous and refused.
+fn single<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+) -> Result<Option<&'a http::HeaderValue>, GateError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(if name == "on-behalf-of" {
+            GateError::BadOnBehalfOf
+        } else {
+            GateError::BadHeader("a credential header is repeated")
+        });
+    }
+    Ok(first)
+}
+
+/// `ApiKey <key>` (scheme in any case) -> the key bytes.
+fn api_key(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"ApiKey ") {
+        return None;
+    }
+    let key = rest.trim_ascii();
+    (!key.is_empty() && key.iter().all(|b| b.is_ascii_graphic())).then_some(key)
+}
+
+/// A positive decimal integer: digits only, no sign, no leading zero, no spaces, fits u64.
+pub fn parse_user(value: &[u8]) -> Option<u64> {
+    if value.is_empty()
+        || value.len() > 20
+        || value[0] == b'0'
+        || !value.iter().all(u8::is_ascii_digit)
+    {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::compile;
+
+    const KEY_ANY: &str = "key-any";
+    const KEY_LIST: &str = "key-list";
+    const KEY_NONE: &str = "key-none";
+    const KEY_OFF: &str = "key-off";
+    const KEY_OLD: &str = "key-old";
+
+    fn policy(qb_token: &str) -> Policy {
+        let d = |k: &str| crate::policy::digest_hex(k.as_bytes());
+        compile(&format!(
+            "version: 1\nqb_token: {qb_token}\nkeys:\n\
+             - {{id: any, sha256: {}, on_behalf_of: any}}\n\
+             - {{id: list, sha256: {}, on_behalf_of: [7, 9]}}\n\
+             - {{id: none, sha256: {}, on_behalf_of: none}}\n\
+             - {{id: off, sha256: {}, disabled: true}}\n\
+             - {{id: old, sha256: {}, expires_at: 2020-01-01T00:00:00Z}}\n",
+            d(KEY_ANY),
+            d(KEY_LIST),
+            d(KEY_NONE),
+            d(KEY_OFF),
+            d(KEY_OLD)
+        ))
+        .unwrap()
+    }
+
+    fn auth(p: &Policy, pairs: &[(&'static str, &str)]) -> Result<Principal, GateError> {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        authenticate(p, &h, SystemTime::now())
+    }
+
+    #[test]
+    fn on_behalf_of_syntax() {
+        assert_eq!(parse_user(b"96753878"), Some(96753878));
+        for bad in [
+            "",
+            "undefined",
+            "-1",
+            "0",
+            "1e3",
+            "0x10",
+            " 1",
+            "1 ",
+            "+1",
+            "01",
+            "1.0",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(parse_user(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn key_outcomes() {
+        let p = policy("forward");
+        let ok = auth(
+            &p,
+            &[
+                ("authorization", &format!("ApiKey {KEY_ANY}")),
+                ("on-behalf-of", "5"),
+            ],
+        )
+        .unwrap();
+        assert_eq!((ok.key_id.as_ref(), ok.user), ("any", Some(5)));
+        let e = |pairs: &[(&'static str, &str)]| auth(&p, pairs).unwrap_err();
+        let any = format!("ApiKey {KEY_ANY}");
+        let list = format!("apikey {KEY_LIST}");
+        let none = format!("ApiKey {KEY_NONE}");
+        assert_eq!(e(&[]), GateError::MissingCredentials);
+        assert_eq!(
+            e(&[("authorization", "ApiKey nope")]),
+            GateError::UnknownKey
+        );
+        assert_eq!(e(&[("authorization", "Bearer x")]), GateError::UnknownKey);
+        assert_eq!(
+            e(&[
+                ("authorization", &format!("ApiKey {KEY_OFF}")),
+                ("on-behalf-of", "1")
+            ]),
+            GateError::KeyDisabled
+        );
+        assert_eq!(
+            e(&[
+                ("authorization", &format!("ApiKey {KEY_OLD}")),
+                ("on-behalf-of", "1")
+            ]),
+            GateError::KeyExpired
+        );
+        assert_eq!(e(&[("authorization", &any)]), GateError::UserRequired);
+        assert_eq!(
+            e(&[("authorization", &any), ("on-behalf-of", "undefined")]),
+            GateError::BadOnBehalfOf
+        );
+        assert_eq!(
+            e(&[
+                ("authorization", &any),
+                ("on-behalf-of", "5"),
+                ("on-behalf-of", "5")
+            ]),
+            GateError::BadOnBehalfOf
+        );
+        assert_eq!(
+            e(&[("authorization", &list), ("on-behalf-of", "8")]),
+            GateError::UserNotAllowed
+        );
+        assert_eq!(
+            auth(&p, &[("authorization", &list), ("on-behalf-of", "9")])
+                .unwrap()
+                .user,
+            Some(9)
+        );
+        assert_eq!(
+            e(&[("authorization", &none), ("on-behalf-of", "9")]),
+            GateError::UserRefused
+        );
+        assert_eq!(auth(&p, &[("authorization", &none)]).unwrap().user, None);
+        assert_eq!(
+            e(&[("authorization", &any), ("qb-token", "t")]),
+            GateError::BothCredentials
+        );
+        assert!(matches!(
+            e(&[("authorization", &any), ("authorization", &any)]),
+            GateError::BadHeader(_)
+        ));
+    }
+
+    #[test]
+    fn qb_token_forward_or_reject() {
+        let p = policy("forward");
+        let t = auth(&p, &[("qb-token", "abc")]).unwrap();
+        assert!(t.key.is_none() && t.token.is_some());
+        let p = policy("reject");
+        assert_eq!(
+            auth(&p, &[("qb-token", "abc")]).unwrap_err(),
+            GateError::TokenRejected
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! qbgate: an API-key gateway for the QuickBlox REST API.
+//!
+//! Each service gets its own scoped key (the policy stores only its SHA-256), limited to some
+//! users, some routes and a rate; the real QuickBlox key stays in the gateway. Dialog updates that
+//! would break QuickBlox's rules are rejected before they leave the pod, in QuickBlox's own JSON
+//! error shapes.
+//!
+//! # Layout
+//! - [`policy`]: the YAML file ([`policy::file`]) compiled ([`policy::compile`]) into an immutable
+//!   [`policy::Policy`].
+//! - [`normalize`]: the path and method-override checks every request passes first.
+//! - [`auth`]: `ApiKey` / `On-Behalf-Of` / `QB-Token` -> [`auth::Principal`].
+//! - [`ratelimit`]: per-key and per-user limits.
+//! - [`proxy`]: the phases of a request, in order; [`upstream`]: the pooled rustls client.
+//! - [`error`]: every answer the gateway makes itself.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on their own port.
+//! - [`sandbox`]: the QuickBlox-like upstream used by `qbgate demo` and the tests.
+
+pub mod admin;
+pub mod auth;
+pub mod cli;
+pub mod error;
+pub mod normalize;
+pub mod policy;
+pub mod proxy;
+pub mod ratelimit;
+pub mod sandbox;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::policy::Policy;
+use crate::upstream::HttpClient;
+
+/// One policy generation with everything built from it. Swapped whole on reload, so a request
+/// sees one consistent generation through a single atomic load.
+pub struct Runtime {
+    pub policy: Policy,
+    pub client: HttpClient,
+}
+
+impl Runtime {
+    /// Build a generation. `previous` lends its connection pool when the upstream is unchanged.
+    pub fn new(policy: Policy, previous: Option<&Runtime>) -> Result<Runtime, String> {
+        let client = match previous {
+            Some(old) if same_upstream(&old.policy, &policy) => old.client.clone(),
+            _ => upstream::client(&policy.upstream)?,
+        };
+        Ok(Runtime { policy, client })
+    }
+}
+
+fn same_upstream(a: &Policy, b: &Policy) -> bool {
+    a.upstream.connect_timeout == b.upstream.connect_timeout
+        && a.upstream.extra_ca_file == b.upstream.extra_ca_file
+}
+
+/// State shared by every connection: the current generation and the drain flags.
+pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    ids: proxy::RequestIds,
+    /// `/readyz` answers 503 once set (SIGTERM received).
+    draining: AtomicBool,
+}
+
+impl Gateway {
+    pub fn new(runtime: Runtime) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            runtime: ArcSwap::from_pointee(runtime),
+            ids: proxy::RequestIds::new(),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// The current generation.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Swap in a new generation; in-flight requests finish on the one they started with.
+    pub fn swap(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Serve the proxy on `listener` (and the admin endpoints on `admin`, when given) until
+/// `shutdown` completes; then drain as the policy's `shutdown` section says.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) {
+    if let Some(admin) = admin {
+        tokio::spawn(admin::serve(gateway.clone(), admin));
+    }
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let header_timeout = gateway.runtime().policy.client.header_timeout;
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(64 * 1024);
+    let builder = Arc::new(builder);
+
+    tokio::pin!(shutdown);
+    let mut drain: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        let accept = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown, if drain.is_none() => {
+                gateway.set_draining();
+                let delay = gateway.runtime().policy.shutdown.drain_delay;
+                tracing::info!(?delay, "shutdown requested: /readyz is 503, still accepting");
+                drain = Some(Box::pin(tokio::time::sleep(delay)));
+                continue;
+            }
+            () = async { if let Some(d) = drain.as_mut() { d.await } }, if drain.is_some() => break,
+        };
+        let (stream, _peer) = match accept {
+            Ok(conn) => conn,
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = gateway.clone();
+        let service = service_fn(move |request| {
+            let gw = gw.clone();
+            async move {
+                let runtime = gw.runtime();
+                Ok::<_, std::convert::Infallible>(proxy::handle(runtime, &gw.ids, request).await)
+            }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+    let timeout = gateway.runtime().policy.shutdown.timeout;
+    tracing::info!(
+        ?timeout,
+        "stopped accepting; waiting for in-flight requests"
+    );
+    if tokio::time::timeout(timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown timeout reached with requests still in flight");
+    }
+}

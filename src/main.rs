@@ -1,0 +1,168 @@
+//! The `qbgate` command line: parse arguments, load the policy, call the library, map errors to
+//! exit codes (64 for a bad policy, as `EX_USAGE`).
+
+use std::io::{IsTerminal, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use qbgate::policy;
+
+/// Exit code for a policy that does not compile (sysexits `EX_USAGE`).
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "qbgate",
+    version,
+    about = "API-key gateway for the QuickBlox REST API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gateway.
+    Run {
+        #[arg(long, env = "QBGATE_POLICY")]
+        policy: PathBuf,
+        /// Overrides the policy's `listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Overrides the policy's `admin_listen`.
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+        /// Overrides the policy's `upstream.url`.
+        #[arg(long)]
+        upstream: Option<String>,
+    },
+    /// Validate a policy: print every error with its place; exit 0 or 1.
+    Check {
+        #[arg(long, env = "QBGATE_POLICY")]
+        policy: PathBuf,
+    },
+    /// Read a key on stdin, print its policy digest.
+    HashKey,
+    /// Print a new random key and its digest.
+    GenKey,
+    /// Gateway + built-in QuickBlox sandbox with the example policy.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { policy } => match policy::load(&policy) {
+            Ok(p) => {
+                println!(
+                    "{}: ok: {} keys, policy digest {}",
+                    policy.display(),
+                    p.keys.len(),
+                    p.digest
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::HashKey => {
+            let mut key = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut key) {
+                eprintln!("qbgate: cannot read stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            // A trailing newline from `echo` is not part of the key.
+            let key = key.trim_end_matches(['\n', '\r']);
+            if key.is_empty() {
+                eprintln!("qbgate: no key on stdin");
+                return ExitCode::FAILURE;
+            }
+            println!("{}", policy::digest_hex(key.as_bytes()));
+            ExitCode::SUCCESS
+        }
+        Command::GenKey => {
+            let mut bytes = [0u8; 32];
+            if let Err(e) = getrandom::fill(&mut bytes) {
+                eprintln!("qbgate: no randomness from the OS: {e}");
+                return ExitCode::FAILURE;
+            }
+            let key = format!("qbg_{}", hex::encode(bytes));
+            println!(
+                "key:    {key}\nsha256: {}",
+                policy::digest_hex(key.as_bytes())
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Run {
+            policy,
+            listen,
+            admin_listen,
+            upstream,
+        } => {
+            init_logging();
+            let overrides = qbgate::cli::Overrides {
+                listen,
+                admin_listen,
+                upstream,
+            };
+            runtime(qbgate::cli::run(policy, overrides))
+        }
+        Command::Demo { listen } => {
+            init_logging();
+            runtime(qbgate::cli::demo(listen))
+        }
+    }
+}
+
+fn runtime(
+    future: impl std::future::Future<Output = Result<(), qbgate::cli::Failure>>,
+) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("qbgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(qbgate::cli::Failure::Policy(errors)) => {
+            eprintln!("{errors}");
+            ExitCode::from(EX_USAGE)
+        }
+        Err(qbgate::cli::Failure::Other(message)) => {
+            eprintln!("qbgate: {message:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `QBGATE_LOG` (EnvFilter syntax, default `info`); `QBGATE_LOG_FORMAT` = `json` | `text`
+/// (default: json unless stdout is a terminal).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QBGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match std::env::var("QBGATE_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => !std::io::stdout().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}

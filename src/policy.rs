@@ -1,0 +1,165 @@
+//! The compiled, immutable policy that the request path reads.
+//!
+//! A [`Policy`] is built once from the file by [`compile`] (every error collected with its
+//! place), then shared behind an `ArcSwap` and never mutated: a reload builds a new one.
+
+pub mod compile;
+pub mod file;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderValue, Method};
+
+use crate::ratelimit::Quota;
+
+pub use compile::{compile, compile_with_env, load, PolicyErrors};
+
+/// Everything the gateway needs to serve requests, resolved and validated.
+#[derive(Debug)]
+pub struct Policy {
+    /// Short hex SHA-256 of the policy file's bytes: shows which policy a replica runs.
+    pub digest: String,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub upstream: Upstream,
+    pub client: ClientLimits,
+    pub shutdown: ShutdownTiming,
+    pub max_body_bytes: u64,
+    pub qb_token: QbTokenMode,
+    pub rate_limit: RateLimitStore,
+    pub dialog_rules: DialogRules,
+    pub keys: Vec<Key>,
+    /// SHA-256 digest of a key -> index into `keys`.
+    by_digest: HashMap<[u8; 32], u32>,
+}
+
+#[derive(Debug)]
+pub struct Upstream {
+    /// `scheme://authority`, no trailing slash.
+    pub origin: http::uri::Authority,
+    pub scheme: http::uri::Scheme,
+    /// Path prefix of the upstream URL ("" for none), without a trailing slash.
+    pub base_path: String,
+    /// `ApiKey <key>` ready to send, marked sensitive; `None` forwards the caller's own key.
+    pub authorization: Option<HeaderValue>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub extra_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownTiming {
+    pub drain_delay: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QbTokenMode {
+    Forward,
+    Reject,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitStore {
+    Memory,
+    Redis { url: String, on_error_allow: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleMode {
+    Enforce,
+    Report,
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct DialogRules {
+    pub mode: RuleMode,
+    pub cache_ttl: Duration,
+    /// `true`: forward when a lookup fails; `false`: answer 503.
+    pub forward_on_lookup_error: bool,
+    pub allow_fields: Vec<String>,
+}
+
+/// Which users a key may act for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnBehalfOf {
+    /// The header is required; every user is allowed.
+    Any,
+    /// The key acts as the application; the header is refused.
+    None,
+    /// The header is required and must name one of these users (sorted).
+    Users(Vec<u64>),
+}
+
+#[derive(Debug)]
+pub struct Key {
+    /// Appears in logs and metrics; the key itself never does.
+    pub id: Arc<str>,
+    pub on_behalf_of: OnBehalfOf,
+    /// `None`: every route is allowed.
+    pub routes: Option<Vec<RoutePattern>>,
+    pub quota: Option<Quota>,
+    pub expires_at: Option<SystemTime>,
+    pub disabled: bool,
+}
+
+/// One `METHOD PATH` allowlist entry. Segments are lowercase, a trailing `.json` removed, so that
+/// `/CHAT/dialog/ID` and `/chat/Dialog/ID.json` match the same entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePattern {
+    /// `None` matches any method (`*`).
+    pub method: Option<Method>,
+    pub segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Literal(String),
+    /// `*`: exactly one segment.
+    Any,
+}
+
+impl Policy {
+    /// The key whose digest is `digest`, with its index.
+    pub fn key_by_digest(&self, digest: &[u8; 32]) -> Option<(u32, &Key)> {
+        let index = *self.by_digest.get(digest)?;
+        self.keys.get(index as usize).map(|key| (index, key))
+    }
+}
+
+impl RoutePattern {
+    /// Does this entry allow `method` on the route key `route` (see [`crate::normalize`])?
+    pub fn matches(&self, method: &Method, route: &[String]) -> bool {
+        if let Some(m) = &self.method {
+            if m != method {
+                return false;
+            }
+        }
+        self.segments.len() == route.len()
+            && self
+                .segments
+                .iter()
+                .zip(route)
+                .all(|(pattern, segment)| match pattern {
+                    Segment::Any => true,
+                    Segment::Literal(literal) => literal == segment,
+                })
+    }
+}
+
+/// Lowercase hex SHA-256 of a key's bytes: the form the policy stores.
+pub fn digest_hex(key: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(key))
+}

@@ -1,0 +1,756 @@
+//! File structs -> [`Policy`], collecting every error with its place.
+//!
+//! Serde stops at the first structural error (unknown field, wrong type, duplicate key), so such an
+//! error is reported alone; every value-level error after that is collected and reported at once.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Method};
+
+use super::file::{self, At};
+use super::{
+    ClientLimits, DialogRules, Key, OnBehalfOf, Policy, QbTokenMode, RateLimitStore, RoutePattern,
+    RuleMode, Segment, ShutdownTiming, Upstream,
+};
+use crate::ratelimit::Quota;
+
+/// One thing wrong with a policy, with its place when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    /// Dotted path such as `keys[2].rate_limit.burst`.
+    pub path: String,
+    pub message: String,
+    pub place: Option<(u64, u64)>,
+}
+
+/// Every error found in a policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyErrors(pub Vec<PolicyError>);
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)?;
+        if let Some((line, column)) = self.place {
+            write!(f, " (line {line}, column {column})")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyErrors {}
+
+/// Read and compile the policy file at `path`.
+pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        PolicyErrors(vec![PolicyError {
+            path: path.display().to_string(),
+            message: format!("cannot read the policy file: {e}"),
+            place: None,
+        }])
+    })?;
+    compile(&text)
+}
+
+/// Compile policy text. Secret references (`{env: ..}`, `{file: ..}`) are resolved here.
+pub fn compile(text: &str) -> Result<Policy, PolicyErrors> {
+    compile_with_env(text, &|name| std::env::var(name).ok())
+}
+
+/// [`compile`] with `{env: NAME}` looked up through `env` (the demo and tests supply their own).
+pub fn compile_with_env(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Policy, PolicyErrors> {
+    let raw: file::PolicyFile = serde_saphyr::from_str(text).map_err(|e| {
+        let place = e.location().map(|l| (l.line(), l.column()));
+        let message = e.without_snippet().to_string();
+        // serde-saphyr prefixes "error: line L column C: "; the place is printed our way.
+        let message = message
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ")
+            .to_string();
+        let message = match message.split_once(": ") {
+            Some((head, rest)) if head.starts_with("line ") => rest.to_string(),
+            _ => message,
+        };
+        PolicyErrors(vec![PolicyError {
+            path: "policy".into(),
+            message,
+            place,
+        }])
+    })?;
+    let mut c = Compiler {
+        errors: Vec::new(),
+        env,
+    };
+    let policy = c.policy(raw, text);
+    if c.errors.is_empty() {
+        Ok(policy)
+    } else {
+        Err(PolicyErrors(c.errors))
+    }
+}
+
+struct Compiler<'e> {
+    errors: Vec<PolicyError>,
+    env: &'e dyn Fn(&str) -> Option<String>,
+}
+
+impl Compiler<'_> {
+    fn error<T>(&mut self, path: impl Into<String>, at: &At<T>, message: impl Into<String>) {
+        self.errors.push(PolicyError {
+            path: path.into(),
+            message: message.into(),
+            place: Some((at.line, at.column)),
+        });
+    }
+
+    fn policy(&mut self, raw: file::PolicyFile, text: &str) -> Policy {
+        if raw.version.value != 1 {
+            self.error("version", &raw.version, "must be 1");
+        }
+        let listen = self.addr("listen", raw.listen.as_ref(), "127.0.0.1:8080");
+        let admin_listen = self.addr("admin_listen", raw.admin_listen.as_ref(), "0.0.0.0:9090");
+        let upstream = self.upstream(raw.upstream.unwrap_or_default());
+        let client = raw.client.unwrap_or_default();
+        let client = ClientLimits {
+            header_timeout: self.duration(
+                "client.header_timeout",
+                client.header_timeout.as_ref(),
+                10,
+                false,
+            ),
+            body_timeout: self.duration(
+                "client.body_timeout",
+                client.body_timeout.as_ref(),
+                30,
+                false,
+            ),
+        };
+        let shutdown = raw.shutdown.unwrap_or_default();
+        let shutdown = ShutdownTiming {
+            drain_delay: self.duration(
+                "shutdown.drain_delay",
+                shutdown.drain_delay.as_ref(),
+                5,
+                true,
+            ),
+            timeout: self.duration("shutdown.timeout", shutdown.timeout.as_ref(), 30, true),
+        };
+        let max_body_bytes = match &raw.max_body_bytes {
+            None => 1_048_576,
+            Some(at) if at.value == 0 => {
+                self.error("max_body_bytes", at, "must be at least 1");
+                1
+            }
+            Some(at) => at.value,
+        };
+        let qb_token = match raw.qb_token.as_ref() {
+            None => QbTokenMode::Forward,
+            Some(at) => match at.value.as_str() {
+                "forward" => QbTokenMode::Forward,
+                "reject" => QbTokenMode::Reject,
+                _ => {
+                    self.error("qb_token", at, "must be `forward` or `reject`");
+                    QbTokenMode::Forward
+                }
+            },
+        };
+        let rate_limit = self.store(raw.rate_limit.unwrap_or_default());
+        let dialog_rules = self.dialog_rules(raw.dialog_rules.unwrap_or_default());
+        let keys = self.keys(raw.keys);
+        let by_digest = HashMap::new();
+        let mut policy = Policy {
+            digest: crate::policy::digest_hex(text.as_bytes())[..12].to_string(),
+            listen,
+            admin_listen,
+            upstream,
+            client,
+            shutdown,
+            max_body_bytes,
+            qb_token,
+            rate_limit,
+            dialog_rules,
+            keys: Vec::new(),
+            by_digest,
+        };
+        for (index, (digest, key)) in keys.into_iter().enumerate() {
+            policy.by_digest.insert(digest, index as u32);
+            policy.keys.push(key);
+        }
+        policy
+    }
+
+    fn addr(&mut self, path: &str, at: Option<&At<String>>, default: &str) -> SocketAddr {
+        let fallback = SocketAddr::from(([127, 0, 0, 1], 0));
+        match at {
+            None => default.parse().unwrap_or(fallback),
+            Some(at) => at.value.parse().unwrap_or_else(|_| {
+                self.error(
+                    path,
+                    at,
+                    "must be an IP address and port, such as 127.0.0.1:8080",
+                );
+                fallback
+            }),
+        }
+    }
+
+    fn duration(
+        &mut self,
+        path: &str,
+        at: Option<&At<String>>,
+        default_secs: u64,
+        zero_ok: bool,
+    ) -> Duration {
+        let Some(at) = at else {
+            return Duration::from_secs(default_secs);
+        };
+        match humantime::parse_duration(at.value.trim()) {
+            Ok(d) if d.is_zero() && !zero_ok => {
+                self.error(path, at, "must be longer than 0");
+                Duration::from_secs(default_secs)
+            }
+            Ok(d) => d,
+            Err(_) => {
+                self.error(path, at, "must be a duration such as `250ms`, `5s` or `1m`");
+                Duration::from_secs(default_secs)
+            }
+        }
+    }
+
+    fn upstream(&mut self, raw: file::Upstream) -> Upstream {
+        let default_url = "https://api.quickblox.com";
+        let (scheme, origin, base_path) = match raw.url.as_ref() {
+            None => split_url(default_url).unwrap_or_else(|_| unreachable_default()),
+            Some(at) => match split_url(&at.value) {
+                Ok(parts) => parts,
+                Err(message) => {
+                    self.error("upstream.url", at, message);
+                    split_url(default_url).unwrap_or_else(|_| unreachable_default())
+                }
+            },
+        };
+        let authorization = raw.api_key.as_ref().and_then(|at| {
+            let secret = self.secret("upstream.api_key", at)?;
+            match HeaderValue::try_from(format!("ApiKey {secret}")) {
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    Some(value)
+                }
+                Err(_) => {
+                    self.error(
+                        "upstream.api_key",
+                        at,
+                        "the secret is not a valid header value (control characters?)",
+                    );
+                    None
+                }
+            }
+        });
+        let extra_ca_file = raw.extra_ca_file.as_ref().map(|at| {
+            let path = PathBuf::from(&at.value);
+            if !path.is_file() {
+                self.error(
+                    "upstream.extra_ca_file",
+                    at,
+                    format!("cannot read {}", at.value),
+                );
+            }
+            path
+        });
+        Upstream {
+            scheme,
+            origin,
+            base_path,
+            authorization,
+            connect_timeout: self.duration(
+                "upstream.connect_timeout",
+                raw.connect_timeout.as_ref(),
+                2,
+                false,
+            ),
+            timeout: self.duration("upstream.timeout", raw.timeout.as_ref(), 15, false),
+            extra_ca_file,
+        }
+    }
+
+    /// Resolve `{env: NAME}` / `{file: PATH}`. Errors name the reference, never a value.
+    fn secret(&mut self, path: &str, at: &At<file::SecretRef>) -> Option<String> {
+        let value = match (&at.value.env, &at.value.file) {
+            (Some(name), None) => match (self.env)(name) {
+                Some(v) => v,
+                None => {
+                    self.error(path, at, format!("environment variable {name} is not set"));
+                    return None;
+                }
+            },
+            (None, Some(file)) => match std::fs::read_to_string(file) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.error(
+                        path,
+                        at,
+                        format!("cannot read secret file {file}: {}", e.kind()),
+                    );
+                    return None;
+                }
+            },
+            _ => {
+                self.error(
+                    path,
+                    at,
+                    "must be exactly one of `{ env: NAME }` or `{ file: PATH }`",
+                );
+                return None;
+            }
+        };
+        let value = value.trim();
+        if value.is_empty() {
+            self.error(path, at, "the referenced secret is empty");
+            return None;
+        }
+        Some(value.to_string())
+    }
+
+    fn store(&mut self, raw: file::RateLimitStore) -> RateLimitStore {
+        let redis = raw.redis.unwrap_or_default();
+        let on_error_allow = match redis.on_error.as_ref() {
+            None => true,
+            Some(at) => match at.value.as_str() {
+                "allow" => true,
+                "deny" => false,
+                _ => {
+                    self.error("rate_limit.redis.on_error", at, "must be `allow` or `deny`");
+                    true
+                }
+            },
+        };
+        let url = match redis.url.as_ref() {
+            None => "redis://127.0.0.1:6379".to_string(),
+            Some(at) => {
+                if !(at.value.starts_with("redis://") || at.value.starts_with("rediss://")) {
+                    self.error(
+                        "rate_limit.redis.url",
+                        at,
+                        "must start with redis:// or rediss://",
+                    );
+                }
+                at.value.clone()
+            }
+        };
+        match raw.store.as_ref() {
+            None => RateLimitStore::Memory,
+            Some(at) => match at.value.as_str() {
+                "memory" => RateLimitStore::Memory,
+                "redis" => RateLimitStore::Redis {
+                    url,
+                    on_error_allow,
+                },
+                _ => {
+                    self.error("rate_limit.store", at, "must be `memory` or `redis`");
+                    RateLimitStore::Memory
+                }
+            },
+        }
+    }
+
+    fn dialog_rules(&mut self, raw: file::DialogRules) -> DialogRules {
+        let mode = match raw.mode.as_ref() {
+            None => RuleMode::Enforce,
+            Some(at) => match at.value.as_str() {
+                "enforce" => RuleMode::Enforce,
+                "report" => RuleMode::Report,
+                "off" => RuleMode::Off,
+                _ => {
+                    self.error(
+                        "dialog_rules.mode",
+                        at,
+                        "must be `enforce`, `report` or `off`",
+                    );
+                    RuleMode::Enforce
+                }
+            },
+        };
+        let forward_on_lookup_error = match raw.on_lookup_error.as_ref() {
+            None => false,
+            Some(at) => match at.value.as_str() {
+                "reject" => false,
+                "forward" => true,
+                _ => {
+                    self.error(
+                        "dialog_rules.on_lookup_error",
+                        at,
+                        "must be `reject` or `forward`",
+                    );
+                    false
+                }
+            },
+        };
+        let mut allow_fields = Vec::new();
+        for (i, at) in raw.allow_fields.unwrap_or_default().iter().enumerate() {
+            let name = at.value.trim();
+            if name.is_empty() {
+                self.error(
+                    format!("dialog_rules.allow_fields[{i}]"),
+                    at,
+                    "must not be empty",
+                );
+            } else {
+                allow_fields.push(name.to_string());
+            }
+        }
+        DialogRules {
+            mode,
+            cache_ttl: self.duration("dialog_rules.cache_ttl", raw.cache_ttl.as_ref(), 5, true),
+            forward_on_lookup_error,
+            allow_fields,
+        }
+    }
+
+    fn keys(&mut self, raw: Vec<file::Key>) -> Vec<([u8; 32], Key)> {
+        let mut ids = HashSet::new();
+        let mut digests = HashSet::new();
+        let mut keys = Vec::with_capacity(raw.len());
+        for (i, key) in raw.into_iter().enumerate() {
+            let p = format!("keys[{i}]");
+            let id = key.id.value.trim();
+            if id.is_empty()
+                || id.len() > 64
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            {
+                self.error(
+                    format!("{p}.id"),
+                    &key.id,
+                    "must be 1 to 64 characters of letters, digits, `-`, `_` or `.`",
+                );
+            } else if !ids.insert(id.to_string()) {
+                self.error(
+                    format!("{p}.id"),
+                    &key.id,
+                    format!("duplicate key id `{id}`"),
+                );
+            }
+            let mut digest = [0u8; 32];
+            let sha = key.sha256.value.trim();
+            if sha.len() != 64 || hex::decode_to_slice(sha, &mut digest).is_err() {
+                self.error(
+                    format!("{p}.sha256"),
+                    &key.sha256,
+                    "must be 64 hex characters: the SHA-256 of the key (`qbgate hash-key`)",
+                );
+            } else if !digests.insert(digest) {
+                self.error(
+                    format!("{p}.sha256"),
+                    &key.sha256,
+                    "the same digest is already used by another key",
+                );
+            }
+            let on_behalf_of = match key.on_behalf_of.as_ref() {
+                None => OnBehalfOf::Any,
+                Some(at) => self.on_behalf_of(&format!("{p}.on_behalf_of"), at),
+            };
+            let routes = key.routes.as_ref().map(|routes| {
+                routes
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, at)| match parse_route(&at.value) {
+                        Ok(route) => Some(route),
+                        Err(message) => {
+                            self.error(format!("{p}.routes[{j}]"), at, message);
+                            None
+                        }
+                    })
+                    .collect()
+            });
+            let quota = key
+                .rate_limit
+                .as_ref()
+                .and_then(|rl| self.quota(&format!("{p}.rate_limit"), rl));
+            let expires_at = key.expires_at.as_ref().and_then(|at| {
+                match humantime::parse_rfc3339_weak(at.value.trim()) {
+                    Ok(t) => Some(t),
+                    Err(_) => {
+                        self.error(
+                            format!("{p}.expires_at"),
+                            at,
+                            "must be an RFC 3339 time such as 2027-01-01T00:00:00Z",
+                        );
+                        None
+                    }
+                }
+            });
+            keys.push((
+                digest,
+                Key {
+                    id: Arc::from(id),
+                    on_behalf_of,
+                    routes,
+                    quota,
+                    expires_at,
+                    disabled: key.disabled.unwrap_or(false),
+                },
+            ));
+        }
+        keys
+    }
+
+    fn on_behalf_of(&mut self, path: &str, at: &At<file::OnBehalfOf>) -> OnBehalfOf {
+        match &at.value {
+            file::OnBehalfOf::Word(w) if w == "any" => OnBehalfOf::Any,
+            file::OnBehalfOf::Word(w) if w == "none" => OnBehalfOf::None,
+            file::OnBehalfOf::Word(_) => {
+                self.error(path, at, "must be `any`, `none` or a list of user ids");
+                OnBehalfOf::None
+            }
+            file::OnBehalfOf::Users(users) => {
+                if users.is_empty() {
+                    self.error(path, at, "a list must name at least one user id");
+                }
+                let mut ids = Vec::with_capacity(users.len());
+                for (i, &user) in users.iter().enumerate() {
+                    match u64::try_from(user) {
+                        Ok(id) if id > 0 => ids.push(id),
+                        _ => self.error(format!("{path}[{i}]"), at, "user ids must be positive"),
+                    }
+                }
+                ids.sort_unstable();
+                ids.dedup();
+                OnBehalfOf::Users(ids)
+            }
+        }
+    }
+
+    fn quota(&mut self, path: &str, raw: &file::KeyRateLimit) -> Option<Quota> {
+        let mut field = |name: &str, at: &Option<At<i64>>| -> Option<NonZeroU32> {
+            let at = at.as_ref()?;
+            match u32::try_from(at.value).ok().and_then(NonZeroU32::new) {
+                Some(v) => Some(v),
+                None => {
+                    self.error(format!("{path}.{name}"), at, "must be at least 1");
+                    None
+                }
+            }
+        };
+        let quota = Quota {
+            per_second: field("per_second", &raw.per_second),
+            burst: field("burst", &raw.burst),
+            per_minute: field("per_minute", &raw.per_minute),
+            per_hour: field("per_hour", &raw.per_hour),
+            per_day: field("per_day", &raw.per_day),
+            per_user_per_second: field("per_user_per_second", &raw.per_user_per_second),
+        };
+        if let (Some(at), None) = (&raw.burst, &raw.per_second) {
+            self.error(format!("{path}.burst"), at, "needs per_second");
+        }
+        let empty = quota.per_second.is_none()
+            && quota.per_minute.is_none()
+            && quota.per_hour.is_none()
+            && quota.per_day.is_none()
+            && quota.per_user_per_second.is_none();
+        (!empty).then_some(quota)
+    }
+}
+
+/// `https://host[:port][/prefix]` -> parts; no query, no user info.
+pub(crate) fn split_url(
+    url: &str,
+) -> Result<(http::uri::Scheme, http::uri::Authority, String), &'static str> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| "must be a URL such as https://api.quickblox.com")?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or("must start with http:// or https://")?;
+    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+        return Err("must start with http:// or https://");
+    }
+    let authority = uri.authority().cloned().ok_or("must name a host")?;
+    if authority.as_str().contains('@') {
+        return Err("must not carry credentials");
+    }
+    if uri.query().is_some() {
+        return Err("must not have a query string");
+    }
+    let base_path = uri.path().trim_end_matches('/').to_string();
+    Ok((scheme, authority, base_path))
+}
+
+fn unreachable_default() -> (http::uri::Scheme, http::uri::Authority, String) {
+    (
+        http::uri::Scheme::HTTPS,
+        http::uri::Authority::from_static("api.quickblox.com"),
+        String::new(),
+    )
+}
+
+/// `"PUT /chat/Dialog/*"` -> a [`RoutePattern`].
+pub fn parse_route(text: &str) -> Result<RoutePattern, String> {
+    let (method, path) = text
+        .trim()
+        .split_once(' ')
+        .ok_or("must be `METHOD /path`, such as `GET /chat/Dialog.json`")?;
+    let method = match method {
+        "*" => None,
+        m if m.bytes().all(|b| b.is_ascii_uppercase()) && !m.is_empty() => {
+            Some(Method::from_bytes(m.as_bytes()).map_err(|_| format!("unknown method `{m}`"))?)
+        }
+        m => return Err(format!("method `{m}` must be uppercase letters or `*`")),
+    };
+    let path = path.trim();
+    let rest = path
+        .strip_prefix('/')
+        .ok_or_else(|| format!("path `{path}` must start with `/`"))?;
+    let mut raw: Vec<&str> = rest.split('/').collect();
+    if raw.iter().any(|s| s.is_empty()) {
+        return Err(format!("path `{path}` has an empty segment"));
+    }
+    if let Some(last) = raw.last_mut() {
+        *last = crate::normalize::strip_json(last);
+    }
+    let segments = raw
+        .iter()
+        .map(|s| {
+            if *s == "*" {
+                Segment::Any
+            } else {
+                Segment::Literal(s.to_ascii_lowercase())
+            }
+        })
+        .collect();
+    Ok(RoutePattern { method, segments })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    fn errors(text: &str) -> Vec<String> {
+        match compile(text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn minimal_policy_gets_the_contract_defaults() {
+        let p = compile(&format!(
+            "version: 1\nkeys:\n  - id: a\n    sha256: {DIGEST}\n"
+        ))
+        .unwrap();
+        assert_eq!(p.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(p.admin_listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(p.upstream.origin.as_str(), "api.quickblox.com");
+        assert_eq!(p.upstream.timeout, Duration::from_secs(15));
+        assert_eq!(p.upstream.connect_timeout, Duration::from_secs(2));
+        assert_eq!(p.client.header_timeout, Duration::from_secs(10));
+        assert_eq!(p.client.body_timeout, Duration::from_secs(30));
+        assert_eq!(p.shutdown.drain_delay, Duration::from_secs(5));
+        assert_eq!(p.max_body_bytes, 1_048_576);
+        assert_eq!(p.qb_token, QbTokenMode::Forward);
+        assert_eq!(p.rate_limit, RateLimitStore::Memory);
+        assert_eq!(p.dialog_rules.mode, RuleMode::Enforce);
+        assert!(!p.dialog_rules.forward_on_lookup_error);
+        assert!(p.upstream.authorization.is_none());
+        assert_eq!(p.keys[0].on_behalf_of, OnBehalfOf::Any);
+        let mut d = [0u8; 32];
+        hex::decode_to_slice(DIGEST, &mut d).unwrap();
+        assert_eq!(p.key_by_digest(&d).unwrap().1.id.as_ref(), "a");
+    }
+
+    #[test]
+    fn every_value_error_is_reported_with_its_place() {
+        let text = format!(
+            "version: 1\nqb_token: maybe\nkeys:\n  - id: a\n    sha256: {DIGEST}\n    rate_limit:\n      per_second: 5\n      burst: 0\n  - id: a\n    sha256: xyz\n    on_behalf_of: [0]\n"
+        );
+        let errs = errors(&text);
+        assert_eq!(
+            errs,
+            vec![
+                "qb_token: must be `forward` or `reject` (line 2, column 11)".to_string(),
+                "keys[0].rate_limit.burst: must be at least 1 (line 8, column 14)".to_string(),
+                "keys[1].id: duplicate key id `a` (line 9, column 9)".to_string(),
+                "keys[1].sha256: must be 64 hex characters: the SHA-256 of the key (`qbgate hash-key`) (line 10, column 13)".to_string(),
+                "keys[1].on_behalf_of[0]: user ids must be positive (line 11, column 19)".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_with_a_place() {
+        let errs = errors(&format!(
+            "version: 1\nkeys:\n  - id: a\n    sha256: {DIGEST}\n    rout: []\n"
+        ));
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].contains("unknown field `rout`"), "{errs:?}");
+        assert!(errs[0].ends_with("(line 5, column 5)"), "{errs:?}");
+    }
+
+    #[test]
+    fn missing_secret_names_the_reference_not_a_value() {
+        let errs = errors(&format!(
+            "version: 1\nupstream:\n  api_key: {{ env: QBGATE_TEST_SURELY_UNSET }}\nkeys:\n  - id: a\n    sha256: {DIGEST}\n"
+        ));
+        assert_eq!(
+            errs,
+            vec!["upstream.api_key: environment variable QBGATE_TEST_SURELY_UNSET is not set (line 3, column 12)"]
+        );
+    }
+
+    #[test]
+    fn secret_from_file_is_trimmed_and_sensitive() {
+        let dir = std::env::temp_dir().join(format!("qbgate-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("key");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let p = compile(&format!(
+            "version: 1\nupstream:\n  api_key: {{ file: {} }}\nkeys:\n  - id: a\n    sha256: {DIGEST}\n",
+            file.display()
+        ))
+        .unwrap();
+        let auth = p.upstream.authorization.unwrap();
+        assert_eq!(auth, "ApiKey s3cret");
+        assert!(auth.is_sensitive());
+    }
+
+    #[test]
+    fn routes_are_case_and_suffix_insensitive() {
+        let r = parse_route("PUT /chat/Dialog/*.json").unwrap();
+        assert_eq!(
+            r.segments,
+            vec![
+                Segment::Literal("chat".into()),
+                Segment::Literal("dialog".into()),
+                Segment::Any
+            ]
+        );
+        assert!(parse_route("put /x").is_err());
+        assert!(parse_route("GET chat").is_err());
+        assert!(parse_route("GET /a//b").is_err());
+    }
+}

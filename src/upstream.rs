@@ -1,0 +1,318 @@
+//! The pooled rustls client, header rewriting and timeouts on the way to the upstream.
+//!
+//! Retries: hyper-util's pool already re-sends a request whose pooled connection turned out to be
+//! closed before the request was written. Beyond that, only bodiless GET, HEAD and OPTIONS are
+//! retried once: a PUT, POST or DELETE may have reached the upstream, and the dialog rules judged
+//! it against a dialog that the first attempt may already have changed.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::error::GateError;
+use crate::policy;
+
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// The pooled client to the upstream.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+
+/// Build the client for an upstream: webpki roots plus the optional extra CA file, HTTP/1.1 and
+/// HTTP/2 by ALPN, `connect_timeout` on the TCP connect.
+pub fn client(upstream: &policy::Upstream) -> Result<HttpClient, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &upstream.extra_ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut added = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("{}: no certificate found", path.display()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(upstream.connect_timeout));
+    http.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .build(https))
+}
+
+/// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Remove hop-by-hop headers and every header named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+/// Rewrite a request's head for the upstream: URI, credentials, hop-by-hop headers, `Host`.
+pub fn prepare(
+    upstream: &policy::Upstream,
+    path_and_query: &str,
+    headers: &mut HeaderMap,
+) -> Result<Uri, GateError> {
+    strip_hop_by_hop(headers);
+    // hyper sets Host (HTTP/1.1) or :authority (HTTP/2) from the URI.
+    headers.remove(header::HOST);
+    if let Some(authorization) = &upstream.authorization {
+        if headers.contains_key(header::AUTHORIZATION) {
+            headers.insert(header::AUTHORIZATION, authorization.clone());
+        }
+    }
+    let mut target = String::with_capacity(upstream.base_path.len() + path_and_query.len());
+    target.push_str(&upstream.base_path);
+    target.push_str(path_and_query);
+    Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.origin.clone())
+        .path_and_query(target)
+        .build()
+        .map_err(|_| GateError::BadPath("the path cannot be forwarded"))
+}
+
+/// Send a prepared request, with the upstream timeout on the response head, one retry for
+/// bodiless idempotent requests, and errors mapped to 502/504 (413/408 for our own body limits).
+pub async fn send(
+    client: &HttpClient,
+    timeout: Duration,
+    mut request: Request<ProxyBody>,
+) -> Result<Response<Incoming>, GateError> {
+    // The outgoing version follows the upstream connection, not the client's (an h2c client
+    // talking to an HTTP/1.1 upstream would otherwise fail).
+    *request.version_mut() = Version::HTTP_11;
+    let retry = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) && request.body().is_end_stream();
+    let copy = retry.then(|| {
+        (
+            request.method().clone(),
+            request.uri().clone(),
+            request.headers().clone(),
+        )
+    });
+    match attempt(client, timeout, request).await {
+        Err(e) if e != GateError::UpstreamTimeout && copy.is_some() => {
+            let Some((method, uri, headers)) = copy else {
+                return Err(e);
+            };
+            let mut again = Request::new(ProxyBody::empty());
+            *again.method_mut() = method;
+            *again.uri_mut() = uri;
+            *again.headers_mut() = headers;
+            tracing::debug!(error = e.reason(), "retrying an idempotent request once");
+            attempt(client, timeout, again).await
+        }
+        other => other,
+    }
+}
+
+async fn attempt(
+    client: &HttpClient,
+    timeout: Duration,
+    request: Request<ProxyBody>,
+) -> Result<Response<Incoming>, GateError> {
+    match tokio::time::timeout(timeout, client.request(request)).await {
+        Err(_) => Err(GateError::UpstreamTimeout),
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) => Err(classify(&e)),
+    }
+}
+
+fn classify(error: &hyper_util::client::legacy::Error) -> GateError {
+    let mut source: Option<&(dyn StdError + 'static)> = error.source();
+    while let Some(e) = source {
+        if let Some(body) = e.downcast_ref::<BodyError>() {
+            return match body {
+                BodyError::TooLarge => GateError::BodyTooLarge,
+                BodyError::Timeout => GateError::BodyTimeout,
+                BodyError::Client => GateError::BadBody,
+            };
+        }
+        source = e.source();
+    }
+    if error.is_connect() {
+        GateError::UpstreamUnreachable
+    } else {
+        GateError::UpstreamFailed
+    }
+}
+
+/// Why a streamed request body was cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    TooLarge,
+    Timeout,
+    Client,
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BodyError::TooLarge => "request body over the limit",
+            BodyError::Timeout => "request body timeout",
+            BodyError::Client => "request body read error",
+        })
+    }
+}
+
+impl StdError for BodyError {}
+
+/// The body sent upstream: nothing, bytes the gateway read (and checked), or the client's stream
+/// passed through with the size limit and the body deadline enforced as it flows.
+pub struct ProxyBody(Inner);
+
+enum Inner {
+    Empty,
+    Full(Option<Bytes>),
+    Stream {
+        body: Incoming,
+        remaining: u64,
+        deadline: Pin<Box<tokio::time::Sleep>>,
+    },
+}
+
+impl ProxyBody {
+    pub fn empty() -> Self {
+        ProxyBody(Inner::Empty)
+    }
+
+    pub fn full(bytes: Bytes) -> Self {
+        if bytes.is_empty() {
+            Self::empty()
+        } else {
+            ProxyBody(Inner::Full(Some(bytes)))
+        }
+    }
+
+    /// Stream `body` through, failing once more than `limit` bytes pass or `timeout` elapses.
+    pub fn stream(body: Incoming, limit: u64, timeout: Duration) -> Self {
+        if body.is_end_stream() {
+            return Self::empty();
+        }
+        ProxyBody(Inner::Stream {
+            body,
+            remaining: limit,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        })
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().0 {
+            Inner::Empty => Poll::Ready(None),
+            Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Stream {
+                body,
+                remaining,
+                deadline,
+            } => {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(BodyError::Timeout.into())));
+                }
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            let n = data.len() as u64;
+                            if n > *remaining {
+                                return Poll::Ready(Some(Err(BodyError::TooLarge.into())));
+                            }
+                            *remaining -= n;
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(BodyError::Client.into()))),
+                    other => other.map_err(Into::into),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Inner::Empty => true,
+            Inner::Full(bytes) => bytes.is_none(),
+            Inner::Stream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Inner::Empty => SizeHint::with_exact(0),
+            Inner::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Inner::Stream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+/// Mark a header value as `X-Request-Id`-safe: visible ASCII, at most 128 bytes.
+pub fn valid_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic)
+}
