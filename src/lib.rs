@@ -21,9 +21,11 @@ pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod normalize;
+pub mod params;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
+pub mod rules;
 pub mod sandbox;
 pub mod upstream;
 

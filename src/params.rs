@@ -1,0 +1,953 @@
+//! Request parameters as the upstream (a Rails application) would read them: the query string
+//! merged with a JSON or form-urlencoded body into one document, the one the dialog rules judge.
+//!
+//! The gateway forwards the caller's original bytes, so the document judged here must be the
+//! document the upstream acts on. Wherever Rails (or one Rack version against another) could read
+//! the bytes differently from us, or silently pick one of two values, parsing fails instead: the
+//! caller answers 400 or 415 and nothing is forwarded.
+//!
+//! What is refused, and why:
+//! - duplicate keys at any depth (JSON objects, repeated form scalars, a key used as both a
+//!   scalar and a hash or array, a top-level key in both query and body): Rails keeps one of the
+//!   values, so a check could read the other;
+//! - a top-level `_method` key: `Rack::MethodOverride` turns a POST into a PUT or DELETE with it;
+//! - a raw `;` in form text: Rack 2 splits query strings on it, Rack 3 does not;
+//! - a raw space right after `&`: Rack's separator swallows it, so `& user_id` is `user_id` there;
+//! - a bad `%` escape or a key or value that is not UTF-8 once decoded (no lossy decoding);
+//! - keys with malformed brackets (`a[b`, `a]`, `[a]`, `a[b]c`), which Rack repairs by guessing,
+//!   and arrays of hashes (`a[][b]`), whose Rack merge rules no dialog field needs;
+//! - nesting deeper than [`MAX_DEPTH`];
+//! - a charset other than UTF-8, and any non-empty body that is neither JSON nor form-urlencoded.
+//!
+//! Form and query values are strings; a form key without `=` has the value `null`, as Rack gives
+//! `nil`. JSON values keep their types.
+
+use std::cell::RefCell;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+
+/// Deepest nesting accepted, in containers: `{"a":{"b":1}}` and `a[b]=1` are depth 2.
+pub const MAX_DEPTH: usize = 32;
+
+/// Why a request's parameters could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamsError {
+    /// Not parseable, or parseable in more than one way (400).
+    Malformed(String),
+    /// A key given twice; names the key in bracket form, e.g. `push_all[occupants_ids]` (400).
+    Duplicate(String),
+    /// A non-empty body of a type the gateway cannot judge; names the type (415).
+    UnsupportedMediaType(String),
+    /// A `_method` parameter, which Rails would use to change the request method (400).
+    MethodOverride,
+}
+
+impl ParamsError {
+    /// The HTTP status the gateway answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            ParamsError::Malformed(_) | ParamsError::Duplicate(_) | ParamsError::MethodOverride => {
+                400
+            }
+            ParamsError::UnsupportedMediaType(_) => 415,
+        }
+    }
+
+    /// The stable `X-Qbgate-Reason` code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ParamsError::Malformed(_) => "params_malformed",
+            ParamsError::Duplicate(_) => "params_duplicate",
+            ParamsError::UnsupportedMediaType(_) => "params_unsupported_media_type",
+            ParamsError::MethodOverride => "params_method_override",
+        }
+    }
+}
+
+impl fmt::Display for ParamsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParamsError::Malformed(why) => write!(f, "Malformed parameters: {why}"),
+            ParamsError::Duplicate(key) => write!(f, "Parameter {key} is given more than once"),
+            ParamsError::UnsupportedMediaType(ty) => {
+                write!(f, "Unsupported Content-Type {ty:?}: send application/json or application/x-www-form-urlencoded")
+            }
+            ParamsError::MethodOverride => write!(f, "The _method parameter is not allowed"),
+        }
+    }
+}
+
+impl std::error::Error for ParamsError {}
+
+/// Reads the query string and body into the one document Rails would build from them.
+///
+/// `content_type` is the raw `Content-Type` value (`None` when absent; a caller that sees the
+/// header more than once must refuse the request itself), `query` the raw, still percent-encoded
+/// query string, `body` the whole body. An empty body contributes nothing, whatever its type.
+pub fn parse(
+    content_type: Option<&str>,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<Map<String, Value>, ParamsError> {
+    let mut params = if body.is_empty() {
+        Map::new()
+    } else {
+        match body_kind(content_type)? {
+            BodyKind::Json => parse_json(body)?,
+            BodyKind::Form => {
+                let text = std::str::from_utf8(body)
+                    .map_err(|_| ParamsError::Malformed("body is not UTF-8".into()))?;
+                parse_form(text)?
+            }
+        }
+    };
+    let query = match query {
+        Some(q) => parse_form(q)?,
+        None => Map::new(),
+    };
+    if params.contains_key("_method") || query.contains_key("_method") {
+        return Err(ParamsError::MethodOverride);
+    }
+    // Rails merges the two, body winning; a key in both is ambiguous, so it is refused.
+    for (key, value) in query {
+        if params.contains_key(&key) {
+            return Err(ParamsError::Duplicate(key));
+        }
+        params.insert(key, value);
+    }
+    Ok(params)
+}
+
+enum BodyKind {
+    Json,
+    Form,
+}
+
+fn body_kind(content_type: Option<&str>) -> Result<BodyKind, ParamsError> {
+    let Some(raw) = content_type else {
+        return Err(ParamsError::UnsupportedMediaType("(none)".into()));
+    };
+    let unsupported = || ParamsError::UnsupportedMediaType(raw.to_string());
+    let mut parts = raw.split(';');
+    let media = parts.next().unwrap_or_default().trim();
+    let kind = if media.eq_ignore_ascii_case("application/json") {
+        BodyKind::Json
+    } else if media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        BodyKind::Form
+    } else {
+        return Err(unsupported());
+    };
+    for param in parts {
+        let Some((name, value)) = param.split_once('=') else {
+            continue;
+        };
+        if name.trim().eq_ignore_ascii_case("charset") {
+            let value = value.trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            // The bytes are read as UTF-8; a client that says otherwise may mean other text.
+            if !(value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8")) {
+                return Err(unsupported());
+            }
+        }
+    }
+    Ok(kind)
+}
+
+fn parse_json(body: &[u8]) -> Result<Map<String, Value>, ParamsError> {
+    let fault = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let seed = StrictValue {
+        depth: 0,
+        path: String::new(),
+        fault: &fault,
+    };
+    let parsed = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    match parsed {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ParamsError::Malformed("JSON body is not an object".into())),
+        Err(err) => Err(fault
+            .into_inner()
+            .unwrap_or_else(|| ParamsError::Malformed(format!("invalid JSON: {err}")))),
+    }
+}
+
+/// Deserializes any JSON value like `serde_json::Value` does, but refuses duplicate object keys
+/// (serde_json keeps the last one silently) and nesting deeper than [`MAX_DEPTH`]. The typed
+/// error goes through `fault`, since serde's error type only carries text.
+struct StrictValue<'f> {
+    /// Containers already entered above this value.
+    depth: usize,
+    /// Where this value sits, in bracket form, to name a duplicate key.
+    path: String,
+    fault: &'f RefCell<Option<ParamsError>>,
+}
+
+impl StrictValue<'_> {
+    fn fail<E: de::Error>(&self, err: ParamsError) -> E {
+        let msg = err.to_string();
+        *self.fault.borrow_mut() = Some(err);
+        E::custom(msg)
+    }
+
+    fn enter<E: de::Error>(&self) -> Result<usize, E> {
+        let depth = self.depth + 1;
+        if depth > MAX_DEPTH {
+            return Err(self.fail(ParamsError::Malformed(format!(
+                "nested deeper than {MAX_DEPTH} levels"
+            ))));
+        }
+        Ok(depth)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictValue<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        // JSON text cannot spell NaN or infinity; serde_json refuses overflowing literals itself.
+        Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("non-finite number"))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let depth = self.enter()?;
+        let mut items = Vec::new();
+        loop {
+            let child = StrictValue {
+                depth,
+                path: format!("{}[]", self.path),
+                fault: self.fault,
+            };
+            match seq.next_element_seed(child)? {
+                Some(item) => items.push(item),
+                None => break,
+            }
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let depth = self.enter()?;
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                format!("{}[{key}]", self.path)
+            };
+            if object.contains_key(&key) {
+                return Err(self.fail(ParamsError::Duplicate(path)));
+            }
+            let child = StrictValue {
+                depth,
+                path,
+                fault: self.fault,
+            };
+            let value = map.next_value_seed(child)?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// One step below a top-level form key: `[name]` or a final `[]`.
+enum Step {
+    Key(String),
+    Push,
+}
+
+/// Parses `application/x-www-form-urlencoded` text (a body or a query string) with Rails'
+/// nested-key rules, strictly: see the module doc for what is refused.
+fn parse_form(text: &str) -> Result<Map<String, Value>, ParamsError> {
+    if text.contains(';') {
+        return Err(ParamsError::Malformed(
+            "a raw ';' separates parameters on some Rack versions only; encode it as %3B".into(),
+        ));
+    }
+    let mut params = Map::new();
+    for pair in text.split('&') {
+        // Empty pairs (`a=1&&b=2`, a trailing `&`) are skipped, as Rack does.
+        if pair.is_empty() {
+            continue;
+        }
+        if pair.starts_with(' ') {
+            return Err(ParamsError::Malformed(
+                "a raw space after '&' is dropped by Rack; encode it as %20".into(),
+            ));
+        }
+        let (raw_key, raw_value) = match pair.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (pair, None),
+        };
+        let key = decode(raw_key)?;
+        let value = match raw_value {
+            Some(v) => Value::String(decode(v)?),
+            None => Value::Null,
+        };
+        let (base, steps) = split_key(&key)?;
+        insert(&mut params, base, &steps, value)?;
+    }
+    Ok(params)
+}
+
+/// Percent-decodes one key or value: `+` is a space, every `%` must start a two-digit hex
+/// escape, and the result must be UTF-8.
+fn decode(raw: &str) -> Result<String, ParamsError> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = bytes.get(i + 1).and_then(|b| hex(*b));
+                let lo = bytes.get(i + 2).and_then(|b| hex(*b));
+                let (Some(hi), Some(lo)) = (hi, lo) else {
+                    return Err(ParamsError::Malformed(format!(
+                        "bad percent escape in {raw:?}"
+                    )));
+                };
+                out.push((hi << 4) | lo);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out)
+        .map_err(|_| ParamsError::Malformed(format!("{raw:?} is not UTF-8 once decoded")))
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Splits a decoded key such as `push_all[occupants_ids][]` into `push_all` and its steps.
+fn split_key(key: &str) -> Result<(&str, Vec<Step>), ParamsError> {
+    let malformed = || ParamsError::Malformed(format!("malformed parameter name {key:?}"));
+    let (base, mut rest) = match key.find('[') {
+        Some(at) => key.split_at(at),
+        None => (key, ""),
+    };
+    if base.is_empty() || base.contains(']') {
+        return Err(malformed());
+    }
+    let mut steps = Vec::new();
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('[').ok_or_else(malformed)?;
+        let close = inner.find(']').ok_or_else(malformed)?;
+        let name = &inner[..close];
+        if name.contains('[') {
+            return Err(malformed());
+        }
+        rest = &inner[close + 1..];
+        if name.is_empty() {
+            if !rest.is_empty() {
+                return Err(ParamsError::Malformed(format!(
+                    "arrays of hashes are not supported: {key:?}"
+                )));
+            }
+            steps.push(Step::Push);
+        } else {
+            steps.push(Step::Key(name.to_owned()));
+        }
+    }
+    if steps.len() + 1 > MAX_DEPTH {
+        return Err(ParamsError::Malformed(format!(
+            "nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    Ok((base, steps))
+}
+
+/// Places `value` at `key` + `steps`, refusing any second write to a scalar and any key used
+/// with two shapes (scalar, array, hash).
+fn insert(
+    map: &mut Map<String, Value>,
+    key: &str,
+    steps: &[Step],
+    value: Value,
+) -> Result<(), ParamsError> {
+    let mut map = map;
+    let mut key = key.to_owned();
+    let mut path = key.clone();
+    let mut steps = steps;
+    loop {
+        match steps {
+            [] => {
+                if map.contains_key(&key) {
+                    return Err(ParamsError::Duplicate(path));
+                }
+                map.insert(key, value);
+                return Ok(());
+            }
+            [Step::Push] => {
+                let slot = map.entry(key).or_insert_with(|| Value::Array(Vec::new()));
+                let Value::Array(items) = slot else {
+                    return Err(ParamsError::Duplicate(path));
+                };
+                items.push(value);
+                return Ok(());
+            }
+            [Step::Key(child), rest @ ..] => {
+                let slot = map.entry(key).or_insert_with(|| Value::Object(Map::new()));
+                let Value::Object(inner) = slot else {
+                    return Err(ParamsError::Duplicate(path));
+                };
+                map = inner;
+                key = child.clone();
+                path = format!("{path}[{child}]");
+                steps = rest;
+            }
+            // split_key only puts Push last.
+            [Step::Push, ..] => {
+                return Err(ParamsError::Malformed(format!(
+                    "malformed parameter name {path:?}"
+                )))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const FORM: Option<&str> = Some("application/x-www-form-urlencoded; charset=UTF-8");
+    const JSON: Option<&str> = Some("application/json; charset=utf-8");
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    fn form(body: &str) -> Result<Map<String, Value>, ParamsError> {
+        parse(FORM, None, body.as_bytes())
+    }
+
+    fn json_body(body: &str) -> Result<Map<String, Value>, ParamsError> {
+        parse(JSON, None, body.as_bytes())
+    }
+
+    fn malformed<T: fmt::Debug>(r: Result<T, ParamsError>) -> bool {
+        matches!(r, Err(ParamsError::Malformed(_)))
+    }
+
+    // --- SDK vectors (sdk-requests/*.log) ---
+
+    #[test]
+    fn sdk_json_update_bodies() {
+        assert_eq!(
+            json_body(r#"{"name":"New Year 2020 party"}"#).unwrap(),
+            obj(json!({"name": "New Year 2020 party"}))
+        );
+        assert_eq!(
+            json_body(r#"{"push_all":{"occupants_ids":[91375295,96705448]},"pull_all":{"occupants_ids":[3]}}"#)
+                .unwrap(),
+            obj(json!({"push_all": {"occupants_ids": [91375295, 96705448]},
+                       "pull_all": {"occupants_ids": [3]}}))
+        );
+        assert_eq!(
+            json_body(r#"{"photo":"68123","user_id":96754523,"data":{"class_name":"CoolDialog","beer":"Guinness","bar":"Irish"}}"#)
+                .unwrap(),
+            obj(json!({"photo": "68123", "user_id": 96754523,
+                       "data": {"class_name": "CoolDialog", "beer": "Guinness", "bar": "Irish"}}))
+        );
+    }
+
+    #[test]
+    fn sdk_form_create_body() {
+        let got = form(
+            "data[beer]=x&data[class_name]=CoolDialog&name=Group&occupants_ids=91375295%2C%2096705448&type=2",
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            obj(
+                json!({"data": {"beer": "x", "class_name": "CoolDialog"}, "name": "Group",
+                       "occupants_ids": "91375295, 96705448", "type": "2"})
+            )
+        );
+        let brief = form(
+            "data[class_name]=CoolDialog&name=Group&occupants_ids=91375295%2C%2096705448&type=2",
+        )
+        .unwrap();
+        assert_eq!(brief["data"], json!({"class_name": "CoolDialog"}));
+    }
+
+    #[test]
+    fn sdk_force_delete_body() {
+        assert_eq!(form("force=1").unwrap(), obj(json!({"force": "1"})));
+    }
+
+    #[test]
+    fn sdk_queries_encoded_and_raw() {
+        let encoded = parse(
+            FORM,
+            Some("_id%5Bin%5D=a1%2Cb2&limit=50&skip=0&sort_desc=updated_at"),
+            b"",
+        )
+        .unwrap();
+        assert_eq!(
+            encoded,
+            obj(
+                json!({"_id": {"in": "a1,b2"}, "limit": "50", "skip": "0", "sort_desc": "updated_at"})
+            )
+        );
+        let raw = parse(FORM, Some("_id[in]=a1%2Cb2&type=2"), b"").unwrap();
+        assert_eq!(raw, obj(json!({"_id": {"in": "a1,b2"}, "type": "2"})));
+        let plain = parse(FORM, Some("_id=5d75393ba28f9a17e1cb0f9e"), b"").unwrap();
+        assert_eq!(plain, obj(json!({"_id": "5d75393ba28f9a17e1cb0f9e"})));
+    }
+
+    // --- bodies and content types ---
+
+    #[test]
+    fn empty_body_has_no_params_whatever_its_type() {
+        for ct in [
+            None,
+            Some("text/plain"),
+            Some("multipart/form-data; boundary=x"),
+            JSON,
+            FORM,
+        ] {
+            assert_eq!(parse(ct, None, b"").unwrap(), Map::new(), "{ct:?}");
+        }
+        assert_eq!(
+            parse(None, Some("a=1"), b"").unwrap(),
+            obj(json!({"a": "1"}))
+        );
+    }
+
+    #[test]
+    fn media_type_is_case_insensitive_and_takes_parameters() {
+        for ct in [
+            "application/json",
+            "Application/JSON",
+            " application/json ; charset=UTF-8",
+            "application/json;charset=\"utf-8\"",
+            "application/json; foo=bar",
+        ] {
+            assert_eq!(
+                parse(Some(ct), None, b"{\"a\":1}").unwrap(),
+                obj(json!({"a": 1})),
+                "{ct}"
+            );
+        }
+        for ct in [
+            "application/x-www-form-urlencoded",
+            "APPLICATION/X-WWW-FORM-URLENCODED;charset=utf8",
+        ] {
+            assert_eq!(
+                parse(Some(ct), None, b"a=1").unwrap(),
+                obj(json!({"a": "1"})),
+                "{ct}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_body_types_are_unsupported() {
+        for ct in [
+            None,
+            Some("text/plain"),
+            Some("multipart/form-data; boundary=x"),
+            Some("application/xml"),
+            Some("text/x-json"),
+            Some("application/json, text/plain"),
+            Some("application/json; charset=latin1"),
+            Some("application/x-www-form-urlencoded; charset=utf-16"),
+            Some(""),
+        ] {
+            assert!(
+                matches!(
+                    parse(ct, None, b"a=1"),
+                    Err(ParamsError::UnsupportedMediaType(_))
+                ),
+                "{ct:?}"
+            );
+        }
+        assert_eq!(ParamsError::UnsupportedMediaType("x".into()).status(), 415);
+    }
+
+    // --- JSON ---
+
+    #[test]
+    fn json_keeps_types() {
+        let got =
+            json_body(r#"{"a":1,"b":-2,"c":1.5,"d":true,"e":null,"f":[1,"x"],"g":{"h":"i"}}"#)
+                .unwrap();
+        assert_eq!(
+            got,
+            obj(json!({"a":1,"b":-2,"c":1.5,"d":true,"e":null,"f":[1,"x"],"g":{"h":"i"}}))
+        );
+    }
+
+    #[test]
+    fn json_duplicates_at_any_depth() {
+        assert_eq!(
+            json_body(r#"{"name":"a","name":"b"}"#),
+            Err(ParamsError::Duplicate("name".into()))
+        );
+        assert_eq!(
+            json_body(r#"{"pull_all":{"occupants_ids":[3],"occupants_ids":[4]}}"#),
+            Err(ParamsError::Duplicate("pull_all[occupants_ids]".into()))
+        );
+        assert_eq!(
+            json_body(r#"{"a":[{"b":1,"b":2}]}"#),
+            Err(ParamsError::Duplicate("a[][b]".into()))
+        );
+        // Same key in sibling objects is not a duplicate.
+        assert!(json_body(r#"{"a":{"x":1},"b":{"x":1}}"#).is_ok());
+    }
+
+    #[test]
+    fn json_must_be_an_object() {
+        for body in ["[]", "1", "\"x\"", "null", "true"] {
+            assert!(malformed(json_body(body)), "{body}");
+        }
+    }
+
+    #[test]
+    fn json_syntax_and_encoding_errors_are_malformed() {
+        assert!(malformed(json_body("{")));
+        assert!(malformed(json_body("{\"a\":1} x")));
+        assert!(malformed(json_body("{\"a\":1}{}")));
+        assert!(malformed(json_body("\u{feff}{}")));
+        assert!(malformed(json_body(r#"{"a":"\ud800"}"#)));
+        assert!(malformed(parse(JSON, None, b"{\"a\":\"\xff\"}")));
+        assert!(malformed(parse(JSON, None, b"{\"\xc3\x28\":1}")));
+        assert!(malformed(json_body("{\"a\":1e999}")));
+    }
+
+    #[test]
+    fn json_depth_limit() {
+        let nest = |n: usize| format!("{}{}", "{\"a\":".repeat(n - 1) + "{}", "}".repeat(n - 1));
+        assert!(json_body(&nest(MAX_DEPTH)).is_ok());
+        assert!(malformed(json_body(&nest(MAX_DEPTH + 1))));
+        let arrays = format!(
+            "{{\"a\":{}{}}}",
+            "[".repeat(MAX_DEPTH - 1),
+            "]".repeat(MAX_DEPTH - 1)
+        );
+        assert!(json_body(&arrays).is_ok());
+        let arrays = format!(
+            "{{\"a\":{}{}}}",
+            "[".repeat(MAX_DEPTH),
+            "]".repeat(MAX_DEPTH)
+        );
+        assert!(malformed(json_body(&arrays)));
+        // Far past serde_json's own recursion limit: still our error, no stack overflow.
+        assert!(malformed(json_body(&"[".repeat(100_000))));
+    }
+
+    // --- forms ---
+
+    #[test]
+    fn form_nesting() {
+        assert_eq!(form("a[b]=1").unwrap(), obj(json!({"a": {"b": "1"}})));
+        assert_eq!(
+            form("a[b][]=1&a[b][]=2").unwrap(),
+            obj(json!({"a": {"b": ["1", "2"]}}))
+        );
+        assert_eq!(form("a[]=x").unwrap(), obj(json!({"a": ["x"]})));
+        assert_eq!(form("a[]=x&a[]=x").unwrap(), obj(json!({"a": ["x", "x"]})));
+        assert_eq!(
+            form("a[b]=1&a[c]=2").unwrap(),
+            obj(json!({"a": {"b": "1", "c": "2"}}))
+        );
+        assert_eq!(
+            form("a[b][c]=1").unwrap(),
+            obj(json!({"a": {"b": {"c": "1"}}}))
+        );
+    }
+
+    #[test]
+    fn form_decoding() {
+        assert_eq!(form("a=x+y%20z").unwrap(), obj(json!({"a": "x y z"})));
+        assert_eq!(
+            form("a%5Bb%5D=%E2%82%AC").unwrap(),
+            obj(json!({"a": {"b": "€"}}))
+        );
+        assert_eq!(form("a=1=2").unwrap(), obj(json!({"a": "1=2"})));
+        assert_eq!(form("a=").unwrap(), obj(json!({"a": ""})));
+        assert_eq!(form("a").unwrap(), obj(json!({"a": null})));
+        assert_eq!(form("a=1&&b=2&").unwrap(), obj(json!({"a": "1", "b": "2"})));
+        assert_eq!(form("a=%3B").unwrap(), obj(json!({"a": ";"})));
+        assert_eq!(form("a=%26").unwrap(), obj(json!({"a": "&"})));
+    }
+
+    #[test]
+    fn form_strict_decoding() {
+        for body in [
+            "a=%",
+            "a=%2",
+            "a=%zz",
+            "a%=1",
+            "a=%FF",
+            "a=%C3%28",
+            "%FF=1",
+            "a=%ED%A0%80",
+        ] {
+            assert!(malformed(form(body)), "{body}");
+        }
+        assert!(malformed(parse(FORM, None, b"a=\xff")));
+    }
+
+    #[test]
+    fn form_ambiguous_separators() {
+        assert!(malformed(form("name=a;user_id=5")));
+        assert!(malformed(parse(FORM, Some("a=1;b=2"), b"")));
+        assert!(malformed(form("name=x& user_id=5")));
+        assert_eq!(
+            form("name=New Year").unwrap(),
+            obj(json!({"name": "New Year"}))
+        );
+    }
+
+    #[test]
+    fn form_malformed_brackets() {
+        for body in [
+            "a[b=1", "a]=1", "[a]=1", "[]=1", "a[b]c=1", "a[b]]=1", "a[[b]]=1", "a[b][=1", "=1",
+            "a][=1", "a[][b]=1", "a[][]=1",
+        ] {
+            assert!(malformed(form(body)), "{body}");
+        }
+    }
+
+    #[test]
+    fn form_depth_limit() {
+        let key = |n: usize| format!("a{}=1", "[b]".repeat(n - 1));
+        assert!(form(&key(MAX_DEPTH)).is_ok());
+        assert!(malformed(form(&key(MAX_DEPTH + 1))));
+    }
+
+    #[test]
+    fn form_duplicates() {
+        let dup = |body: &str| form(body).err();
+        assert_eq!(
+            dup("name=a&name=b"),
+            Some(ParamsError::Duplicate("name".into()))
+        );
+        assert_eq!(
+            dup("name=a&name=a"),
+            Some(ParamsError::Duplicate("name".into()))
+        );
+        assert_eq!(dup("a=1&a[b]=2"), Some(ParamsError::Duplicate("a".into())));
+        assert_eq!(dup("a[b]=2&a=1"), Some(ParamsError::Duplicate("a".into())));
+        assert_eq!(dup("a=1&a[]=2"), Some(ParamsError::Duplicate("a".into())));
+        assert_eq!(dup("a[]=1&a=2"), Some(ParamsError::Duplicate("a".into())));
+        assert_eq!(
+            dup("a[]=1&a[b]=2"),
+            Some(ParamsError::Duplicate("a".into()))
+        );
+        assert_eq!(
+            dup("a[b]=1&a[]=2"),
+            Some(ParamsError::Duplicate("a".into()))
+        );
+        assert_eq!(
+            dup("a[b]=1&a[b]=2"),
+            Some(ParamsError::Duplicate("a[b]".into()))
+        );
+        assert_eq!(
+            dup("a[b]=1&a[b][]=2"),
+            Some(ParamsError::Duplicate("a[b]".into()))
+        );
+        assert_eq!(dup("a&a"), Some(ParamsError::Duplicate("a".into())));
+        assert_eq!(
+            dup("push_all[occupants_ids]=1&push_all%5Boccupants_ids%5D=2"),
+            Some(ParamsError::Duplicate("push_all[occupants_ids]".into()))
+        );
+    }
+
+    // --- query merge and _method ---
+
+    #[test]
+    fn query_merges_into_body() {
+        let got = parse(JSON, Some("b=2&c[d]=3"), br#"{"a":1}"#).unwrap();
+        assert_eq!(got, obj(json!({"a": 1, "b": "2", "c": {"d": "3"}})));
+        let got = parse(FORM, Some("force=1"), b"").unwrap();
+        assert_eq!(got, obj(json!({"force": "1"})));
+    }
+
+    #[test]
+    fn key_in_query_and_body_is_duplicate() {
+        assert_eq!(
+            parse(JSON, Some("name=b"), br#"{"name":"a"}"#),
+            Err(ParamsError::Duplicate("name".into()))
+        );
+        // Even where Rails would merge the hashes: the top-level key is in both.
+        assert_eq!(
+            parse(
+                FORM,
+                Some("push_all[admin_ids]=1"),
+                b"push_all[occupants_ids]=2"
+            ),
+            Err(ParamsError::Duplicate("push_all".into()))
+        );
+        assert_eq!(
+            parse(FORM, Some("user_id=5"), b"user_id=6"),
+            Err(ParamsError::Duplicate("user_id".into()))
+        );
+        assert_eq!(
+            parse(FORM, Some("a=1&a=2"), b""),
+            Err(ParamsError::Duplicate("a".into()))
+        );
+    }
+
+    #[test]
+    fn method_override_is_refused() {
+        let refused =
+            |ct, q, b: &str| parse(ct, q, b.as_bytes()) == Err(ParamsError::MethodOverride);
+        assert!(refused(FORM, None, "_method=PUT"));
+        assert!(refused(FORM, None, "%5Fmethod=PUT"));
+        assert!(refused(FORM, None, "_method[x]=PUT"));
+        assert!(refused(FORM, Some("_method=DELETE"), ""));
+        assert!(refused(JSON, None, r#"{"_method":"PUT"}"#));
+        assert!(refused(JSON, Some("_method=PUT"), r#"{"name":"x"}"#));
+        // Only the top level counts.
+        assert!(form("a[_method]=PUT").is_ok());
+        assert_eq!(ParamsError::MethodOverride.status(), 400);
+    }
+
+    // --- properties ---
+
+    fn content_types() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            Just(Some("application/json".to_string())),
+            Just(Some(
+                "application/x-www-form-urlencoded; charset=UTF-8".to_string()
+            )),
+            ".{0,40}".prop_map(Some),
+        ]
+    }
+
+    /// A tree of form parameters and the form text that spells it.
+    fn form_tree() -> impl Strategy<Value = Map<String, Value>> {
+        let leaf = prop_oneof![
+            "[ -~é€]{0,8}".prop_map(Value::String),
+            prop::collection::vec("[ -~é€]{0,8}".prop_map(Value::String), 1..4)
+                .prop_map(Value::Array),
+        ];
+        let tree = leaf.prop_recursive(4, 32, 4, |inner| {
+            prop::collection::btree_map("[a-z_]{1,6}", inner, 1..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect()))
+        });
+        prop::collection::btree_map("[a-z_]{1,6}", tree, 0..5).prop_map(|m| {
+            let mut m: Map<String, Value> = m.into_iter().collect();
+            m.remove("_method");
+            m
+        })
+    }
+
+    fn encode(s: &str) -> String {
+        form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    }
+
+    fn spell(prefix: &str, value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::String(s) => out.push(format!("{}={}", encode(prefix), encode(s))),
+            Value::Array(items) => {
+                for item in items {
+                    spell(&format!("{prefix}[]"), item, out);
+                }
+            }
+            Value::Object(map) => {
+                for (k, v) in map {
+                    spell(&format!("{prefix}[{k}]"), v, out);
+                }
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(ct in content_types(), query in proptest::option::of(".{0,60}"), body in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse(ct.as_deref(), query.as_deref(), &body);
+        }
+
+        #[test]
+        fn never_panics_on_formish_text(body in "[a-z\\[\\]%=&+;_ 0-9A-F]{0,80}") {
+            let _ = parse(FORM, Some(&body), body.as_bytes());
+        }
+
+        #[test]
+        fn never_panics_on_jsonish_text(body in "[{}\\[\\]\",:a-z0-9 ]{0,80}") {
+            let _ = parse(JSON, None, body.as_bytes());
+        }
+
+        #[test]
+        fn form_round_trip(tree in form_tree()) {
+            let mut pairs = Vec::new();
+            for (k, v) in &tree {
+                spell(k, v, &mut pairs);
+            }
+            let text = pairs.join("&");
+            prop_assert_eq!(parse(FORM, None, text.as_bytes()).unwrap(), tree.clone());
+            prop_assert_eq!(parse(None, Some(&text), b"").unwrap(), tree);
+        }
+
+        #[test]
+        fn json_round_trip(tree in form_tree()) {
+            let text = serde_json::to_string(&tree).unwrap();
+            prop_assert_eq!(parse(JSON, None, text.as_bytes()).unwrap(), tree);
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! qbgate's integration suite: one binary, real TCP on loopback, the in-process QuickBlox
+//! sandbox as the upstream.
+//!
+//! - `support`: starts a gateway and a recording sandbox on `127.0.0.1:0`, sends requests.
+//! - `contract`: the rows of CONTRACT.md's response table, and what the upstream received.
+//! - `tls`: a TLS upstream (test CA made with rcgen) over HTTP/1.1 and HTTP/2.
+//! - `recipes`: every curl recipe of the "Update dialog" reference replayed through the gateway.
+//! - `config_files`: the example policies load.
+
+mod config_files;
+mod contract;
+mod recipes;
+mod support;
+mod tls;
