@@ -69,7 +69,7 @@ async fn serve_policy(
 ) -> Result<(), Failure> {
     let listen = policy.listen;
     let admin_listen = policy.admin_listen;
-    let runtime = Runtime::new(policy, None).map_err(Failure::Other)?;
+    let runtime = Runtime::new(policy, None).await.map_err(Failure::Other)?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| Failure::Other(format!("cannot listen on {listen}: {e}")))?;

@@ -207,6 +207,28 @@ impl GateError {
     }
 }
 
+impl From<crate::rules::Rejection> for GateError {
+    fn from(r: crate::rules::Rejection) -> Self {
+        GateError::Rejected {
+            status: StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN),
+            reason: r.reason,
+            field: r.field,
+            message: Cow::Owned(r.message),
+        }
+    }
+}
+
+impl From<crate::params::ParamsError> for GateError {
+    fn from(e: crate::params::ParamsError) -> Self {
+        GateError::Rejected {
+            status: StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            reason: e.reason(),
+            field: None,
+            message: Cow::Owned(e.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,16 +49,60 @@ use crate::upstream::HttpClient;
 pub struct Runtime {
     pub policy: Policy,
     pub client: HttpClient,
+    /// Dialog and session caches; kept across generations with the same TTL.
+    pub lookups: rules::lookup::Lookups,
+    /// Options the dialog rules read, built once per generation.
+    pub rule_options: rules::RuleOptions,
+    /// Rate limiters; unchanged keys keep their state across generations.
+    pub limiters: ratelimit::Limiters,
 }
 
 impl Runtime {
     /// Build a generation. `previous` lends its connection pool when the upstream is unchanged.
-    pub fn new(policy: Policy, previous: Option<&Runtime>) -> Result<Runtime, String> {
+    pub async fn new(policy: Policy, previous: Option<&Runtime>) -> Result<Runtime, String> {
         let client = match previous {
             Some(old) if same_upstream(&old.policy, &policy) => old.client.clone(),
             _ => upstream::client(&policy.upstream)?,
         };
-        Ok(Runtime { policy, client })
+        let ttl = policy.dialog_rules.cache_ttl;
+        let lookups = match previous {
+            Some(old) if old.lookups.ttl() == ttl => old.lookups.clone(),
+            _ => rules::lookup::Lookups::new(ttl),
+        };
+        let keys: Vec<_> = policy
+            .keys
+            .iter()
+            .map(|k| (k.id.clone(), k.quota.clone()))
+            .collect();
+        let limiters = match previous {
+            Some(old) if old.policy.rate_limit == policy.rate_limit => old.limiters.rebuild(&keys),
+            _ => match &policy.rate_limit {
+                policy::RateLimitStore::Memory => ratelimit::Limiters::memory(&keys),
+                policy::RateLimitStore::Redis {
+                    url,
+                    on_error_allow,
+                } => {
+                    let on_error = if *on_error_allow {
+                        ratelimit::OnError::Allow
+                    } else {
+                        ratelimit::OnError::Deny
+                    };
+                    ratelimit::Limiters::redis(url, on_error, &keys)
+                        .await
+                        .map_err(|e| e.to_string())?
+                }
+            },
+        };
+        let rule_options = rules::RuleOptions {
+            allow_fields: policy.dialog_rules.allow_fields.clone(),
+        };
+        Ok(Runtime {
+            policy,
+            client,
+            lookups,
+            rule_options,
+            limiters,
+        })
     }
 }
 
@@ -114,6 +158,16 @@ pub async fn serve(
     if let Some(admin) = admin {
         tokio::spawn(admin::serve(gateway.clone(), admin));
     }
+    let janitor = tokio::spawn({
+        let gateway = gateway.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                gateway.runtime().limiters.evict_idle();
+            }
+        }
+    });
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let header_timeout = gateway.runtime().policy.client.header_timeout;
@@ -171,6 +225,7 @@ pub async fn serve(
             }
         });
     }
+    janitor.abort();
     let timeout = gateway.runtime().policy.shutdown.timeout;
     tracing::info!(
         ?timeout,

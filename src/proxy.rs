@@ -22,6 +22,11 @@ use hyper::body::Incoming;
 use crate::auth::{self, Principal};
 use crate::error::GateError;
 use crate::normalize::{self, Normalized};
+use crate::params;
+use crate::policy::RuleMode;
+use crate::ratelimit::{self, Decision};
+use crate::rules::lookup::LookupError;
+use crate::rules::{self, Actor, DialogRequest, DialogRoute};
 use crate::upstream::{self, ProxyBody};
 use crate::Runtime;
 
@@ -62,6 +67,8 @@ struct Access {
     reason: &'static str,
     upstream_status: Option<u16>,
     upstream_ms: Option<f64>,
+    /// Rate-limit fields for the response, once the limiter ran.
+    rate: Option<ratelimit::Info>,
 }
 
 /// Serve one request through every phase.
@@ -83,6 +90,7 @@ pub async fn handle(
         reason: "",
         upstream_status: None,
         upstream_ms: None,
+        rate: None,
     };
     let mut response = match phases(&runtime, request, &request_id, &mut access).await {
         Ok(response) => response,
@@ -123,24 +131,19 @@ async fn phases(
     access.key = Some(principal.key_id.clone());
     access.user = principal.user;
     allow_route(runtime, &principal, &parts.method, &normalized)?;
+    rate_limit(runtime, &principal, access).await?;
 
     if let Some(length) = content_length(&parts.headers)? {
         if length > policy.max_body_bytes {
             return Err(GateError::BodyTooLarge);
         }
     }
-    let body = if needs_inspection(&parts.method, &parts.headers) {
-        let bytes = read_body(body, policy.max_body_bytes, policy.client.body_timeout).await?;
-        check_method_override(&parts.headers, &bytes)?;
-        ProxyBody::full(bytes)
-    } else {
-        ProxyBody::stream(body, policy.max_body_bytes, policy.client.body_timeout)
-    };
+    let checked = rules_phase(runtime, &principal, &parts, &normalized, body).await?;
 
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let uri = upstream::prepare(&policy.upstream, path_and_query, &mut parts.headers)?;
     parts.headers.insert("x-request-id", request_id.clone());
-    let mut outgoing = Request::new(body);
+    let mut outgoing = Request::new(checked.body);
     *outgoing.method_mut() = parts.method;
     *outgoing.uri_mut() = uri;
     *outgoing.headers_mut() = parts.headers;
@@ -152,7 +155,221 @@ async fn phases(
     access.upstream_status = Some(response.status().as_u16());
     let (mut parts, body) = response.into_parts();
     upstream::strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, ResponseBody::upstream(body)))
+    if let Some(reason) = checked.would_reject {
+        parts
+            .headers
+            .insert("x-qbgate-would-reject", HeaderValue::from_static(reason));
+    }
+    let body = match &checked.route {
+        Some(route) => learn(runtime, route, parts.status, body).await?,
+        None => ResponseBody::upstream(body),
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// What the rules phase hands on: the body to send and what it judged.
+struct Checked {
+    body: ProxyBody,
+    /// The dialog route, when the request was judged.
+    route: Option<DialogRoute>,
+    /// `report` mode: the rejection that `enforce` would have made.
+    would_reject: Option<&'static str>,
+}
+
+/// Is this a state-changing request under `/chat/Dialog` (cheap test on the route key; the rules
+/// module's `classify` decides exactly)?
+fn is_dialog_change(method: &Method, route: &[String]) -> bool {
+    let stem = |s: &String| s.split('.').next().unwrap_or_default().to_string();
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+        && route.len() >= 2
+        && stem(&route[0]) == "chat"
+        && stem(&route[1]) == "dialog"
+}
+
+/// Rules phase: dialog changes are read whole, parsed as the upstream would read them, and judged
+/// against the rule table. Short-circuits with 400/403/404/413/415/422/503 in `enforce` mode;
+/// `report` forwards and marks the response; `off` skips the check. Other requests stream through
+/// untouched, but for form POSTs, read whole to refuse a `_method` field.
+async fn rules_phase(
+    runtime: &Runtime,
+    principal: &Principal,
+    parts: &http::request::Parts,
+    normalized: &Normalized,
+    body: Incoming,
+) -> Result<Checked, GateError> {
+    let policy = &runtime.policy;
+    let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
+    let mode = policy.dialog_rules.mode;
+    if !is_dialog_change(&parts.method, &normalized.route) || mode == RuleMode::Off {
+        let body = if needs_inspection(&parts.method, &parts.headers) {
+            let bytes = read_body(body, limit, timeout).await?;
+            check_method_override(&parts.headers, &bytes)?;
+            ProxyBody::full(bytes)
+        } else {
+            ProxyBody::stream(body, limit, timeout)
+        };
+        return Ok(Checked {
+            body,
+            route: None,
+            would_reject: None,
+        });
+    }
+    let segments: Vec<&str> = normalized.segments.iter().map(String::as_str).collect();
+    let Some(route) = rules::classify(&parts.method, &segments) else {
+        let body = ProxyBody::stream(body, limit, timeout);
+        return Ok(Checked {
+            body,
+            route: None,
+            would_reject: None,
+        });
+    };
+    // Reading the body is never skipped, not even in report mode: what is forwarded is exactly
+    // what was read.
+    let bytes = read_body(body, limit, timeout).await?;
+    let verdict = judge(runtime, principal, parts, &route, &bytes).await;
+    let would_reject = match verdict {
+        Ok(()) => None,
+        Err(GateError::LookupFailed) if policy.dialog_rules.forward_on_lookup_error => {
+            tracing::warn!(key = %principal.key_id, "dialog lookup failed: forwarding unchecked (on_lookup_error: forward)");
+            None
+        }
+        Err(error) if mode == RuleMode::Report => {
+            tracing::warn!(key = %principal.key_id, rule = error.reason(), "dialog rule would reject (report mode)");
+            Some(error.reason())
+        }
+        Err(error) => {
+            tracing::info!(key = %principal.key_id, rule = error.reason(), "dialog rule rejected a request");
+            return Err(error);
+        }
+    };
+    Ok(Checked {
+        body: ProxyBody::full(bytes),
+        route: Some(route),
+        would_reject,
+    })
+}
+
+/// Judge one dialog change against the rule table.
+async fn judge(
+    runtime: &Runtime,
+    principal: &Principal,
+    parts: &http::request::Parts,
+    route: &DialogRoute,
+    body: &[u8],
+) -> Result<(), GateError> {
+    let headers = &parts.headers;
+    if headers.contains_key(header::CONTENT_ENCODING) {
+        return Err(GateError::Rejected {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            reason: "content_encoding",
+            field: None,
+            message: "a Content-Encoding on a dialog change cannot be checked".into(),
+        });
+    }
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    let content_type = types.next();
+    if types.next().is_some() {
+        return Err(GateError::BadHeader("Content-Type is repeated"));
+    }
+    let content_type = content_type
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| GateError::BadHeader("Content-Type is not ASCII"))
+        })
+        .transpose()?;
+    let params = params::parse(content_type, parts.uri.query(), body)?;
+    let request = rules::read(route, &params, &runtime.rule_options)?;
+    let actor = actor(runtime, principal, headers).await?;
+    let lookups = &runtime.lookups;
+    let dialog = |id: String| async move {
+        lookups
+            .dialog(&runtime.client, &runtime.policy, headers, &id)
+            .await
+            .map_err(|e| match e {
+                LookupError::NotFound => GateError::DialogNotFound,
+                LookupError::Failed => GateError::LookupFailed,
+            })
+    };
+    match request {
+        DialogRequest::Create(doc) => rules::check_create(&doc, actor)?,
+        DialogRequest::Update(doc) => {
+            let DialogRoute::Update { id } = route else {
+                return Err(GateError::BadPath("not an update route"));
+            };
+            let found = dialog(id.clone()).await?;
+            rules::check_update(&doc, &found, actor)?;
+        }
+        DialogRequest::Delete { ids, force } => {
+            if force {
+                let mut found = Vec::with_capacity(ids.len());
+                for id in ids {
+                    found.push((*dialog(id).await?).clone());
+                }
+                rules::check_delete(true, &found, actor)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The acting user: `On-Behalf-Of`, the application, or the user behind a QB-Token.
+async fn actor(
+    runtime: &Runtime,
+    principal: &Principal,
+    headers: &http::HeaderMap,
+) -> Result<Actor, GateError> {
+    if let Some(digest) = principal.token {
+        return match runtime
+            .lookups
+            .session_user(&runtime.client, &runtime.policy, headers, digest)
+            .await
+        {
+            Ok(Some(user)) => Ok(Actor::User(user)),
+            Ok(None) => Ok(Actor::Application),
+            Err(LookupError::NotFound) => Err(GateError::Rejected {
+                status: StatusCode::UNAUTHORIZED,
+                reason: "qb_token_invalid",
+                field: None,
+                message: "Required session does not exist".into(),
+            }),
+            Err(LookupError::Failed) => Err(GateError::LookupFailed),
+        };
+    }
+    Ok(principal.user.map_or(Actor::Application, Actor::User))
+}
+
+/// After the upstream answered a judged request: a successful update's dialog replaces the cached
+/// one; a refusal or a force delete evicts what the cache knew.
+async fn learn(
+    runtime: &Runtime,
+    route: &DialogRoute,
+    status: StatusCode,
+    body: Incoming,
+) -> Result<ResponseBody, GateError> {
+    match route {
+        DialogRoute::Update { id } if status == StatusCode::OK => {
+            let bytes = http_body_util::Limited::new(body, 1 << 20)
+                .collect()
+                .await
+                .map_err(|_| GateError::UpstreamFailed)?
+                .to_bytes();
+            let parsed = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+            match parsed.as_ref().and_then(rules::Dialog::from_json) {
+                Some(dialog) if &dialog.id == id => runtime.lookups.replace(dialog).await,
+                _ => runtime.lookups.evict(std::slice::from_ref(id)).await,
+            }
+            Ok(ResponseBody::from(bytes))
+        }
+        DialogRoute::Update { id } => {
+            runtime.lookups.evict(std::slice::from_ref(id)).await;
+            Ok(ResponseBody::upstream(body))
+        }
+        DialogRoute::Delete { ids } => {
+            runtime.lookups.evict(ids).await;
+            Ok(ResponseBody::upstream(body))
+        }
+        _ => Ok(ResponseBody::upstream(body)),
+    }
 }
 
 /// Route allowlist phase: short-circuits with 403 when the key lists routes and none matches.
@@ -177,6 +394,29 @@ fn allow_route(
         Ok(())
     } else {
         Err(GateError::RouteNotAllowed)
+    }
+}
+
+/// Rate-limit phase: short-circuits with 429 (and `Retry-After`) when any window of the key or
+/// its user's bucket is empty. QB-Token requests are not limited: they carry no key.
+async fn rate_limit(
+    runtime: &Runtime,
+    principal: &Principal,
+    access: &mut Access,
+) -> Result<(), GateError> {
+    let Some(key) = principal.key else {
+        return Ok(());
+    };
+    match runtime.limiters.check(key, principal.user).await {
+        Decision::Unlimited => Ok(()),
+        Decision::Allowed(info) => {
+            access.rate = Some(info);
+            Ok(())
+        }
+        Decision::Limited { info, retry_after } => {
+            access.rate = Some(info);
+            Err(GateError::RateLimited { retry_after })
+        }
     }
 }
 

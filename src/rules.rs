@@ -14,6 +14,7 @@
 
 pub mod dialog;
 pub mod document;
+pub mod lookup;
 
 use std::fmt;
 

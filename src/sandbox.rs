@@ -17,8 +17,10 @@
 //! | `DELETE /chat/Dialog/<id>[,<id>..].json` | `{"SuccessfullyDeleted":{"ids":[..]},"NotFound":{"ids":[..]},"WrongPermissions":{"ids":[]}}`, 404 when no id exists |
 //!
 //! `.json` is optional. Parameters are read like Rails reads them: a JSON object or a form body
-//! merged with the query string ([`crate::params::parse`]). Every response is JSON with
-//! `Content-Type: application/json; charset=utf-8` and Rails' `X-Runtime` header.
+//! merged with the query string, by the gateway's own [`crate::params::parse`] so both sides read
+//! one document; what it refuses (duplicate keys, `_method`, a body type it cannot read) gets its
+//! 400 or 415. Every response is JSON with `Content-Type: application/json; charset=utf-8` and
+//! Rails' `X-Runtime` header; anything unrouted is a JSON 404.
 //!
 //! # Who is acting
 //! `Authorization: ApiKey <key>` acts as the application, or as the `On-Behalf-Of` user when that
@@ -69,7 +71,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -120,7 +122,11 @@ pub struct Recorded {
     pub uri: Uri,
     pub version: Version,
     pub headers: HeaderMap,
+    /// As much of the body as arrived.
     pub body: Bytes,
+    /// `false` when the body was cut short (the client aborted the upload): such a request is
+    /// recorded all the same, since its head did reach the upstream.
+    pub complete: bool,
     /// The client's address; `None` for connections handed to [`Sandbox::serve_connection`].
     pub peer: Option<SocketAddr>,
 }
@@ -387,8 +393,25 @@ impl Sandbox {
         go_away: &Notify,
     ) -> Result<Response<ReplyBody>, io::Error> {
         let started = Instant::now();
-        let (parts, body) = req.into_parts();
-        let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+        let (parts, mut incoming) = req.into_parts();
+        // Frame by frame rather than `collect`, to keep what arrived of an aborted body.
+        let mut body = BytesMut::new();
+        let mut complete = true;
+        while let Some(frame) = incoming.frame().await {
+            match frame {
+                Ok(frame) => {
+                    if let Some(data) = frame.data_ref() {
+                        body.extend_from_slice(data);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "sandbox: request body cut short");
+                    complete = false;
+                    break;
+                }
+            }
+        }
+        let body = body.freeze();
         let route = route(parts.uri.path());
         if parts.method == Method::GET && matches!(route, Route::Dialogs) {
             self.inner.lookups.fetch_add(1, Ordering::SeqCst);
@@ -403,8 +426,15 @@ impl Sandbox {
             version: parts.version,
             headers: parts.headers.clone(),
             body: body.clone(),
+            complete,
             peer,
         });
+        if !complete {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "sandbox: request body cut short",
+            ));
+        }
 
         let fault = lock(&self.inner.fault).clone();
         tracing::debug!(method = %parts.method, path = parts.uri.path(), ?fault, "sandbox: request");
@@ -449,7 +479,10 @@ impl Sandbox {
             .and_then(|v| v.to_str().ok());
         let params = match crate::params::parse(content_type, parts.uri.query(), body) {
             Ok(params) => params,
-            Err(_) => return base_error(StatusCode::BAD_REQUEST, "Malformed parameters"),
+            Err(e) => {
+                let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+                return base_error(status, &e.to_string());
+            }
         };
         match (&parts.method, route) {
             (&Method::GET, Route::Session) => self.session(&auth),
@@ -1205,6 +1238,8 @@ mod tests {
     );
     const MISSING_ID: &str = "5e261c72a28f9a4f779f10bb";
 
+    type Headers = &'static [(&'static str, &'static str)];
+
     struct Answer {
         status: StatusCode,
         headers: HeaderMap,
@@ -1580,26 +1615,18 @@ mod tests {
     /// each of its two ways to authenticate: the documented result each time.
     #[tokio::test]
     async fn update_recipes_reach_the_documented_result() {
-        let recipe_auth: [(&[(&str, &str)], &[(&str, &str)]); 2] = [
+        let recipe_auth: [(Headers, Headers); 2] = [
             (&[("qb-token", GROUP_TOKEN)], &[("qb-token", DATA_TOKEN)]),
             (USER_123, USER_123),
         ];
         for (group_auth, data_auth) in recipe_auth {
             let (sandbox, addr) = start().await;
-            let put = |id: &'static str, auth: &[(&str, &str)], body: &'static str| {
+            let put = async |id: &str, auth: &[(&str, &str)], body: &str| {
                 let headers = with(auth, ("content-type", "application/json"));
-                async move {
-                    let answer = call(
-                        addr,
-                        "PUT",
-                        &format!("/chat/Dialog/{id}.json"),
-                        &headers,
-                        body,
-                    )
-                    .await;
-                    assert_eq!(answer.status, StatusCode::OK, "{body}: {}", answer.json);
-                    answer.json
-                }
+                let path = format!("/chat/Dialog/{id}.json");
+                let answer = call(addr, "PUT", &path, &headers, body).await;
+                assert_eq!(answer.status, StatusCode::OK, "{body}: {}", answer.json);
+                answer.json
             };
             let named = put(GROUP_ID, group_auth, r#"{"name":"New Year 2020 party"}"#).await;
             assert_eq!(named["name"], "New Year 2020 party");
@@ -1719,6 +1746,10 @@ mod tests {
             bad_ids.json,
             json!({"errors": {"occupants_ids": ["is invalid"]}})
         );
+        let text = with(USER_123, ("content-type", "text/plain"));
+        let path = format!("/chat/Dialog/{GROUP_ID}.json");
+        let unsupported = call(addr, "PUT", &path, &text, "name=x").await;
+        assert_eq!(unsupported.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         let malformed = call(
             addr,
             "PUT",
@@ -1843,11 +1874,39 @@ mod tests {
         assert_eq!(put.headers["x-custom"], "kept");
         assert_eq!(put.headers["on-behalf-of"], "123");
         assert_eq!(&put.body[..], br#"{"name":"x"}"#);
+        assert!(put.complete);
         assert_eq!(put.peer.map(|p| p.ip()), Some([127, 0, 0, 1].into()));
         assert_eq!(received[1].uri, "/nowhere");
 
         assert_eq!(sandbox.take_received().len(), 2);
         assert!(sandbox.received().is_empty());
+    }
+
+    #[tokio::test]
+    async fn records_a_request_whose_body_was_cut_short() {
+        use tokio::io::AsyncWriteExt;
+        let (sandbox, addr) = start().await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "PUT /chat/Dialog/{GROUP_ID}.json HTTP/1.1\r\nhost: sandbox\r\n\
+             authorization: ApiKey {KEY}\r\ncontent-length: 100\r\n\r\n{{\"name\""
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(stream);
+        let mut received = Vec::new();
+        for _ in 0..100 {
+            received = sandbox.received();
+            if !received.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(received.len(), 1);
+        assert!(!received[0].complete);
+        assert_eq!(&received[0].body[..], br#"{"name""#);
+        assert_eq!(sandbox.dialog(GROUP_ID).unwrap()["name"], "Party planning");
     }
 
     #[tokio::test]

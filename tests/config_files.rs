@@ -20,6 +20,9 @@ fn the_demo_keys_match_the_example_policy() {
             use sha2::Digest;
             sha2::Sha256::digest(key.as_bytes()).into()
         };
-        assert_eq!(policy.key_by_digest(&digest).map(|(_, k)| k.id.as_ref()), Some(id));
+        assert_eq!(
+            policy.key_by_digest(&digest).map(|(_, k)| k.id.as_ref()),
+            Some(id)
+        );
     }
 }

@@ -90,7 +90,7 @@ impl Gate {
 
     pub async fn start_policy(sandbox: Sandbox, sandbox_addr: SocketAddr, text: &str) -> Gate {
         let policy = compile(text);
-        let runtime = Runtime::new(policy, None).unwrap();
+        let runtime = Runtime::new(policy, None).await.unwrap();
         let gateway = Gateway::new(runtime);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -113,14 +113,22 @@ impl Gate {
         }
     }
 
-    pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
         let mut request = Request::builder()
             .method(Method::from_bytes(method.as_bytes()).unwrap())
             .uri(format!("http://{}{}", self.addr, path));
         for (k, v) in headers {
             request = request.header(*k, *v);
         }
-        let request = request.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+        let request = request
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
         let response = self.client.request(request).await.unwrap();
         let status = response.status().as_u16();
         let (parts, body) = response.into_parts();
@@ -133,7 +141,14 @@ impl Gate {
     }
 
     /// `send` with `Authorization: ApiKey key` and, when given, `On-Behalf-Of`.
-    pub async fn as_user(&self, key: &str, user: Option<u64>, method: &str, path: &str, json: Option<&str>) -> Reply {
+    pub async fn as_user(
+        &self,
+        key: &str,
+        user: Option<u64>,
+        method: &str,
+        path: &str,
+        json: Option<&str>,
+    ) -> Reply {
         let auth = format!("ApiKey {key}");
         let user = user.map(|u| u.to_string());
         let mut headers: Vec<(&str, &str)> = vec![("authorization", &auth)];
@@ -170,22 +185,33 @@ impl Reply {
     }
 
     pub fn reason(&self) -> Option<&str> {
-        self.headers.get("x-qbgate-reason").and_then(|v| v.to_str().ok())
+        self.headers
+            .get("x-qbgate-reason")
+            .and_then(|v| v.to_str().ok())
     }
 
     /// Assert a gateway-made error: status, reason code, QuickBlox shape with `key`.
     #[track_caller]
     pub fn assert_gate_error(&self, status: u16, reason: &str, key: &str) {
-        assert_eq!(self.status, status, "body: {}", String::from_utf8_lossy(&self.body));
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
         assert_eq!(self.reason(), Some(reason));
         assert_eq!(
-            self.headers.get("content-type").and_then(|v| v.to_str().ok()),
+            self.headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
             Some("application/json; charset=utf-8")
         );
         let json = self.json();
         let messages = &json["errors"][key];
         assert!(
-            messages.as_array().is_some_and(|m| m.len() == 1 && m[0].is_string()),
+            messages
+                .as_array()
+                .is_some_and(|m| m.len() == 1 && m[0].is_string()),
             "expected {{\"errors\":{{\"{key}\":[\"..\"]}}}}, got {json}"
         );
     }

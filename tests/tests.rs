@@ -6,9 +6,13 @@
 //! - `tls`: a TLS upstream (test CA made with rcgen) over HTTP/1.1 and HTTP/2.
 //! - `recipes`: every curl recipe of the "Update dialog" reference replayed through the gateway.
 //! - `config_files`: the example policies load.
+//! - `dialog_rules`: the rule matrix, bypass attempts and the dialog cache, through the gateway.
+//! - `rate_limit`: 429s and their headers, per-user buckets, reloads, the Redis store.
 
 mod config_files;
 mod contract;
+mod dialog_rules;
+mod rate_limit;
 mod recipes;
 mod support;
 mod tls;

@@ -27,17 +27,23 @@ fn test_ca(host: &str, alpn: &[&[u8]]) -> TestCa {
         .unwrap()
         .signed_by(&leaf_key, &ca_cert, &ca_key)
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("qbgate-tls-{}-{}", std::process::id(), rand_suffix()));
+    let dir = std::env::temp_dir().join(format!(
+        "qbgate-tls-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let pem_path = dir.join("ca.pem");
     std::fs::write(&pem_path, ca_cert.pem()).unwrap();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
-    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone()], key)
-        .unwrap();
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key)
+    .unwrap();
     server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     TestCa { pem_path, server }
 }
@@ -73,7 +79,11 @@ async fn gate_over_tls(host: &str, cert_host: &str, alpn: &[&[u8]]) -> Gate {
     let ca = test_ca(cert_host, alpn);
     let (sandbox, addr) = tls_sandbox(ca.server).await;
     let text = policy_text(
-        &format!("https://{host}:{}\n  extra_ca_file: {}", addr.port(), ca.pem_path.display()),
+        &format!(
+            "https://{host}:{}\n  extra_ca_file: {}",
+            addr.port(),
+            ca.pem_path.display()
+        ),
         "",
         "",
     );
@@ -83,18 +93,31 @@ async fn gate_over_tls(host: &str, cert_host: &str, alpn: &[&[u8]]) -> Gate {
 #[tokio::test]
 async fn tls_upstream_over_http1_with_the_key_swapped() {
     let gate = gate_over_tls("localhost", "localhost", &[b"http/1.1"]).await;
-    let reply = gate.as_user(KEY_ANY, Some(qbgate::sandbox::seed::OWNER), "GET", "/chat/Dialog.json", None).await;
+    let reply = gate
+        .as_user(
+            KEY_ANY,
+            Some(qbgate::sandbox::seed::OWNER),
+            "GET",
+            "/chat/Dialog.json",
+            None,
+        )
+        .await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     let received = gate.sandbox.take_received();
     assert_eq!(received[0].version, http::Version::HTTP_11);
-    assert_eq!(received[0].headers["authorization"], format!("ApiKey {UPSTREAM_KEY}").as_str());
+    assert_eq!(
+        received[0].headers["authorization"],
+        format!("ApiKey {UPSTREAM_KEY}").as_str()
+    );
 }
 
 #[tokio::test]
 async fn tls_upstream_over_http2_by_alpn() {
     let gate = gate_over_tls("localhost", "localhost", &[b"h2", b"http/1.1"]).await;
     for _ in 0..3 {
-        let reply = gate.as_user(KEY_APP, None, "GET", "/chat/Dialog.json", None).await;
+        let reply = gate
+            .as_user(KEY_APP, None, "GET", "/chat/Dialog.json", None)
+            .await;
         assert_eq!(reply.status, 200, "{:?}", reply.body);
     }
     let received = gate.sandbox.take_received();
@@ -104,7 +127,9 @@ async fn tls_upstream_over_http2_by_alpn() {
 #[tokio::test]
 async fn a_certificate_for_another_host_is_502_and_nothing_is_sent() {
     let gate = gate_over_tls("localhost", "other.example", &[b"http/1.1"]).await;
-    let reply = gate.as_user(KEY_APP, None, "GET", "/chat/Dialog.json", None).await;
+    let reply = gate
+        .as_user(KEY_APP, None, "GET", "/chat/Dialog.json", None)
+        .await;
     reply.assert_gate_error(502, "upstream_unreachable", "base");
     assert!(gate.sandbox.received().is_empty());
 }

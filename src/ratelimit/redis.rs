@@ -1,0 +1,858 @@
+//! The Redis store: every replica of the gateway shares one limit per key.
+//!
+//! One round trip per request: a Lua script (sent as `EVALSHA`, loaded on `NOSCRIPT`) runs the
+//! same GCRA arithmetic as [`Window::check`](super::Window) for every window of the key and the
+//! user's bucket, on Redis's own clock (`TIME`, microseconds), and stores the new state only if
+//! every window admits the request. Redis runs a script atomically, so concurrent replicas
+//! cannot both take the last request.
+//!
+//! Keys: `qbgate:{<key id>}:v1:<quota>` (a hash holding each key window's arrival time) and
+//! `qbgate:{<key id>}:v1:<quota>:u:<user>` (one user's bucket). The `{<key id>}` hash tag puts
+//! all keys of one API key in one Redis Cluster slot, as a multi-key script requires. The quota
+//! is part of the name, so a changed quota starts fresh and an unchanged one keeps its state
+//! across reloads and replicas. Every write sets `PEXPIRE` to the moment the bucket is full
+//! again, so idle state vanishes by itself and exactly when it no longer matters.
+//!
+//! Failures: the connection is made in the background (a gateway starts while Redis is down)
+//! and remade by redis-rs's `ConnectionManager` whenever it breaks. Each command is bounded by
+//! [`COMMAND_TIMEOUT`], so a stalled Redis delays a request by at most that. While Redis is
+//! unreachable or failing, requests get `on_error` (`allow`: [`Decision::Unlimited`], `deny`:
+//! [`Decision::Limited`] with a one-second wait), each such request counts in
+//! [`Limiters::redis_errors`](super::Limiters::redis_errors), a warning is logged at most once
+//! every [`WARN_EVERY`], and for [`REDIS_RETRY_PAUSE`] after a failure requests do not wait on
+//! Redis at all (so an unreachable Redis costs neither latency nor a connection attempt per
+//! request). Recovery is logged once.
+//!
+//! Precision: the script's numbers are Lua doubles. Arrival times (about 1.8e15 µs today) and
+//! the admit comparison stay integers far below 2^53, so decisions are exact; only the reported
+//! `remaining` of very large day quotas (`per_day × 8.64e10` over 2^53) may be off by one.
+//! Lua prints large numbers in exponent form, so stored times are written with
+//! `string.format('%d', ...)`. Needs Redis 5 or later (scripts that write after `TIME`).
+//!
+//! The keys are cluster-ready; the client here is a single-node `ConnectionManager`
+//! (a Redis Cluster would need redis-rs's cluster client).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, RedisResult, Script};
+
+use super::{decide, Decision, Error, Info, KeyMeta, OnError, Quota, Report, MAX_WINDOWS};
+
+/// Longest a request waits on Redis (connect or reply). Above a healthy Redis's latency (well
+/// under a millisecond nearby) by two orders of magnitude, and short enough that a stalled
+/// Redis is noticed before clients time out.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// After a failure, requests skip Redis (and get `on_error`) for this long before trying again.
+pub const REDIS_RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// At most one warning per this interval while Redis fails.
+const WARN_EVERY: Duration = Duration::from_secs(5);
+
+/// How often the background task tries to connect when Redis was down at start-up.
+const CONNECT_EVERY: Duration = Duration::from_secs(1);
+
+const MICROS_PER_SEC: u64 = 1_000_000;
+
+/// Values per window passed to the script.
+const ARGS_PER_WINDOW: usize = 6;
+
+/// `KEYS[1]`: the key's windows (hash `a<i>`, `b<i>`); `KEYS[2]`, if given: the user's bucket.
+/// `ARGV[1]`: number of key windows n; then for each window (the key's n, then the user's):
+/// rate, period, step_whole, step_frac, limit_whole, limit_frac (see `Window`).
+/// Returns {allowed (1/0), then per window: remaining, reset µs, wait µs}.
+const SCRIPT: &str = r"
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local n = tonumber(ARGV[1])
+local total = n
+if #KEYS > 1 then total = n + 1 end
+
+local state = {}
+if n > 0 then
+  local fields = {}
+  for i = 1, n do
+    fields[#fields + 1] = 'a' .. i
+    fields[#fields + 1] = 'b' .. i
+  end
+  local v = redis.call('HMGET', KEYS[1], unpack(fields))
+  for i = 1, n do state[i] = { tonumber(v[2 * i - 1]), tonumber(v[2 * i]) } end
+end
+if #KEYS > 1 then
+  local v = redis.call('HMGET', KEYS[2], 'a1', 'b1')
+  state[total] = { tonumber(v[1]), tonumber(v[2]) }
+end
+
+local ok = 1
+local out = { 0 }
+local next = {}
+for w = 1, total do
+  local o = 1 + (w - 1) * 6
+  local rate, period = tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2])
+  local sw, sf = tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4])
+  local lw, lf = tonumber(ARGV[o + 5]), tonumber(ARGV[o + 6])
+  local a, b = state[w][1], state[w][2]
+  if a == nil or b == nil or a < now then a = now; b = 0 end
+  local na, nb = a + sw, b + sf
+  if nb >= rate then na = na + 1; nb = nb - rate end
+  local d = na - now
+  local rem, reset, wait
+  if d < lw or (d == lw and nb <= lf) then
+    rem = math.floor(((lw - d) * rate + lf - nb) / period)
+    reset = d
+    if nb > 0 then reset = reset + 1 end
+    wait = 0
+    next[w] = { na, nb, reset }
+  else
+    ok = 0
+    rem = 0
+    reset = a - now
+    if b > 0 then reset = reset + 1 end
+    wait = math.floor(((d - lw) * rate + nb - lf + rate - 1) / rate)
+  end
+  out[#out + 1] = rem
+  out[#out + 1] = reset
+  out[#out + 1] = wait
+end
+out[1] = ok
+
+if ok == 1 then
+  local function save(key, first, last)
+    local args = {}
+    local ttl = 0
+    for w = first, last do
+      local i = w - first + 1
+      args[#args + 1] = 'a' .. i
+      args[#args + 1] = string.format('%d', next[w][1])
+      args[#args + 1] = 'b' .. i
+      args[#args + 1] = string.format('%d', next[w][2])
+      if next[w][3] > ttl then ttl = next[w][3] end
+    end
+    redis.call('HSET', key, unpack(args))
+    redis.call('PEXPIRE', key, string.format('%d', math.floor(ttl / 1000) + 1))
+  end
+  if n > 0 then save(KEYS[1], 1, n) end
+  if #KEYS > 1 then save(KEYS[2], total, total) end
+end
+return out
+";
+
+pub(super) struct RedisLimiters {
+    shared: Arc<Shared>,
+    keys: Box<[Option<Arc<RedisKey>>]>,
+}
+
+/// What all generations built from one URL share: the connection, the script, the counters.
+struct Shared {
+    client: Client,
+    conn: OnceLock<ConnectionManager>,
+    script: Script,
+    on_error: OnError,
+    epoch: Instant,
+    errors: AtomicU64,
+    /// Milliseconds since `epoch` before which requests skip Redis.
+    paused_until: AtomicU64,
+    /// Milliseconds since `epoch` before which no further warning is logged.
+    quiet_until: AtomicU64,
+    failing: AtomicBool,
+}
+
+struct RedisKey {
+    meta: KeyMeta,
+    state_key: String,
+    /// `state_key` + `:u:`; the user id is appended per request.
+    user_prefix: String,
+    /// ARGV for the key windows: n, then six values per window.
+    args: Vec<u64>,
+    /// ARGV tail for the user window, if the key has one.
+    user_args: Option<[u64; ARGS_PER_WINDOW]>,
+}
+
+impl RedisLimiters {
+    pub(super) async fn new(
+        url: &str,
+        on_error: OnError,
+        keys: &[(Arc<str>, Option<Quota>)],
+    ) -> Result<RedisLimiters, Error> {
+        let client = Client::open(url).map_err(Error::RedisUrl)?;
+        let shared = Arc::new(Shared {
+            client,
+            conn: OnceLock::new(),
+            script: Script::new(SCRIPT),
+            on_error,
+            epoch: Instant::now(),
+            errors: AtomicU64::new(0),
+            paused_until: AtomicU64::new(0),
+            quiet_until: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+        });
+        // Try once now so a healthy Redis is used from the first request; otherwise keep
+        // trying in the background rather than failing start-up.
+        match shared.connect().await {
+            Ok(conn) => {
+                let _ = shared.conn.set(conn);
+            }
+            Err(e) => {
+                shared.failing.store(true, Ordering::Relaxed);
+                shared.warn(&e);
+                tokio::spawn(connect_in_background(Arc::downgrade(&shared)));
+            }
+        }
+        Ok(RedisLimiters {
+            keys: build_keys(keys),
+            shared,
+        })
+    }
+
+    pub(super) fn rebuild(&self, keys: &[(Arc<str>, Option<Quota>)]) -> RedisLimiters {
+        // The quota is part of every Redis key name: unchanged keys find their state, changed
+        // ones start fresh, and removed ones expire.
+        RedisLimiters {
+            shared: Arc::clone(&self.shared),
+            keys: build_keys(keys),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub(super) fn errors(&self) -> u64 {
+        self.shared.errors.load(Ordering::Relaxed)
+    }
+
+    pub(super) async fn check(&self, key: u32, user: Option<u64>) -> Decision {
+        let Some(Some(key)) = self.keys.get(key as usize) else {
+            debug_assert!((key as usize) < self.keys.len(), "key index out of range");
+            return Decision::Unlimited;
+        };
+        let user = user.zip(key.user_args.as_ref());
+        if key.meta.windows.is_empty() && user.is_none() {
+            return Decision::Unlimited;
+        }
+        let shared = &self.shared;
+        let Some(conn) = shared.usable() else {
+            return shared.on_error(key, None);
+        };
+        let mut conn = conn.clone();
+        let mut invocation = shared.script.prepare_invoke();
+        invocation.key(&key.state_key).arg(&key.args[..]);
+        if let Some((user, args)) = user {
+            invocation
+                .key(format!("{}{user}", key.user_prefix))
+                .arg(&args[..]);
+        }
+        let reply: RedisResult<Vec<i64>> =
+            match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn)).await {
+                Ok(reply) => reply,
+                Err(_) => return shared.on_error(key, Some(&"timed out")),
+            };
+        match reply {
+            Ok(reply) => match decode(&key.meta, user.is_some(), &reply) {
+                Some(decision) => {
+                    shared.recovered();
+                    decision
+                }
+                None => shared.on_error(key, Some(&"unexpected script reply")),
+            },
+            Err(e) => shared.on_error(key, Some(&e)),
+        }
+    }
+}
+
+fn build_keys(keys: &[(Arc<str>, Option<Quota>)]) -> Box<[Option<Arc<RedisKey>>]> {
+    keys.iter()
+        .map(|(id, quota)| RedisKey::new(id, quota.as_ref()?).map(Arc::new))
+        .collect()
+}
+
+impl RedisKey {
+    fn new(id: &Arc<str>, quota: &Quota) -> Option<RedisKey> {
+        let meta = KeyMeta::new(id, quota, MICROS_PER_SEC)?;
+        let n = |v: Option<std::num::NonZeroU32>| v.map_or(0, |v| v.get());
+        let state_key = format!(
+            "qbgate:{{{id}}}:v1:{}:{}:{}:{}:{}:{}",
+            n(quota.per_second),
+            n(quota.burst),
+            n(quota.per_minute),
+            n(quota.per_hour),
+            n(quota.per_day),
+            n(quota.per_user_per_second),
+        );
+        let user_prefix = format!("{state_key}:u:");
+        let mut args = Vec::with_capacity(1 + meta.windows.len() * ARGS_PER_WINDOW);
+        args.push(meta.windows.len() as u64);
+        for window in meta.windows.iter() {
+            args.extend_from_slice(&window_args(window));
+        }
+        let user_args = meta.user.as_ref().map(window_args);
+        Some(RedisKey {
+            meta,
+            state_key,
+            user_prefix,
+            args,
+            user_args,
+        })
+    }
+}
+
+fn window_args(w: &super::Window) -> [u64; ARGS_PER_WINDOW] {
+    [
+        w.rate,
+        w.period,
+        w.step_whole,
+        w.step_frac,
+        w.limit_whole,
+        w.limit_frac,
+    ]
+}
+
+/// The script's reply as a decision; `None` if it is not the shape the script returns.
+fn decode(meta: &KeyMeta, with_user: bool, reply: &[i64]) -> Option<Decision> {
+    let windows = meta
+        .windows
+        .iter()
+        .chain(meta.user.as_ref().filter(|_| with_user));
+    let admitted = match reply.first()? {
+        1 => true,
+        0 => false,
+        _ => return None,
+    };
+    let mut reports = [Report::default(); MAX_WINDOWS];
+    let mut n = 0;
+    let mut values = reply.get(1..)?.chunks_exact(3);
+    for (window, report) in windows.zip(reports.iter_mut()) {
+        let [remaining, reset, wait] = values.next()? else {
+            return None;
+        };
+        let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+        *report = Report {
+            name: window.name,
+            rate: window.rate,
+            allowed: *wait == 0,
+            remaining: u64::try_from(*remaining).unwrap_or(0),
+            reset: micros(*reset),
+            wait: micros(*wait),
+        };
+        n += 1;
+    }
+    let reports = &reports[..n];
+    // Exactly one triple per window, and a refusal names at least one refusing window.
+    if values.next().is_some() || n == 0 || admitted != reports.iter().all(|r| r.allowed) {
+        return None;
+    }
+    Some(decide(&meta.policy, reports))
+}
+
+impl Shared {
+    async fn connect(&self) -> RedisResult<ConnectionManager> {
+        // No retries inside the manager: requests must not queue behind a backoff schedule;
+        // REDIS_RETRY_PAUSE paces the attempts instead.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(COMMAND_TIMEOUT)
+            .set_response_timeout(COMMAND_TIMEOUT)
+            .set_number_of_retries(0);
+        match tokio::time::timeout(
+            COMMAND_TIMEOUT * 2,
+            ConnectionManager::new_with_config(self.client.clone(), config),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(::redis::RedisError::from((
+                ::redis::ErrorKind::IoError,
+                "connect timed out",
+            ))),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The connection, unless there is none yet or a recent failure pauses its use.
+    fn usable(&self) -> Option<&ConnectionManager> {
+        if self.now_ms() < self.paused_until.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.conn.get()
+    }
+
+    /// Answers per `on_error`. `error` is the failure of an attempt just made, `None` when the
+    /// request did not try (no connection yet, or paused): only attempts restart the pause, or
+    /// steady traffic would keep Redis paused forever.
+    fn on_error(&self, key: &RedisKey, error: Option<&dyn std::fmt::Display>) -> Decision {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(error) = error {
+            self.failing.store(true, Ordering::Relaxed);
+            let now = self.now_ms();
+            let pause = u64::try_from(REDIS_RETRY_PAUSE.as_millis()).unwrap_or(u64::MAX);
+            self.paused_until
+                .fetch_max(now.saturating_add(pause), Ordering::Relaxed);
+            self.warn(error);
+        }
+        match self.on_error {
+            OnError::Allow => Decision::Unlimited,
+            OnError::Deny => {
+                let window = key
+                    .meta
+                    .windows
+                    .first()
+                    .or(key.meta.user.as_ref())
+                    .map_or("1s", |w| w.name);
+                Decision::Limited {
+                    info: Info {
+                        policy: key.meta.policy.clone(),
+                        window,
+                        remaining: 0,
+                        reset_secs: 1,
+                    },
+                    retry_after: Duration::from_secs(1),
+                }
+            }
+        }
+    }
+
+    /// Logs at most once per `WARN_EVERY`, however many requests fail.
+    fn warn(&self, error: &dyn std::fmt::Display) {
+        let now = self.now_ms();
+        let quiet = self.quiet_until.load(Ordering::Relaxed);
+        if now < quiet && quiet != 0 {
+            return;
+        }
+        let next = now.saturating_add(u64::try_from(WARN_EVERY.as_millis()).unwrap_or(0));
+        if self
+            .quiet_until
+            .compare_exchange(quiet, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::warn!(
+                error = %error,
+                on_error = ?self.on_error,
+                failed_requests = self.errors.load(Ordering::Relaxed),
+                "rate-limit store: Redis unreachable, applying on_error"
+            );
+        }
+    }
+
+    fn recovered(&self) {
+        if self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!("rate-limit store: Redis reachable again");
+        }
+    }
+}
+
+/// Connects when Redis was down at start-up; ends once connected or once the store is gone.
+async fn connect_in_background(shared: Weak<Shared>) {
+    loop {
+        tokio::time::sleep(CONNECT_EVERY).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match shared.connect().await {
+            Ok(conn) => {
+                let _ = shared.conn.set(conn);
+                return;
+            }
+            Err(e) => shared.warn(&e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Limiters, Quota};
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::num::NonZeroU32;
+    use std::process::{Child, Command, Stdio};
+
+    /// A real redis-server on a loopback port, killed on drop.
+    struct Server {
+        child: Child,
+        port: u16,
+    }
+
+    impl Server {
+        /// `None` (and a printed notice) when redis-server is not installed, unless
+        /// `QBGATE_REQUIRE_REDIS` is set: then that is a failure.
+        fn start(test: &str) -> Option<Server> {
+            let installed = Command::new("redis-server")
+                .arg("--version")
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !installed {
+                if std::env::var_os("QBGATE_REQUIRE_REDIS").is_some() {
+                    panic!("{test}: redis-server not found and QBGATE_REQUIRE_REDIS is set");
+                }
+                eprintln!(
+                    "SKIPPED {test}: redis-server not found (install it, or set \
+                     QBGATE_REQUIRE_REDIS=1 to make this a failure)"
+                );
+                return None;
+            }
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port();
+            Some(Server::on(port))
+        }
+
+        fn on(port: u16) -> Server {
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Server { child, port }
+        }
+
+        fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}/", self.port)
+        }
+
+        fn stop(mut self) -> u16 {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.port
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn nz(n: u32) -> Option<NonZeroU32> {
+        NonZeroU32::new(n)
+    }
+
+    fn keys(list: &[(&str, Quota)]) -> Vec<(Arc<str>, Option<Quota>)> {
+        list.iter()
+            .map(|(id, q)| (Arc::from(*id), Some(q.clone())))
+            .collect()
+    }
+
+    async fn count(l: &Limiters, key: u32, user: Option<u64>, n: usize) -> usize {
+        let mut allowed = 0;
+        for _ in 0..n {
+            if matches!(l.check(key, user).await, Decision::Allowed(_)) {
+                allowed += 1;
+            }
+        }
+        allowed
+    }
+
+    #[tokio::test]
+    async fn two_limiters_share_one_limit() {
+        let Some(server) = Server::start("two_limiters_share_one_limit") else {
+            return;
+        };
+        let q = Quota {
+            per_hour: nz(20),
+            per_user_per_second: nz(3),
+            ..Quota::default()
+        };
+        let k = keys(&[("billing", q)]);
+        let a = Limiters::redis(&server.url(), OnError::Deny, &k)
+            .await
+            .expect("a");
+        let b = Limiters::redis(&server.url(), OnError::Deny, &k)
+            .await
+            .expect("b");
+        let mut allowed = 0;
+        for i in 0..100 {
+            let l = if i % 2 == 0 { &a } else { &b };
+            if matches!(l.check(0, None).await, Decision::Allowed(_)) {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 20);
+        // One user's bucket is shared too.
+        let q = Quota {
+            per_second: nz(1000),
+            per_user_per_second: nz(3),
+            ..Quota::default()
+        };
+        let k = keys(&[("users", q)]);
+        let a = a.rebuild(&k);
+        let b = b.rebuild(&k);
+        let both = count(&a, 0, Some(42), 5).await + count(&b, 0, Some(42), 5).await;
+        assert_eq!(both, 3);
+        assert_eq!(count(&b, 0, Some(43), 5).await, 3, "users independent");
+        assert_eq!(a.redis_errors() + b.redis_errors(), 0);
+    }
+
+    #[tokio::test]
+    async fn all_or_nothing_and_headers() {
+        let Some(server) = Server::start("all_or_nothing_and_headers") else {
+            return;
+        };
+        let q = Quota {
+            per_second: nz(10),
+            per_minute: nz(2),
+            per_user_per_second: nz(5),
+            ..Quota::default()
+        };
+        let l = Limiters::redis(&server.url(), OnError::Deny, &keys(&[("k", q)]))
+            .await
+            .expect("limiters");
+        match l.check(0, Some(1)).await {
+            Decision::Allowed(info) => {
+                assert_eq!(
+                    info.policy_header(),
+                    "\"1s\";q=10;w=1, \"1m\";q=2;w=60, \"user-1s\";q=5;w=1"
+                );
+                assert_eq!(info.ratelimit_header(), "\"1m\";r=1;t=30");
+            }
+            other => panic!("allowed expected, got {other:?}"),
+        }
+        assert_eq!(count(&l, 0, Some(1), 19).await, 1);
+        match l.check(0, Some(1)).await {
+            Decision::Limited { info, retry_after } => {
+                assert_eq!(info.window(), "1m");
+                // 2 per minute: one every 30 s.
+                assert!(retry_after > Duration::from_secs(29), "{retry_after:?}");
+                assert_eq!(info.ratelimit_header(), "\"1m\";r=0;t=60");
+            }
+            other => panic!("limited expected, got {other:?}"),
+        }
+        // The 20 refusals spent nothing from "1s" (10/s) or the user's bucket (5/s): check
+        // the stored state directly.
+        let client = Client::open(server.url()).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("conn");
+        let mut names: Vec<String> = ::redis::cmd("KEYS")
+            .arg("qbgate:*")
+            .query_async(&mut conn)
+            .await
+            .expect("keys");
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "qbgate:{k}:v1:10:0:2:0:0:5",
+                "qbgate:{k}:v1:10:0:2:0:0:5:u:1"
+            ]
+        );
+        let (sec, min): (i64, i64) = ::redis::cmd("HMGET")
+            .arg(&names[0])
+            .arg("a1")
+            .arg("a2")
+            .query_async(&mut conn)
+            .await
+            .expect("hmget");
+        // Two admitted: "1s" is 2 × 100 ms ahead of the first request, "1m" 2 × 30 s.
+        assert_eq!(min - sec, 60_000_000 - 200_000);
+        let ttl: i64 = ::redis::cmd("PTTL")
+            .arg(&names[1])
+            .query_async(&mut conn)
+            .await
+            .expect("pttl");
+        assert!(
+            (1..=401).contains(&ttl),
+            "user bucket expires when full: {ttl}"
+        );
+    }
+
+    #[tokio::test]
+    async fn rate_over_real_time() {
+        let Some(server) = Server::start("rate_over_real_time") else {
+            return;
+        };
+        let q = Quota {
+            per_second: nz(20),
+            burst: nz(5),
+            ..Quota::default()
+        };
+        let l = Limiters::redis(&server.url(), OnError::Deny, &keys(&[("k", q)]))
+            .await
+            .expect("limiters");
+        let start = Instant::now();
+        let mut allowed = 0u64;
+        let mut first = None;
+        let mut last = start;
+        while start.elapsed() < Duration::from_millis(1500) {
+            let before = Instant::now();
+            if matches!(l.check(0, None).await, Decision::Allowed(_)) {
+                allowed += 1;
+                first.get_or_insert(before);
+                last = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let span = last - first.expect("some allowed");
+        let expect = 5.0 + 20.0 * span.as_secs_f64();
+        assert!(
+            (allowed as f64 - expect).abs() <= 1.5,
+            "allowed {allowed}, expected {expect:.1}"
+        );
+    }
+
+    #[tokio::test]
+    async fn redis_down_up_and_back() {
+        let Some(server) = Server::start("redis_down_up_and_back") else {
+            return;
+        };
+        let q = Quota {
+            per_hour: nz(3),
+            ..Quota::default()
+        };
+        let k = keys(&[("k", q)]);
+        let allow = Limiters::redis(&server.url(), OnError::Allow, &k)
+            .await
+            .expect("allow");
+        let deny = Limiters::redis(&server.url(), OnError::Deny, &k)
+            .await
+            .expect("deny");
+        assert!(matches!(allow.check(0, None).await, Decision::Allowed(_)));
+
+        let url = server.url();
+        let port = server.stop();
+        for _ in 0..20 {
+            let started = Instant::now();
+            assert!(matches!(allow.check(0, None).await, Decision::Unlimited));
+            match deny.check(0, None).await {
+                Decision::Limited { retry_after, .. } => {
+                    assert_eq!(retry_after, Duration::from_secs(1))
+                }
+                other => panic!("limited expected, got {other:?}"),
+            }
+            assert!(started.elapsed() < COMMAND_TIMEOUT * 3, "bounded wait");
+        }
+        assert_eq!(allow.redis_errors(), 20);
+        assert_eq!(deny.redis_errors(), 20);
+        // A rebuild keeps the shared counter.
+        assert_eq!(allow.rebuild(&k).redis_errors(), 20);
+
+        // Restarted (empty): limiting resumes through the same Limiters.
+        let _server = Server::on(port);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match allow.check(0, None).await {
+                Decision::Allowed(_) => break,
+                Decision::Unlimited => {
+                    assert!(Instant::now() < deadline, "no reconnect to {url}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(count(&allow, 0, None, 10).await, 2);
+        // `deny` reconnects too, and then refuses because the limit is spent, not on error.
+        loop {
+            let errors = deny.redis_errors();
+            let decision = deny.check(0, None).await;
+            if deny.redis_errors() == errors {
+                assert!(
+                    matches!(decision, Decision::Limited { info, .. } if info.window() == "1h")
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "no reconnect for deny");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn start_with_redis_down() {
+        let Some(server) = Server::start("start_with_redis_down") else {
+            return;
+        };
+        let port = server.stop();
+        let q = Quota {
+            per_hour: nz(2),
+            ..Quota::default()
+        };
+        let l = Limiters::redis(
+            &format!("redis://127.0.0.1:{port}/"),
+            OnError::Allow,
+            &keys(&[("k", q)]),
+        )
+        .await
+        .expect("start-up does not need Redis");
+        assert!(matches!(l.check(0, None).await, Decision::Unlimited));
+        let _server = Server::on(port);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !matches!(l.check(0, None).await, Decision::Allowed(_)) {
+            assert!(Instant::now() < deadline, "background connect");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(count(&l, 0, None, 5).await, 1);
+    }
+
+    #[tokio::test]
+    async fn stalled_redis_is_bounded_by_the_timeout() {
+        let Some(server) = Server::start("stalled_redis_is_bounded_by_the_timeout") else {
+            return;
+        };
+        let q = Quota {
+            per_hour: nz(100),
+            ..Quota::default()
+        };
+        let l = Limiters::redis(&server.url(), OnError::Allow, &keys(&[("k", q)]))
+            .await
+            .expect("limiters");
+        assert!(matches!(l.check(0, None).await, Decision::Allowed(_)));
+        let signal = |sig: &str| {
+            let status = Command::new("kill")
+                .args([sig, &server.child.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success());
+        };
+        signal("-STOP");
+        let started = Instant::now();
+        assert!(matches!(l.check(0, None).await, Decision::Unlimited));
+        let waited = started.elapsed();
+        assert!(
+            waited >= COMMAND_TIMEOUT && waited < COMMAND_TIMEOUT * 2,
+            "{waited:?}"
+        );
+        // Paused: the next requests do not wait at all.
+        let started = Instant::now();
+        assert!(matches!(l.check(0, None).await, Decision::Unlimited));
+        assert!(started.elapsed() < Duration::from_millis(50));
+        signal("-CONT");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !matches!(l.check(0, None).await, Decision::Allowed(_)) {
+            assert!(Instant::now() < deadline, "resumes after the stall");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[test]
+    fn check_future_is_send() {
+        fn send<T: Send>(_: &T) {}
+        let l = Limiters::memory(&[]);
+        send(&l.check(0, None));
+        fn sync<T: Send + Sync>() {}
+        sync::<Limiters>();
+    }
+
+    #[tokio::test]
+    async fn bad_url_fails() {
+        let err = Limiters::redis("http://nope", OnError::Allow, &[])
+            .await
+            .expect_err("bad url");
+        assert!(
+            err.to_string().starts_with("rate_limit.redis.url: "),
+            "{err}"
+        );
+    }
+}

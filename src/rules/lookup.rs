@@ -1,0 +1,212 @@
+//! Upstream state the rules need: dialogs (`GET /chat/Dialog.json?_id=<id>`) and the user behind a
+//! QB-Token (`GET /session.json`), each in a bounded TTL cache.
+//!
+//! moka's `try_get_with` makes concurrent requests for one dialog share one lookup; failures are
+//! not cached. Dialogs are looked up with the gateway's upstream key and no `On-Behalf-Of`, acting
+//! as the application: a user's own lookup would come back empty for a dialog he is not in, which
+//! would turn the rule table's 403 into a 404 and make one cache entry depend on who asked first.
+//! Without an upstream key the caller's own credentials are used.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use moka::future::Cache;
+
+use super::Dialog;
+use crate::policy::Policy;
+use crate::upstream::{HttpClient, ProxyBody};
+
+/// Largest lookup answer read: a dialog list of one.
+const MAX_LOOKUP_BYTES: usize = 256 * 1024;
+/// Bound on cached dialogs and sessions: enough for a busy sidecar, a few MiB at most.
+const MAX_ENTRIES: u64 = 50_000;
+
+/// Why a lookup gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupError {
+    /// The upstream says there is no such dialog (or session).
+    NotFound,
+    /// Unreachable, timed out, or an answer the gateway could not read.
+    Failed,
+}
+
+/// The dialog and session caches, shared across policy generations with the same TTL.
+#[derive(Clone)]
+pub struct Lookups {
+    ttl: Duration,
+    dialogs: Cache<String, Arc<Dialog>>,
+    sessions: Cache<[u8; 32], Option<u64>>,
+}
+
+impl Lookups {
+    pub fn new(ttl: Duration) -> Self {
+        Lookups {
+            ttl,
+            dialogs: Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .time_to_live(ttl.max(Duration::from_millis(1)))
+                .build(),
+            sessions: Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .time_to_live(ttl.max(Duration::from_millis(1)))
+                .build(),
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The dialog `id`, from the cache or one shared upstream lookup.
+    pub async fn dialog(
+        &self,
+        client: &HttpClient,
+        policy: &Policy,
+        caller: &HeaderMap,
+        id: &str,
+    ) -> Result<Arc<Dialog>, LookupError> {
+        if self.ttl.is_zero() {
+            return fetch_dialog(client, policy, caller, id).await.map(Arc::new);
+        }
+        self.dialogs
+            .try_get_with(id.to_string(), async {
+                fetch_dialog(client, policy, caller, id).await.map(Arc::new)
+            })
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    /// The user behind a QB-Token (`None`: an application session).
+    pub async fn session_user(
+        &self,
+        client: &HttpClient,
+        policy: &Policy,
+        caller: &HeaderMap,
+        digest: [u8; 32],
+    ) -> Result<Option<u64>, LookupError> {
+        self.sessions
+            .try_get_with(digest, fetch_session(client, policy, caller))
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    /// A successful update returned the dialog as it now is: later checks see it at once.
+    pub async fn replace(&self, dialog: Dialog) {
+        self.dialogs
+            .insert(dialog.id.clone(), Arc::new(dialog))
+            .await;
+    }
+
+    /// The upstream refused or deleted these dialogs: forget them.
+    pub async fn evict(&self, ids: &[String]) {
+        for id in ids {
+            self.dialogs.invalidate(id).await;
+        }
+    }
+}
+
+async fn fetch_dialog(
+    client: &HttpClient,
+    policy: &Policy,
+    caller: &HeaderMap,
+    id: &str,
+) -> Result<Dialog, LookupError> {
+    // `id` passed `rules::classify`: letters, digits, `-` and `_`, nothing to escape.
+    let (status, body) = get(
+        client,
+        policy,
+        caller,
+        &format!("/chat/Dialog.json?_id={id}"),
+        false,
+    )
+    .await?;
+    match status {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND => return Err(LookupError::NotFound),
+        _ => return Err(LookupError::Failed),
+    }
+    let json: serde_json::Value = serde_json::from_slice(&body).map_err(|_| LookupError::Failed)?;
+    let items = json
+        .get("items")
+        .and_then(|i| i.as_array())
+        .ok_or(LookupError::Failed)?;
+    let item = items
+        .iter()
+        .find(|d| d.get("_id").and_then(|v| v.as_str()) == Some(id));
+    match item {
+        None => Err(LookupError::NotFound),
+        Some(item) => Dialog::from_json(item).ok_or(LookupError::Failed),
+    }
+}
+
+async fn fetch_session(
+    client: &HttpClient,
+    policy: &Policy,
+    caller: &HeaderMap,
+) -> Result<Option<u64>, LookupError> {
+    let (status, body) = get(client, policy, caller, "/session.json", true).await?;
+    match status {
+        StatusCode::OK => {}
+        StatusCode::UNAUTHORIZED | StatusCode::NOT_FOUND => return Err(LookupError::NotFound),
+        _ => return Err(LookupError::Failed),
+    }
+    let json: serde_json::Value = serde_json::from_slice(&body).map_err(|_| LookupError::Failed)?;
+    let session = json.get("session").ok_or(LookupError::Failed)?;
+    Ok(session
+        .get("user_id")
+        .and_then(|u| u.as_u64())
+        .filter(|u| *u > 0))
+}
+
+/// One GET to the upstream with the right credentials; the answer read whole (bounded).
+async fn get(
+    client: &HttpClient,
+    policy: &Policy,
+    caller: &HeaderMap,
+    path: &str,
+    as_token: bool,
+) -> Result<(StatusCode, Bytes), LookupError> {
+    let upstream = &policy.upstream;
+    let uri = format!(
+        "{}://{}{}{}",
+        upstream.scheme, upstream.origin, upstream.base_path, path
+    );
+    let mut request = Request::get(uri)
+        .body(ProxyBody::empty())
+        .map_err(|_| LookupError::Failed)?;
+    let headers = request.headers_mut();
+    headers.insert(
+        header::ACCEPT,
+        http::HeaderValue::from_static("application/json"),
+    );
+    if as_token {
+        if let Some(token) = caller.get("qb-token") {
+            headers.insert("qb-token", token.clone());
+        }
+    } else if let Some(key) = &upstream.authorization {
+        headers.insert(header::AUTHORIZATION, key.clone());
+    } else {
+        for name in [header::AUTHORIZATION.as_str(), "on-behalf-of", "qb-token"] {
+            if let Some(value) = caller.get(name) {
+                headers.insert(http::HeaderName::from_static(name), value.clone());
+            }
+        }
+    }
+    let response = tokio::time::timeout(upstream.timeout, client.request(request))
+        .await
+        .map_err(|_| LookupError::Failed)?
+        .map_err(|_| LookupError::Failed)?;
+    let status = response.status();
+    let body = tokio::time::timeout(
+        upstream.timeout,
+        http_body_util::Limited::new(response.into_body(), MAX_LOOKUP_BYTES).collect(),
+    )
+    .await
+    .map_err(|_| LookupError::Failed)?
+    .map_err(|_| LookupError::Failed)?
+    .to_bytes();
+    Ok((status, body))
+}

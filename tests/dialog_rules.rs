@@ -1,0 +1,1 @@
+//! Dialog rules through the gateway against the sandbox.
