@@ -45,10 +45,7 @@ fn route(gateway: &Gateway, request: &Request<Incoming>) -> Response<ResponseBod
         "/metrics" => text(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            format!(
-                "# TYPE qbgate_policy_info gauge\nqbgate_policy_info{{digest=\"{}\"}} 1\n",
-                gateway.runtime().policy.digest
-            ),
+            crate::metrics::render(),
         ),
         _ => text(
             StatusCode::NOT_FOUND,

@@ -64,7 +64,7 @@ pub struct Reload {
 
 async fn serve_policy(
     policy: Policy,
-    _reload: Option<Reload>,
+    reload: Option<Reload>,
     extra_shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Failure> {
     let listen = policy.listen;
@@ -76,7 +76,11 @@ async fn serve_policy(
     let admin = TcpListener::bind(admin_listen)
         .await
         .map_err(|e| Failure::Other(format!("cannot listen on {admin_listen}: {e}")))?;
+    crate::metrics::handle();
     let gateway = Gateway::new(runtime);
+    if let Some(Reload { path, overrides }) = reload {
+        tokio::spawn(crate::reload::watch(gateway.clone(), path, overrides));
+    }
     tracing::info!(%listen, %admin_listen, digest = gateway.runtime().policy.digest, "qbgate serving");
     let shutdown = async move {
         tokio::select! {

@@ -13,18 +13,23 @@
 //! - [`ratelimit`]: per-key and per-user limits.
 //! - [`proxy`]: the phases of a request, in order; [`upstream`]: the pooled rustls client.
 //! - [`error`]: every answer the gateway makes itself.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on their own port.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on their own port; [`metrics`]: what it renders.
+//! - [`reload`]: directory watch, SIGHUP and periodic re-read -> compile -> swap.
+//! - [`rules`]: dialog changes judged against QuickBlox's rule table; [`params`]: Rails-style
+//!   parameters, the document the upstream would act on.
 //! - [`sandbox`]: the QuickBlox-like upstream used by `qbgate demo` and the tests.
 
 pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod error;
+pub mod metrics;
 pub mod normalize;
 pub mod params;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reload;
 pub mod rules;
 pub mod sandbox;
 pub mod upstream;
@@ -121,6 +126,8 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(runtime: Runtime) -> Arc<Gateway> {
+        metrics::handle();
+        metrics::policy_info(&runtime.policy.digest, &runtime.policy.digest);
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             ids: proxy::RequestIds::new(),

@@ -67,6 +67,8 @@ struct Access {
     reason: &'static str,
     upstream_status: Option<u16>,
     upstream_ms: Option<f64>,
+    /// Route template for metrics.
+    route: &'static str,
     /// Rate-limit fields for the response, once the limiter ran.
     rate: Option<ratelimit::Info>,
 }
@@ -91,6 +93,7 @@ pub async fn handle(
         upstream_status: None,
         upstream_ms: None,
         rate: None,
+        route: "other",
     };
     let mut response = match phases(&runtime, request, &request_id, &mut access).await {
         Ok(response) => response,
@@ -99,9 +102,23 @@ pub async fn handle(
             error.to_response()
         }
     };
-    response
-        .headers_mut()
-        .insert("x-request-id", request_id.clone());
+    let total = started.elapsed().as_secs_f64();
+    crate::metrics::request(
+        access.key.as_ref(),
+        access.route,
+        response.status().as_u16(),
+        access.reason,
+        total,
+    );
+    if let Some(ms) = access.upstream_ms {
+        crate::metrics::upstream(ms / 1000.0);
+    }
+    let headers = response.headers_mut();
+    headers.insert("x-request-id", request_id.clone());
+    if let Some(info) = &access.rate {
+        headers.insert("ratelimit-policy", info.policy_header());
+        headers.insert("ratelimit", info.ratelimit_header());
+    }
     tracing::info!(
         target: "qbgate::access",
         request_id = request_id.to_str().unwrap_or_default(),
@@ -112,7 +129,7 @@ pub async fn handle(
         status = response.status().as_u16(),
         reason = access.reason,
         upstream_status = access.upstream_status,
-        total_ms = started.elapsed().as_secs_f64() * 1000.0,
+        total_ms = total * 1000.0,
         upstream_ms = access.upstream_ms,
     );
     response
@@ -127,6 +144,7 @@ async fn phases(
     let policy = &runtime.policy;
     let (mut parts, body) = request.into_parts();
     let normalized = normalize::normalize(parts.uri.path(), parts.uri.query(), &parts.headers)?;
+    access.route = crate::metrics::route_label(&normalized.route);
     let principal = auth::authenticate(policy, &parts.headers, SystemTime::now())?;
     access.key = Some(principal.key_id.clone());
     access.user = principal.user;
@@ -151,7 +169,7 @@ async fn phases(
     let sent = Instant::now();
     let response = upstream::send(&runtime.client, policy.upstream.timeout, outgoing).await;
     access.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
-    let response = response?;
+    let response = response.inspect_err(|e| crate::metrics::upstream_error(e.reason()))?;
     access.upstream_status = Some(response.status().as_u16());
     let (mut parts, body) = response.into_parts();
     upstream::strip_hop_by_hop(&mut parts.headers);
@@ -234,10 +252,12 @@ async fn rules_phase(
             None
         }
         Err(error) if mode == RuleMode::Report => {
+            crate::metrics::rule_violation(error.reason(), "report");
             tracing::warn!(key = %principal.key_id, rule = error.reason(), "dialog rule would reject (report mode)");
             Some(error.reason())
         }
         Err(error) => {
+            crate::metrics::rule_violation(error.reason(), "enforce");
             tracing::info!(key = %principal.key_id, rule = error.reason(), "dialog rule rejected a request");
             return Err(error);
         }
@@ -414,6 +434,7 @@ async fn rate_limit(
             Ok(())
         }
         Decision::Limited { info, retry_after } => {
+            crate::metrics::rate_limited(&principal.key_id);
             access.rate = Some(info);
             Err(GateError::RateLimited { retry_after })
         }

@@ -7,11 +7,13 @@
 //! - `recipes`: every curl recipe of the "Update dialog" reference replayed through the gateway.
 //! - `config_files`: the example policies load.
 //! - `dialog_rules`: the rule matrix, bypass attempts and the dialog cache, through the gateway.
+//! - `operations`: hot reload under load, the directory watch, graceful drain, metrics.
 //! - `rate_limit`: 429s and their headers, per-user buckets, reloads, the Redis store.
 
 mod config_files;
 mod contract;
 mod dialog_rules;
+mod operations;
 mod rate_limit;
 mod recipes;
 mod support;

@@ -69,8 +69,14 @@ impl Lookups {
         id: &str,
     ) -> Result<Arc<Dialog>, LookupError> {
         if self.ttl.is_zero() {
+            crate::metrics::dialog_cache("miss");
             return fetch_dialog(client, policy, caller, id).await.map(Arc::new);
         }
+        if let Some(dialog) = self.dialogs.get(id).await {
+            crate::metrics::dialog_cache("hit");
+            return Ok(dialog);
+        }
+        crate::metrics::dialog_cache("miss");
         self.dialogs
             .try_get_with(id.to_string(), async {
                 fetch_dialog(client, policy, caller, id).await.map(Arc::new)

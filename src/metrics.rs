@@ -1,0 +1,100 @@
+//! Prometheus metrics, rendered on the admin listener. Labels are bounded: `key` is a key id from
+//! the policy, `route` a template from [`route_label`], never a raw path.
+//!
+//! Histograms have real buckets (summaries do not add up across replicas). The recorder is
+//! process-global, installed once.
+
+use std::sync::{Arc, OnceLock};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Seconds: 0.5 ms to 15 s, covering a local check and a slow upstream.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0,
+];
+
+/// Install the recorder (once); `None` if another recorder is already installed.
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .as_ref()
+}
+
+/// The Prometheus text exposition.
+pub fn render() -> String {
+    handle().map(PrometheusHandle::render).unwrap_or_default()
+}
+
+/// A bounded route template for a normalized route key.
+pub fn route_label(route: &[String]) -> &'static str {
+    let r: Vec<&str> = route
+        .iter()
+        .map(|s| s.split('.').next().unwrap_or_default())
+        .collect();
+    match r.as_slice() {
+        [] => "/",
+        ["chat", "dialog"] => "/chat/Dialog",
+        ["chat", "dialog", _] => "/chat/Dialog/:id",
+        ["chat", "message"] => "/chat/Message",
+        ["chat", "message", _] => "/chat/Message/:id",
+        ["session"] => "/session",
+        ["users"] => "/users",
+        ["users", _] => "/users/:id",
+        ["blobs"] => "/blobs",
+        ["blobs", ..] => "/blobs/:id",
+        _ => "other",
+    }
+}
+
+pub fn request(
+    key: Option<&Arc<str>>,
+    route: &'static str,
+    status: u16,
+    reason: &'static str,
+    seconds: f64,
+) {
+    let key = key.map_or_else(|| "-".to_string(), |k| k.to_string());
+    metrics::counter!("qbgate_requests_total", "key" => key, "route" => route, "status" => status.to_string(), "reason" => reason)
+        .increment(1);
+    metrics::histogram!("qbgate_request_duration_seconds", "route" => route).record(seconds);
+}
+
+pub fn upstream(seconds: f64) {
+    metrics::histogram!("qbgate_upstream_duration_seconds").record(seconds);
+}
+
+pub fn upstream_error(kind: &'static str) {
+    metrics::counter!("qbgate_upstream_errors_total", "kind" => kind).increment(1);
+}
+
+pub fn rate_limited(key: &Arc<str>) {
+    metrics::counter!("qbgate_rate_limited_total", "key" => key.to_string()).increment(1);
+}
+
+pub fn rule_violation(rule: &'static str, mode: &'static str) {
+    metrics::counter!("qbgate_rule_violations_total", "rule" => rule, "mode" => mode).increment(1);
+}
+
+pub fn dialog_cache(result: &'static str) {
+    metrics::counter!("qbgate_dialog_cache_requests_total", "result" => result).increment(1);
+}
+
+pub fn reload(result: &'static str) {
+    metrics::counter!("qbgate_policy_reloads_total", "result" => result).increment(1);
+}
+
+/// `qbgate_policy_info{digest}` is 1 for the serving policy, 0 for the one it replaced.
+pub fn policy_info(old: &str, new: &str) {
+    if old != new {
+        metrics::gauge!("qbgate_policy_info", "digest" => old.to_string()).set(0.0);
+    }
+    metrics::gauge!("qbgate_policy_info", "digest" => new.to_string()).set(1.0);
+}

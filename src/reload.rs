@@ -1,0 +1,148 @@
+//! Hot reload: a watch on the policy file's directory, SIGHUP, and a slow periodic re-read, each
+//! leading to compile -> build the next generation -> swap. An invalid policy keeps the last good
+//! one, logs every error and counts a failed reload.
+//!
+//! The directory is watched, not the file: Kubernetes updates a mounted ConfigMap by swapping a
+//! `..data` symlink and editors replace files by rename, and a watch on the file itself goes silent
+//! after the first swap. Secret files named by the policy are re-read on every reload; the periodic
+//! re-read (every minute) catches a secret that changed alone. `listen` and `admin_listen` changes
+//! need a restart.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::cli::Overrides;
+use crate::{metrics, policy, Gateway, Runtime};
+
+/// How often the policy is re-read even without an event.
+const PERIODIC: Duration = Duration::from_secs(60);
+/// Events arrive in bursts (a symlink swap is several); wait for the burst to end.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// Why a reload ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Event,
+    Signal,
+    Periodic,
+}
+
+/// Watch `path` and reload into `gateway` until the process ends.
+pub async fn watch(gateway: Arc<Gateway>, path: PathBuf, overrides: Overrides) {
+    let (tx, mut rx) = mpsc::channel::<Trigger>(16);
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), PathBuf::from);
+    let watcher = {
+        let tx = tx.clone();
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = tx.try_send(Trigger::Event);
+            }
+        })
+    };
+    let _watcher = match watcher {
+        Ok(mut w) => {
+            use notify::Watcher;
+            match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => Some(w),
+                Err(error) => {
+                    tracing::warn!(%error, dir = %dir.display(), "cannot watch the policy directory; SIGHUP and the periodic re-read still reload");
+                    None
+                }
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "no file watcher; SIGHUP and the periodic re-read still reload");
+            None
+        }
+    };
+    tokio::spawn({
+        let tx = tx.clone();
+        async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let _ = tx.send(Trigger::Signal).await;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PERIODIC);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if tx.send(Trigger::Periodic).await.is_err() {
+                return;
+            }
+        }
+    });
+    while let Some(mut trigger) = rx.recv().await {
+        tokio::time::sleep(SETTLE).await;
+        while let Ok(more) = rx.try_recv() {
+            if more != Trigger::Periodic {
+                trigger = more;
+            }
+        }
+        reload(&gateway, &path, &overrides, trigger == Trigger::Periodic).await;
+    }
+}
+
+/// Compile the file and swap it in. `quiet`: skip the swap (and the log) when nothing changed.
+/// Returns whether a new generation is serving.
+pub async fn reload(
+    gateway: &Gateway,
+    path: &std::path::Path,
+    overrides: &Overrides,
+    quiet: bool,
+) -> bool {
+    let compiled = policy::load(path).and_then(|mut p| {
+        overrides.apply(&mut p).map_err(|message| {
+            policy::PolicyErrors(vec![policy::compile::PolicyError {
+                path: "--upstream".into(),
+                message,
+                place: None,
+            }])
+        })?;
+        Ok(p)
+    });
+    let next = match compiled {
+        Ok(next) => next,
+        Err(errors) => {
+            for error in &errors.0 {
+                tracing::error!(%error, "policy reload failed; the last good policy stays");
+            }
+            metrics::reload("failure");
+            return false;
+        }
+    };
+    let current = gateway.runtime();
+    if quiet
+        && current.policy.digest == next.digest
+        && current.policy.upstream.authorization == next.upstream.authorization
+    {
+        return false;
+    }
+    let digest = next.digest.clone();
+    match Runtime::new(next, Some(&current)).await {
+        Ok(runtime) => {
+            gateway.swap(runtime);
+            metrics::reload("success");
+            metrics::policy_info(&current.policy.digest, &digest);
+            tracing::info!(digest, "policy reloaded");
+            true
+        }
+        Err(error) => {
+            tracing::error!(%error, "policy reload failed; the last good policy stays");
+            metrics::reload("failure");
+            false
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Operations: hot reload (file watch and explicit), graceful drain, admin endpoints, metrics.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use qbgate::cli::Overrides;
+use qbgate::sandbox::{Fault, Sandbox};
+use qbgate::{Gateway, Runtime};
+use tokio::net::TcpListener;
+
+use crate::support::*;
+
+/// A policy file in its own directory, with the upstream key in a secret file.
+fn policy_dir(sandbox: std::net::SocketAddr, extra_keys: &str) -> (std::path::PathBuf, String) {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "qbgate-ops-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("api-key"), UPSTREAM_KEY).unwrap();
+    let text = policy_text(&format!("http://{sandbox}"), "", extra_keys).replace(
+        "{ env: QB_API_KEY }",
+        &format!("{{ file: {} }}", dir.join("api-key").display()),
+    );
+    let path = dir.join("policy.yaml");
+    std::fs::write(&path, &text).unwrap();
+    (path, text)
+}
+
+async fn sandbox() -> (Sandbox, std::net::SocketAddr) {
+    let sandbox = Sandbox::new(Some(UPSTREAM_KEY.to_string()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sb = sandbox.clone();
+    tokio::spawn(async move { sb.serve(listener, std::future::pending()).await });
+    (sandbox, addr)
+}
+
+#[tokio::test]
+async fn fifty_reloads_under_load_fail_no_request_and_a_bad_policy_keeps_the_last_good_one() {
+    let (sandbox, addr) = sandbox().await;
+    let (path, text) = policy_dir(addr, "");
+    let gate = Gate::start_policy(
+        sandbox,
+        addr,
+        &text.replace(
+            &format!("{{ file: {} }}", path.with_file_name("api-key").display()),
+            "{ env: QB_API_KEY }",
+        ),
+    )
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(gate);
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (gate, stop, failures, done) =
+            (gate.clone(), stop.clone(), failures.clone(), done.clone());
+        load.push(tokio::spawn(async move {
+            // Bounded: stops when told, or after 5,000 requests.
+            for _ in 0..5_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let reply = gate
+                    .as_user(KEY_APP, None, "GET", "/chat/Dialog.json", None)
+                    .await;
+                if reply.status != 200 {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let overrides = Overrides::default();
+    for i in 0..50 {
+        // Alternate two valid policies, so each reload really swaps a generation.
+        let body = if i % 2 == 0 {
+            format!("{text}\n# reload {i}\n")
+        } else {
+            text.clone()
+        };
+        std::fs::write(&path, body).unwrap();
+        assert!(
+            qbgate::reload::reload(&gate.gateway, &path, &overrides, false).await,
+            "reload {i}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = gate.gateway.runtime().policy.digest.clone();
+    std::fs::write(&path, "version: 1\nkeys: [ { id: x } ]\n").unwrap();
+    assert!(!qbgate::reload::reload(&gate.gateway, &path, &overrides, false).await);
+    assert_eq!(
+        gate.gateway.runtime().policy.digest,
+        before,
+        "a bad policy replaced the good one"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert!(done.load(Ordering::Relaxed) > 50, "the load did not run");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed during reloads"
+    );
+    let metrics = qbgate::metrics::render();
+    assert!(
+        metrics.contains("qbgate_policy_reloads_total{result=\"failure\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_policy_replaced_by_rename_is_picked_up_by_the_directory_watch() {
+    let (sandbox, addr) = sandbox().await;
+    let (path, text) = policy_dir(addr, "");
+    let gate = Gate::start_policy(sandbox, addr, &text).await;
+    tokio::spawn(qbgate::reload::watch(
+        gate.gateway.clone(),
+        path.clone(),
+        Overrides::default(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new_key = "test-key-added-by-reload";
+    let reply = gate
+        .as_user(new_key, None, "GET", "/chat/Dialog.json", None)
+        .await;
+    reply.assert_gate_error(401, "unknown_key", "base");
+    // As an editor or Kubernetes does: write elsewhere, rename over the file.
+    let staged = path.with_file_name(".policy.yaml.tmp");
+    std::fs::write(
+        &staged,
+        format!(
+            "{text}- {{ id: added, sha256: {}, on_behalf_of: none }}\n",
+            digest(new_key)
+        ),
+    )
+    .unwrap();
+    std::fs::rename(&staged, &path).unwrap();
+    let mut status = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = gate
+            .as_user(new_key, None, "GET", "/chat/Dialog.json", None)
+            .await
+            .status;
+        if status == 200 {
+            break;
+        }
+    }
+    assert_eq!(status, 200, "the renamed policy was not reloaded");
+}
+
+#[tokio::test]
+async fn shutdown_drains_readyz_first_and_finishes_a_slow_request() {
+    let (sandbox, addr) = sandbox().await;
+    let text = policy_text(
+        &format!("http://{addr}"),
+        "shutdown:\n  drain_delay: 300ms\n  timeout: 5s",
+        "",
+    );
+    let policy = compile(&text);
+    let gateway: Arc<Gateway> = Gateway::new(Runtime::new(policy, None).await.unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = listener.local_addr().unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(qbgate::serve(
+        gateway.clone(),
+        listener,
+        Some(admin),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let get = |uri: String, auth: bool| {
+        let client = client.clone();
+        async move {
+            let mut request = http::Request::get(uri);
+            if auth {
+                request = request.header("authorization", format!("ApiKey {KEY_APP}"));
+            }
+            client
+                .request(
+                    request
+                        .body(http_body_util::Full::new(bytes::Bytes::new()))
+                        .unwrap(),
+                )
+                .await
+        }
+    };
+    assert_eq!(
+        get(format!("http://{admin_addr}/readyz"), false)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        get(format!("http://{admin_addr}/healthz"), false)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    sandbox.set_fault(Fault::Delay(Duration::from_millis(800)));
+    let slow = tokio::spawn(get(format!("http://{proxy_addr}/chat/Dialog.json"), true));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        get(format!("http://{admin_addr}/readyz"), false)
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    // Still accepting during the drain delay.
+    sandbox.set_fault(Fault::None);
+    let during = get(format!("http://{proxy_addr}/chat/Dialog.json"), true)
+        .await
+        .unwrap();
+    assert_eq!(during.status(), 200);
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(slow.status(), 200, "the in-flight request did not complete");
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve returned")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn metrics_carry_key_ids_and_route_templates_never_keys() {
+    let gate = Gate::start("").await;
+    let reply = gate
+        .as_user(
+            KEY_ANY,
+            Some(qbgate::sandbox::seed::OWNER),
+            "GET",
+            "/chat/Dialog.json",
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let _ = gate
+        .as_user(
+            "not-a-key",
+            None,
+            "GET",
+            "/chat/Dialog/5d75393ba28f9a17e1cb0f9e.json",
+            None,
+        )
+        .await;
+    let text = qbgate::metrics::render();
+    assert!(
+        text.contains("qbgate_requests_total{key=\"any\",route=\"/chat/Dialog\",status=\"200\""),
+        "{text}"
+    );
+    assert!(text.contains("route=\"/chat/Dialog/:id\""), "{text}");
+    assert!(
+        text.contains("qbgate_request_duration_seconds_bucket"),
+        "histograms have buckets: {text}"
+    );
+    for secret in [
+        KEY_ANY,
+        UPSTREAM_KEY,
+        "not-a-key",
+        "5d75393ba28f9a17e1cb0f9e",
+    ] {
+        assert!(!text.contains(secret), "{secret} appears in /metrics");
+    }
+}
