@@ -472,7 +472,17 @@ async fn bypasses_of_name_on_private() {
     let name = r#"{"name":"x"}"#;
     let p = PRIVATE_ID;
     // (method, path, extra headers, content type, body, status, reason, key)
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, &str, &str, u16, &str, &str)> = vec![
+    type Case<'a> = (
+        &'a str,
+        String,
+        Vec<(&'a str, &'a str)>,
+        &'a str,
+        &'a str,
+        u16,
+        &'a str,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "PUT",
             format!("/chat/Dialog/{p}.json?name=x"),
