@@ -153,13 +153,13 @@ fn print_demo(listen: SocketAddr) {
          curl -s -H 'Authorization: ApiKey {key}' -H 'On-Behalf-Of: {owner}' '{base}/chat/Dialog.json?_id={group}'\n\n\
          # rename it (allowed: the owner of a group dialog)\n\
          curl -s -X PUT -H 'Authorization: ApiKey {key}' -H 'On-Behalf-Of: {owner}' -H 'Content-Type: application/json' \\\n  -d '{{\"name\":\"New Year 2020 party\"}}' '{base}/chat/Dialog/{group}.json'\n\n\
-         # a name on a private dialog: rejected by the gateway (422)\n\
-         curl -s -i -X PUT -H 'Authorization: ApiKey {key}' -H 'On-Behalf-Of: {owner}' -H 'Content-Type: application/json' \\\n  -d '{{\"name\":\"nope\"}}' '{base}/chat/Dialog/{private}.json'\n\n\
+         # a name on a private dialog, by one of its occupants: rejected by the gateway (422)\n\
+         curl -s -i -X PUT -H 'Authorization: ApiKey {key}' -H 'On-Behalf-Of: {occupant}' -H 'Content-Type: application/json' \\\n  -d '{{\"name\":\"nope\"}}' '{base}/chat/Dialog/{private}.json'\n\n\
          # an occupant removing someone else from a group dialog: rejected (403)\n\
          curl -s -i -X PUT -H 'Authorization: ApiKey {key}' -H 'On-Behalf-Of: {occupant}' -H 'Content-Type: application/json' \\\n  -d '{{\"pull_all\":{{\"occupants_ids\":[{owner}]}}}}' '{base}/chat/Dialog/{group}.json'\n\n\
          # a wrong key (401)\n\
          curl -s -i -H 'Authorization: ApiKey wrong' -H 'On-Behalf-Of: {owner}' '{base}/chat/Dialog.json'\n",
-        owner = seed::OWNER,
+        owner = seed::RECIPE_USER,
         occupant = seed::OCCUPANT,
         group = seed::GROUP_ID,
         private = seed::PRIVATE_ID,
