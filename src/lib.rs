@@ -6,7 +6,7 @@
 //! error shapes.
 //!
 //! # Layout
-//! - [`policy`]: the YAML file ([`policy::file`]) compiled ([`policy::compile`]) into an immutable
+//! - [`policy`]: the YAML file ([`policy::file`]) compiled ([`mod@policy::compile`]) into an immutable
 //!   [`policy::Policy`].
 //! - [`normalize`]: the path and method-override checks every request passes first.
 //! - [`auth`]: `ApiKey` / `On-Behalf-Of` / `QB-Token` -> [`auth::Principal`].

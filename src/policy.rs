@@ -1,6 +1,6 @@
 //! The compiled, immutable policy that the request path reads.
 //!
-//! A [`Policy`] is built once from the file by [`compile`] (every error collected with its
+//! A [`Policy`] is built once from the file by [`compile()`] (every error collected with its
 //! place), then shared behind an `ArcSwap` and never mutated: a reload builds a new one.
 
 pub mod compile;
