@@ -49,6 +49,8 @@ enum Command {
     HashKey,
     /// Print a new random key and its digest.
     GenKey,
+    /// Print the JSON Schema of the policy file (for editors' YAML language servers).
+    Schema,
     /// Gateway + built-in QuickBlox sandbox with the example policy.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -74,6 +76,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Schema => {
+            print!("{}", policy::schema());
+            ExitCode::SUCCESS
+        }
         Command::HashKey => {
             let mut key = String::new();
             if let Err(e) = std::io::stdin().read_to_string(&mut key) {

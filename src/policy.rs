@@ -158,6 +158,14 @@ impl RoutePattern {
     }
 }
 
+/// The JSON Schema of the policy file, for editors (`qbgate schema`).
+pub fn schema() -> String {
+    let schema = schemars::schema_for!(file::PolicyFile);
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
 /// Lowercase hex SHA-256 of a key's bytes: the form the policy stores.
 pub fn digest_hex(key: &[u8]) -> String {
     use sha2::Digest;

@@ -26,3 +26,51 @@ fn the_demo_keys_match_the_example_policy() {
         );
     }
 }
+
+fn yaml(text: &str) -> serde_json::Value {
+    serde_saphyr::from_str(text).unwrap()
+}
+
+#[test]
+fn the_committed_schema_is_what_qbgate_schema_prints() {
+    let committed = std::fs::read_to_string("config/policy.schema.json").unwrap();
+    assert!(
+        committed == qbgate::policy::schema(),
+        "config/policy.schema.json is stale: run `cargo run -- schema > config/policy.schema.json`"
+    );
+}
+
+#[test]
+fn example_policies_validate_against_the_schema_and_the_modeline_points_at_it() {
+    let schema: serde_json::Value = serde_json::from_str(&qbgate::policy::schema()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    for file in [
+        "config/policy.example.yaml",
+        "config/policy.minimal.yaml",
+        "deploy/kubernetes/policy.yaml",
+    ] {
+        let text = std::fs::read_to_string(file).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&yaml(&text))
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{file}: {errors:?}");
+        if file.starts_with("config/") {
+            assert!(
+                text.starts_with("# yaml-language-server: $schema=./policy.schema.json"),
+                "{file}"
+            );
+        }
+    }
+    // The schema can fail: an unknown field, a bad enum value and a zero rate are refused.
+    let bad = yaml("version: 1\nqb_token: maybe\nbogus: 1\nkeys:\n  - id: a\n    sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n    rate_limit: { per_second: 0 }\n");
+    assert_eq!(
+        validator.iter_errors(&bad).count(),
+        3,
+        "{:?}",
+        validator
+            .iter_errors(&bad)
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+    );
+}

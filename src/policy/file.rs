@@ -3,6 +3,9 @@
 //! Values that compile-time checks need to point at carry their place (`Spanned`), so an error
 //! can say `keys[2].rate_limit.burst: must be at least 1 (line 31, column 14)`.
 
+use std::borrow::Cow;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer};
 
 /// A value with its place in the file (1-based line and column).
@@ -24,23 +27,33 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for At<T> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+/// qbgate policy, version 1 (see config/policy.example.yaml).
+#[schemars(title = "qbgate policy")]
 pub struct PolicyFile {
+    /// Always 1.
+    #[schemars(range(min = 1, max = 1))]
     pub version: At<u32>,
+    /// Where the application talks to the sidecar (IP:port). Default 127.0.0.1:8080.
     pub listen: Option<At<String>>,
+    /// /healthz /readyz /metrics (IP:port). Default 0.0.0.0:9090.
     pub admin_listen: Option<At<String>>,
     pub upstream: Option<Upstream>,
     pub client: Option<Client>,
     pub shutdown: Option<Shutdown>,
+    /// Larger requests get 413. Default 1048576.
+    #[schemars(range(min = 1))]
     pub max_body_bytes: Option<At<u64>>,
+    /// `forward` (default) or `reject`: requests that carry QB-Token instead of ApiKey.
+    #[schemars(regex(pattern = r"^(forward|reject)$"))]
     pub qb_token: Option<At<String>>,
     pub rate_limit: Option<RateLimitStore>,
     pub dialog_rules: Option<DialogRules>,
     pub keys: Vec<Key>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     pub url: Option<At<String>>,
@@ -51,60 +64,105 @@ pub struct Upstream {
 }
 
 /// `{ env: NAME }` or `{ file: PATH }`: where a secret comes from, never the secret itself.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretRef {
     pub env: Option<String>,
     pub file: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Client {
     pub header_timeout: Option<At<String>>,
     pub body_timeout: Option<At<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Shutdown {
     pub drain_delay: Option<At<String>>,
     pub timeout: Option<At<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitStore {
+    /// `memory` (default) or `redis`.
+    #[schemars(regex(pattern = r"^(memory|redis)$"))]
     pub store: Option<At<String>>,
     pub redis: Option<Redis>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Redis {
     pub url: Option<At<String>>,
+    /// `allow` (default) or `deny`: what to do while Redis is unreachable.
+    #[schemars(regex(pattern = r"^(allow|deny)$"))]
     pub on_error: Option<At<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DialogRules {
+    /// `enforce` (default), `report` or `off`.
+    #[schemars(regex(pattern = r"^(enforce|report|off)$"))]
     pub mode: Option<At<String>>,
     pub cache_ttl: Option<At<String>>,
+    /// `reject` (503, default) or `forward`.
+    #[schemars(regex(pattern = r"^(reject|forward)$"))]
     pub on_lookup_error: Option<At<String>>,
     pub allow_fields: Option<Vec<At<String>>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Key {
+    /// Appears in logs and metrics; the key itself never does.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{1,64}$"))]
     pub id: At<String>,
+    /// Lowercase hex SHA-256 of the key (`qbgate hash-key`).
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
     pub sha256: At<String>,
     pub on_behalf_of: Option<At<OnBehalfOf>>,
+    /// Optional allowlist of "METHOD /path" entries; `*` matches one segment.
     pub routes: Option<Vec<At<String>>>,
     pub rate_limit: Option<KeyRateLimit>,
+    /// RFC 3339 time after which the key is refused.
     pub expires_at: Option<At<String>>,
     pub disabled: Option<bool>,
+}
+
+impl<T: JsonSchema> JsonSchema for At<T> {
+    // The place is ours, not the file's: the schema is the value's.
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        T::json_schema(generator)
+    }
+}
+
+impl JsonSchema for OnBehalfOf {
+    fn schema_name() -> Cow<'static, str> {
+        "OnBehalfOf".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        schemars::json_schema!({
+            "description": "Which users the key may act for: `any` (On-Behalf-Of required, every user), `none` (acts as the application, On-Behalf-Of refused), or a list of user ids (On-Behalf-Of required, one of these).",
+            "anyOf": [
+                { "enum": ["any", "none"] },
+                { "type": "array", "items": { "type": "integer", "minimum": 1 }, "minItems": 1 }
+            ]
+        })
+    }
 }
 
 /// `any`, `none`, or a list of user ids.
@@ -115,13 +173,19 @@ pub enum OnBehalfOf {
     Users(Vec<i64>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRateLimit {
+    #[schemars(range(min = 1))]
     pub per_second: Option<At<i64>>,
+    #[schemars(range(min = 1))]
     pub burst: Option<At<i64>>,
+    #[schemars(range(min = 1))]
     pub per_minute: Option<At<i64>>,
+    #[schemars(range(min = 1))]
     pub per_hour: Option<At<i64>>,
+    #[schemars(range(min = 1))]
     pub per_day: Option<At<i64>>,
+    #[schemars(range(min = 1))]
     pub per_user_per_second: Option<At<i64>>,
 }
