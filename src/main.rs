@@ -114,7 +114,7 @@ fn main() -> ExitCode {
             admin_listen,
             upstream,
         } => {
-            init_logging();
+            let _logs = init_logging();
             let overrides = qbgate::cli::Overrides {
                 listen,
                 admin_listen,
@@ -123,7 +123,7 @@ fn main() -> ExitCode {
             runtime(qbgate::cli::run(policy, overrides))
         }
         Command::Demo { listen } => {
-            init_logging();
+            let _logs = init_logging();
             runtime(qbgate::cli::demo(listen))
         }
     }
@@ -157,7 +157,14 @@ fn runtime(
 
 /// `QBGATE_LOG` (EnvFilter syntax, default `info`); `QBGATE_LOG_FORMAT` = `json` | `text`
 /// (default: json unless stdout is a terminal).
-fn init_logging() {
+///
+/// Lines are written by a background thread (tracing-appender), so a slow stdout never stalls the
+/// request path; the returned guard flushes what is queued when `main` returns.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        // Never drop log lines: under pressure the request path waits rather than losing them.
+        .lossy(false)
+        .finish(std::io::stdout());
     let filter = tracing_subscriber::EnvFilter::try_from_env("QBGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json = match std::env::var("QBGATE_LOG_FORMAT").as_deref() {
@@ -165,10 +172,13 @@ fn init_logging() {
         Ok("text") => false,
         _ => !std::io::stdout().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     if json {
         builder.json().flatten_event(true).init();
     } else {
-        builder.init();
+        builder.with_ansi(std::io::stdout().is_terminal()).init();
     }
+    guard
 }
