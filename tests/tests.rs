@@ -8,11 +8,15 @@
 //! - `config_files`: the example policies load.
 //! - `dialog_rules`: the rule matrix, bypass attempts and the dialog cache, through the gateway.
 //! - `operations`: hot reload under load, the directory watch, graceful drain, metrics.
+//! - `hostile`: smuggling, oversized or broken heads, slow clients, hostile bodies and JSON, h2 floods.
+//! - `faults`: upstream refused, reset, stalled, 5xx and h2 GOAWAY: JSON errors, no double sends.
 //! - `rate_limit`: 429s and their headers, per-user buckets, reloads, the Redis store.
 
 mod config_files;
 mod contract;
 mod dialog_rules;
+mod faults;
+mod hostile;
 mod operations;
 mod rate_limit;
 mod recipes;
