@@ -154,6 +154,21 @@ impl Gateway {
     }
 }
 
+/// Wait until the client has sent enough to choose the protocol: the 24-byte HTTP/2 preface, or
+/// bytes that cannot start it. `false` when the client closed first.
+async fn first_bytes(stream: &tokio::net::TcpStream) -> bool {
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    loop {
+        match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if n >= PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
+            // A partial preface: rare (it fits one segment); poll again shortly.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
 /// Serve the proxy on `listener` (and the admin endpoints on `admin`, when given) until
 /// `shutdown` completes; then drain as the policy's `shutdown` section says.
 pub async fn serve(
@@ -187,6 +202,9 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
+        // An idle HTTP/2 connection is pinged, and closed when the ping goes unanswered.
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10))
         .max_header_list_size(64 * 1024);
     let builder = Arc::new(builder);
 
@@ -215,6 +233,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gw = gateway.clone();
+        let header_timeout = gw.runtime().policy.client.header_timeout;
         let service = service_fn(move |request| {
             let gw = gw.clone();
             async move {
@@ -222,12 +241,19 @@ pub async fn serve(
                 Ok::<_, std::convert::Infallible>(proxy::handle(runtime, &gw.ids, request).await)
             }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            // hyper-util reads the first bytes to tell HTTP/1 from HTTP/2 with no timer of its
+            // own: a client that sends nothing would hold the connection forever.
+            if !matches!(
+                tokio::time::timeout(header_timeout, first_bytes(&stream)).await,
+                Ok(true)
+            ) {
+                return;
+            }
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(%error, "connection ended with an error");
             }
         });

@@ -169,7 +169,18 @@ async fn phases(
     let sent = Instant::now();
     let response = upstream::send(&runtime.client, policy.upstream.timeout, outgoing).await;
     access.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
-    let response = response.inspect_err(|e| crate::metrics::upstream_error(e.reason()))?;
+    let response = match response {
+        Ok(response) => response,
+        Err(error) => {
+            crate::metrics::upstream_error(error.reason());
+            // The upstream may have applied a judged change without our hearing of it: the cached
+            // dialog can no longer be trusted.
+            if let Some(route) = &checked.route {
+                forget(runtime, route).await;
+            }
+            return Err(error);
+        }
+    };
     access.upstream_status = Some(response.status().as_u16());
     let (mut parts, body) = response.into_parts();
     upstream::strip_hop_by_hop(&mut parts.headers);
@@ -358,6 +369,15 @@ async fn actor(
     Ok(principal.user.map_or(Actor::Application, Actor::User))
 }
 
+/// Evict the dialogs a judged request named: its outcome is unknown or changed them.
+async fn forget(runtime: &Runtime, route: &DialogRoute) {
+    match route {
+        DialogRoute::Update { id } => runtime.lookups.evict(std::slice::from_ref(id)).await,
+        DialogRoute::Delete { ids } => runtime.lookups.evict(ids).await,
+        _ => {}
+    }
+}
+
 /// After the upstream answered a judged request: a successful update's dialog replaces the cached
 /// one; a refusal or a force delete evicts what the cache knew.
 async fn learn(
@@ -368,11 +388,14 @@ async fn learn(
 ) -> Result<ResponseBody, GateError> {
     match route {
         DialogRoute::Update { id } if status == StatusCode::OK => {
-            let bytes = http_body_util::Limited::new(body, 1 << 20)
-                .collect()
-                .await
-                .map_err(|_| GateError::UpstreamFailed)?
-                .to_bytes();
+            let bytes = match http_body_util::Limited::new(body, 1 << 20).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => {
+                    // Applied or not, we cannot tell: forget the dialog.
+                    forget(runtime, route).await;
+                    return Err(GateError::UpstreamFailed);
+                }
+            };
             let parsed = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
             match parsed.as_ref().and_then(rules::Dialog::from_json) {
                 Some(dialog) if &dialog.id == id => runtime.lookups.replace(dialog).await,
