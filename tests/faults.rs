@@ -3,7 +3,6 @@
 //! h2). For each: the contract's JSON error, a PUT/POST/DELETE sent at most once, a GET at most
 //! twice, and the pool recovers. (A certificate that does not match is in `tls`.)
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,9 +11,7 @@ use http::{HeaderMap, Method};
 use http_body_util::{BodyExt, Full};
 use qbgate::sandbox::seed::{ADDED, GROUP_ID, NEW_OWNER, OTHER_OCCUPANT, RECIPE_USER};
 use qbgate::sandbox::{Fault, Sandbox};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use tokio::net::TcpListener;
-use tokio_rustls::rustls;
 
 use crate::support::*;
 
@@ -437,72 +434,8 @@ async fn upstream_5xx_pass_through_unchanged_and_are_not_retried() {
 // HTTP/2 GOAWAY behind TLS (helper pattern from `tls`)
 // ---------------------------------------------------------------------------------------------
 
-struct TestCa {
-    pem_path: std::path::PathBuf,
-    server: rustls::ServerConfig,
-}
-
-fn test_ca(host: &str, alpn: &[&[u8]]) -> TestCa {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec![host.to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca_cert, &ca_key)
-        .unwrap();
-    let dir =
-        std::env::temp_dir().join(format!("qbgate-faults-{}-{}", std::process::id(), unique()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let pem_path = dir.join("ca.pem");
-    std::fs::write(&pem_path, ca_cert.pem()).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
-    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![leaf.der().clone()], key)
-    .unwrap();
-    server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    TestCa { pem_path, server }
-}
-
-async fn tls_sandbox(server: rustls::ServerConfig) -> (Sandbox, SocketAddr) {
-    let sandbox = Sandbox::new(Some(UPSTREAM_KEY.to_string()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-    let sb = sandbox.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let sb = sb.clone();
-            tokio::spawn(async move {
-                if let Ok(tls) = acceptor.accept(tcp).await {
-                    sb.serve_connection(tls).await;
-                }
-            });
-        }
-    });
-    (sandbox, addr)
-}
-
 async fn h2_gate() -> Gate {
-    let ca = test_ca("localhost", &[b"h2"]);
-    let (sandbox, addr) = tls_sandbox(ca.server).await;
-    let text = policy_text(
-        &format!(
-            "https://localhost:{}\n  extra_ca_file: {}",
-            addr.port(),
-            ca.pem_path.display()
-        ),
-        "",
-        "",
-    );
-    Gate::start_policy(sandbox, addr, &text).await
+    gate_over_tls("localhost", "localhost", &[b"h2"]).await
 }
 
 #[tokio::test]

@@ -12,8 +12,10 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use qbgate::sandbox::Sandbox;
 use qbgate::{Gateway, Runtime};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio_rustls::rustls;
 
 /// The real QuickBlox key the gateway holds (the sandbox accepts only this one).
 pub const UPSTREAM_KEY: &str = "upstream-secret-key-0001";
@@ -215,4 +217,86 @@ impl Reply {
             "expected {{\"errors\":{{\"{key}\":[\"..\"]}}}}, got {json}"
         );
     }
+}
+
+// TLS upstreams: a CA made in the test, the sandbox behind rustls.
+
+/// A test CA's certificate file and a server config whose certificate it signed.
+pub struct TestCa {
+    pub pem_path: std::path::PathBuf,
+    pub server: rustls::ServerConfig,
+}
+
+/// A CA, and a server certificate for `host` signed by it.
+pub fn test_ca(host: &str, alpn: &[&[u8]]) -> TestCa {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![host.to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca_cert, &ca_key)
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "qbgate-tls-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pem_path = dir.join("ca.pem");
+    std::fs::write(&pem_path, ca_cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key)
+    .unwrap();
+    server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TestCa { pem_path, server }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The sandbox behind TLS on a loopback port.
+pub async fn tls_sandbox(server: rustls::ServerConfig) -> (Sandbox, SocketAddr) {
+    let sandbox = Sandbox::new(Some(UPSTREAM_KEY.to_string()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let sb = sandbox.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let sb = sb.clone();
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    sb.serve_connection(tls).await;
+                }
+            });
+        }
+    });
+    (sandbox, addr)
+}
+
+pub async fn gate_over_tls(host: &str, cert_host: &str, alpn: &[&[u8]]) -> Gate {
+    let ca = test_ca(cert_host, alpn);
+    let (sandbox, addr) = tls_sandbox(ca.server).await;
+    let text = policy_text(
+        &format!(
+            "https://{host}:{}\n  extra_ca_file: {}",
+            addr.port(),
+            ca.pem_path.display()
+        ),
+        "",
+        "",
+    );
+    Gate::start_policy(sandbox, addr, &text).await
 }
