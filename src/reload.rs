@@ -39,8 +39,19 @@ pub async fn watch(gateway: Arc<Gateway>, path: PathBuf, overrides: Overrides) {
         .map_or_else(|| PathBuf::from("."), PathBuf::from);
     let watcher = {
         let tx = tx.clone();
+        let name = path.file_name().map(|n| n.to_os_string());
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            // Other files in the directory (logs, editors' swap files) are not our business;
+            // Kubernetes' `..data` swap names no policy file, so `..`-names count too.
+            let relevant = event.is_ok_and(|e| {
+                e.paths.is_empty()
+                    || e.paths.iter().any(|p| {
+                        p.file_name().is_some_and(|f| {
+                            Some(f) == name.as_deref() || f.to_string_lossy().starts_with("..")
+                        })
+                    })
+            });
+            if relevant {
                 let _ = tx.try_send(Trigger::Event);
             }
         })
@@ -91,8 +102,19 @@ pub async fn watch(gateway: Arc<Gateway>, path: PathBuf, overrides: Overrides) {
                 trigger = more;
             }
         }
+        // An event for an unchanged file (a touch, a chmod) is not worth a compile.
+        if trigger == Trigger::Event && unchanged(&gateway, &path) {
+            continue;
+        }
         reload(&gateway, &path, &overrides, trigger == Trigger::Periodic).await;
     }
+}
+
+/// Is the file byte for byte the one the serving policy was compiled from?
+fn unchanged(gateway: &Gateway, path: &std::path::Path) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| {
+        policy::digest_hex(&bytes).get(..12) == Some(gateway.runtime().policy.digest.as_str())
+    })
 }
 
 /// Compile the file and swap it in. `quiet`: skip the swap (and the log) when nothing changed.

@@ -279,3 +279,38 @@ async fn metrics_carry_key_ids_and_route_templates_never_keys() {
         assert!(!text.contains(secret), "{secret} appears in /metrics");
     }
 }
+
+#[tokio::test]
+async fn other_files_and_identical_rewrites_do_not_rebuild_the_generation() {
+    let (sandbox, addr) = sandbox().await;
+    let (path, text) = policy_dir(addr, "");
+    let gate = Gate::start_policy(sandbox, addr, &text).await;
+    // The gateway was started from a compiled text with the same bytes as the file.
+    let before = gate.gateway.runtime();
+    tokio::spawn(qbgate::reload::watch(
+        gate.gateway.clone(),
+        path.clone(),
+        Overrides::default(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..20 {
+        std::fs::write(path.with_file_name("access.log"), format!("line {i}\n")).unwrap();
+        std::fs::write(&path, &text).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        Arc::ptr_eq(&before, &gate.gateway.runtime()),
+        "an unchanged policy was rebuilt"
+    );
+    std::fs::write(&path, format!("{text}# changed\n")).unwrap();
+    let mut rebuilt = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !Arc::ptr_eq(&before, &gate.gateway.runtime()) {
+            rebuilt = true;
+            break;
+        }
+    }
+    assert!(rebuilt, "a changed policy was not reloaded");
+}
