@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Renders DIR/results.tsv (+ startup.txt, check.json, env.txt) from bench/run as Markdown,
+with each target's ratio to direct and the issue-6 target checks."""
+import csv
+import json
+import math
+import os
+import re
+import sys
+
+d = sys.argv[1]
+rows = list(csv.DictReader(open(os.path.join(d, "results.tsv")), delimiter="\t"))
+env = open(os.path.join(d, "env.txt")).read() if os.path.exists(os.path.join(d, "env.txt")) else ""
+print("```\n" + env.strip() + "\n```\n")
+
+
+def f(v, digits=0):
+    try:
+        x = float(v)
+    except ValueError:
+        return v
+    if math.isnan(x):
+        return "-"
+    return f"{x:,.{digits}f}"
+
+
+by = {}
+for r in rows:
+    by[(r["group"], r["target"])] = r
+
+titles = {
+    "GET": "HTTP/1.1 `GET /chat/Dialog.json` (wrk, 1,000 keys x 5 users)",
+    "PUT": "HTTP/1.1 `PUT /chat/Dialog/<id>.json` `{\"name\":\"x\"}` (wrk, 1,000 keys x 5 users)",
+    "H2": "cleartext HTTP/2 inbound `GET /chat/Dialog.json` (h2load, one key; HTTP/1.1 upstream)",
+}
+for group in ("GET", "PUT", "H2"):
+    g = [r for r in rows if r["group"] == group]
+    if not g:
+        continue
+    direct = by.get((group, "direct"))
+    print(f"### {titles[group]}\n")
+    if group == "H2":
+        print("| target | req/s | ratio to qbgate | mean latency us | CPU us/req | peak RSS MiB | errors |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        base = by.get(("H2", "qbgate"))
+        for r in g:
+            ratio = float(r["rps"]) / float(base["rps"]) if base else float("nan")
+            rss = f(int(r["rss_kb"]) / 1024, 1) if r["rss_kb"] not in ("-", "0") else "-"
+            print(f"| {r['target']} | {f(r['rps'])} | {ratio:.2f} | {f(r['mean_us'])} | "
+                  f"{f(r['cpu_us_per_req'], 1)} | {rss} | {r['errors']} |")
+    else:
+        print("| target | req/s | ratio to direct | p50 us | p99 us | CPU us/req | peak RSS MiB | errors |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in g:
+            ratio = float(r["rps"]) / float(direct["rps"]) if direct else float("nan")
+            rss = f(int(r["rss_kb"]) / 1024, 1) if r["rss_kb"] not in ("-", "0") else "-"
+            print(f"| {r['target']} | {f(r['rps'])} | {ratio:.2f} | {f(r['p50_us'])} | "
+                  f"{f(r['p99_us'])} | {f(r['cpu_us_per_req'], 1)} | {rss} | {r['errors']} |")
+    print()
+
+start = open(os.path.join(d, "startup.txt")).read() if os.path.exists(os.path.join(d, "startup.txt")) else ""
+startup = re.search(r"startup_ms_median=([\d.]+)", start)
+reload_ = re.search(r"reload_ms_median=([\d.]+)", start)
+check = None
+if os.path.exists(os.path.join(d, "check.json")):
+    c = json.load(open(os.path.join(d, "check.json")))["results"][0]
+    check = (c["mean"] * 1000, c["stddev"] * 1000)
+print("### Start-up and reload, 10,000 keys\n")
+print("```\n" + start.strip() + "\n" + (f"qbgate check (hyperfine, 10 runs): {check[0]:.1f} ms +- {check[1]:.1f}" if check else "") + "\n```\n")
+
+
+def cmp(label, ok, detail):
+    print(f"| {label} | {'met' if ok else '**not met**'} | {detail} |")
+
+
+print("### Targets (issue 6), same run\n")
+print("| target | status | figures |")
+print("|---|---|---|")
+q, n = by.get(("GET", "qbgate")), by.get(("GET", "nginx"))
+dg = by.get(("GET", "direct"))
+if q and n and dg:
+    qc, nc = float(q["cpu_us_per_req"]), float(n["cpu_us_per_req"])
+    cmp("GET CPU/request <= nginx", qc <= nc, f"qbgate {qc:.1f} us, nginx {nc:.1f} us ({qc / nc:.2f}x)")
+    qr, nr = float(q["rps"]) / float(dg["rps"]), float(n["rps"]) / float(dg["rps"])
+    cmp("GET throughput ratio >= nginx", qr >= nr, f"qbgate {qr:.2f}, nginx {nr:.2f} of direct")
+    qp, np_ = int(q["p99_us"]), int(n["p99_us"])
+    cmp("GET p99 <= nginx", qp <= np_, f"qbgate {qp} us, nginx {np_} us")
+    cmp("RSS < 30 MiB (1,000 keys, under load)", int(q["rss_kb"]) < 30 * 1024,
+        f"{int(q['rss_kb']) / 1024:.1f} MiB peak")
+pc, po = by.get(("PUT", "qbgate")), by.get(("PUT", "qbgate-off"))
+if pc and po:
+    a, b = float(pc["cpu_us_per_req"]), float(po["cpu_us_per_req"])
+    cmp("checked PUT <= 1.3x passthrough PUT CPU", a <= 1.3 * b, f"{a:.1f} / {b:.1f} us = {a / b:.2f}x")
+if startup:
+    v = float(startup.group(1))
+    cmp("ready within 100 ms, 10,000 keys", v <= 100, f"{v:.1f} ms median (exec -> /readyz 200)")
+if reload_:
+    v = float(reload_.group(1))
+    cmp("reload under 50 ms, 10,000 keys", v < 50, f"{v:.1f} ms median (SIGHUP, minus settle)"
+        + (f"; `qbgate check` whole process {check[0]:.1f} ms" if check else ""))
