@@ -176,7 +176,12 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
         .with_env_filter(filter)
         .with_writer(writer);
     if json {
-        builder.json().flatten_event(true).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
     } else {
         builder.with_ansi(std::io::stdout().is_terminal()).init();
     }

@@ -4,7 +4,7 @@
 //! Histograms have real buckets (summaries do not add up across replicas). The recorder is
 //! process-global, installed once.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -35,24 +35,32 @@ pub fn render() -> String {
 
 /// A bounded route template for a normalized route key.
 pub fn route_label(route: &[String]) -> &'static str {
-    let r: Vec<&str> = route
-        .iter()
-        .map(|s| s.split('.').next().unwrap_or_default())
-        .collect();
-    match r.as_slice() {
-        [] => "/",
-        ["chat", "dialog"] => "/chat/Dialog",
-        ["chat", "dialog", _] => "/chat/Dialog/:id",
-        ["chat", "message"] => "/chat/Message",
-        ["chat", "message", _] => "/chat/Message/:id",
-        ["session"] => "/session",
-        ["users"] => "/users",
-        ["users", _] => "/users/:id",
-        ["blobs"] => "/blobs",
-        ["blobs", ..] => "/blobs/:id",
+    let stem = |i: usize| {
+        route
+            .get(i)
+            .map(|s| s.split('.').next().unwrap_or_default())
+    };
+    match (stem(0), stem(1), route.len()) {
+        (None, _, _) => "/",
+        (Some("chat"), Some("dialog"), 2) => "/chat/Dialog",
+        (Some("chat"), Some("dialog"), 3) => "/chat/Dialog/:id",
+        (Some("chat"), Some("message"), 2) => "/chat/Message",
+        (Some("chat"), Some("message"), 3) => "/chat/Message/:id",
+        (Some("session"), _, 1) => "/session",
+        (Some("users"), _, 1) => "/users",
+        (Some("users"), _, 2) => "/users/:id",
+        (Some("blobs"), _, 1) => "/blobs",
+        (Some("blobs"), _, _) => "/blobs/:id",
         _ => "other",
     }
 }
+
+/// Status codes as shared label values, made once: no string is formatted per request.
+static STATUS: LazyLock<Vec<Arc<str>>> = LazyLock::new(|| {
+    (0..600u16)
+        .map(|code| Arc::from(code.to_string()))
+        .collect()
+});
 
 pub fn request(
     key: Option<&Arc<str>>,
@@ -61,8 +69,15 @@ pub fn request(
     reason: &'static str,
     seconds: f64,
 ) {
-    let key = key.map_or_else(|| "-".to_string(), |k| k.to_string());
-    metrics::counter!("qbgate_requests_total", "key" => key, "route" => route, "status" => status.to_string(), "reason" => reason)
+    let key = match key {
+        Some(k) => metrics::SharedString::from(k.clone()),
+        None => metrics::SharedString::const_str("-"),
+    };
+    let status = match STATUS.get(usize::from(status)) {
+        Some(s) => metrics::SharedString::from(s.clone()),
+        None => metrics::SharedString::from(status.to_string()),
+    };
+    metrics::counter!("qbgate_requests_total", "key" => key, "route" => route, "status" => status, "reason" => reason)
         .increment(1);
     metrics::histogram!("qbgate_request_duration_seconds", "route" => route).record(seconds);
 }
@@ -76,7 +91,7 @@ pub fn upstream_error(kind: &'static str) {
 }
 
 pub fn rate_limited(key: &Arc<str>) {
-    metrics::counter!("qbgate_rate_limited_total", "key" => key.to_string()).increment(1);
+    metrics::counter!("qbgate_rate_limited_total", "key" => metrics::SharedString::from(key.clone())).increment(1);
 }
 
 pub fn rule_violation(rule: &'static str, mode: &'static str) {

@@ -81,7 +81,8 @@ pub async fn handle(
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let method = request.method().clone();
-    let path = request.uri().path().to_string();
+    // A Uri clone shares its bytes: the log line needs the path after the request is consumed.
+    let uri = request.uri().clone();
     let request_id = match request.headers().get("x-request-id") {
         Some(id) if upstream::valid_request_id(id) => id.clone(),
         _ => ids.next(),
@@ -125,7 +126,7 @@ pub async fn handle(
         key = access.key.as_deref().unwrap_or("-"),
         user = access.user,
         method = method.as_str(),
-        path = path.as_str(),
+        path = uri.path(),
         status = response.status().as_u16(),
         reason = access.reason,
         upstream_status = access.upstream_status,
