@@ -19,6 +19,7 @@
 //!   parameters, the document the upstream would act on.
 //! - [`sandbox`]: the QuickBlox-like upstream used by `qbgate demo` and the tests.
 
+pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod cli;
@@ -180,6 +181,7 @@ pub async fn serve(
     if let Some(admin) = admin {
         tokio::spawn(admin::serve(gateway.clone(), admin));
     }
+    let flusher = access_log::installed().then(|| tokio::spawn(access_log::run_flusher()));
     let janitor = tokio::spawn({
         let gateway = gateway.clone();
         async move {
@@ -270,4 +272,8 @@ pub async fn serve(
     {
         tracing::warn!("shutdown timeout reached with requests still in flight");
     }
+    if let Some(flusher) = flusher {
+        flusher.abort();
+    }
+    access_log::flush();
 }

@@ -132,10 +132,15 @@ fn main() -> ExitCode {
 fn runtime(
     future: impl std::future::Future<Output = Result<(), qbgate::cli::Failure>>,
 ) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A sidecar usually gets one CPU: a single-threaded runtime then saves the work-stealing
+    // machinery and the cross-thread wake-ups. `available_parallelism` honours the affinity mask.
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("qbgate: cannot start the runtime: {e}");
@@ -172,6 +177,7 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
         Ok("text") => false,
         _ => !std::io::stdout().is_terminal(),
     };
+    qbgate::access_log::install(json);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

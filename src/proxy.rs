@@ -120,19 +120,18 @@ pub async fn handle(
         headers.insert("ratelimit-policy", info.policy_header());
         headers.insert("ratelimit", info.ratelimit_header());
     }
-    tracing::info!(
-        target: "qbgate::access",
-        request_id = request_id.to_str().unwrap_or_default(),
-        key = access.key.as_deref().unwrap_or("-"),
-        user = access.user,
-        method = method.as_str(),
-        path = uri.path(),
-        status = response.status().as_u16(),
-        reason = access.reason,
-        upstream_status = access.upstream_status,
-        total_ms = total * 1000.0,
-        upstream_ms = access.upstream_ms,
-    );
+    crate::access_log::record(&crate::access_log::Line {
+        request_id: request_id.to_str().unwrap_or_default(),
+        key: access.key.as_deref().unwrap_or("-"),
+        user: access.user,
+        method: method.as_str(),
+        path: uri.path(),
+        status: response.status().as_u16(),
+        reason: access.reason,
+        upstream_status: access.upstream_status,
+        total_ms: total * 1000.0,
+        upstream_ms: access.upstream_ms,
+    });
     response
 }
 
