@@ -11,6 +11,8 @@
 //! - `hostile`: smuggling, oversized or broken heads, slow clients, hostile bodies and JSON, h2 floods.
 //! - `faults`: upstream refused, reset, stalled, 5xx and h2 GOAWAY: JSON errors, no double sends.
 //! - `rate_limit`: 429s and their headers, per-user buckets, reloads, the Redis store.
+//! - `regressions`: inputs the fuzzers and the soak found; `#[ignore]`d while their bug is open.
+//! - `secrets`: the real binary at trace level leaks no key, token or upstream key anywhere.
 
 mod config_files;
 mod contract;
@@ -20,5 +22,7 @@ mod hostile;
 mod operations;
 mod rate_limit;
 mod recipes;
+mod regressions;
+mod secrets;
 mod support;
 mod tls;
