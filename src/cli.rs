@@ -79,7 +79,7 @@ async fn serve_policy(
     crate::metrics::handle();
     let gateway = Gateway::new(runtime);
     if let Some(Reload { path, overrides }) = reload {
-        tokio::spawn(crate::reload::watch(gateway.clone(), path, overrides));
+        crate::reload::spawn(gateway.clone(), path, overrides);
     }
     tracing::info!(%listen, %admin_listen, digest = gateway.runtime().policy.digest, "qbgate serving");
     let shutdown = async move {

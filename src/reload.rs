@@ -32,6 +32,13 @@ enum Trigger {
 
 /// Watch `path` and reload into `gateway` until the process ends.
 pub async fn watch(gateway: Arc<Gateway>, path: PathBuf, overrides: Overrides) {
+    spawn(gateway, path, overrides);
+    std::future::pending::<()>().await;
+}
+
+/// Start watching now (the watch exists when this returns, so a change made right after
+/// start-up is seen), and reload in a background task until the process ends.
+pub fn spawn(gateway: Arc<Gateway>, path: PathBuf, overrides: Overrides) {
     let (tx, mut rx) = mpsc::channel::<Trigger>(16);
     let dir = path
         .parent()
@@ -43,20 +50,23 @@ pub async fn watch(gateway: Arc<Gateway>, path: PathBuf, overrides: Overrides) {
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             // Other files in the directory (logs, editors' swap files) are not our business;
             // Kubernetes' `..data` swap names no policy file, so `..`-names count too.
+            // Reads (open, access, close without write) are not changes, and our own read of the
+            // file produces them: reacting to them would re-read the policy forever.
             let relevant = event.is_ok_and(|e| {
-                e.paths.is_empty()
-                    || e.paths.iter().any(|p| {
-                        p.file_name().is_some_and(|f| {
-                            Some(f) == name.as_deref() || f.to_string_lossy().starts_with("..")
-                        })
-                    })
+                !matches!(e.kind, notify::EventKind::Access(_))
+                    && (e.paths.is_empty()
+                        || e.paths.iter().any(|p| {
+                            p.file_name().is_some_and(|f| {
+                                Some(f) == name.as_deref() || f.to_string_lossy().starts_with("..")
+                            })
+                        }))
             });
             if relevant {
                 let _ = tx.try_send(Trigger::Event);
             }
         })
     };
-    let _watcher = match watcher {
+    let watcher = match watcher {
         Ok(mut w) => {
             use notify::Watcher;
             match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
@@ -95,19 +105,23 @@ pub async fn watch(gateway: Arc<Gateway>, path: PathBuf, overrides: Overrides) {
             }
         }
     });
-    while let Some(mut trigger) = rx.recv().await {
-        tokio::time::sleep(SETTLE).await;
-        while let Ok(more) = rx.try_recv() {
-            if more != Trigger::Periodic {
-                trigger = more;
+    tokio::spawn(async move {
+        // The watcher lives as long as the loop.
+        let _watcher = watcher;
+        while let Some(mut trigger) = rx.recv().await {
+            tokio::time::sleep(SETTLE).await;
+            while let Ok(more) = rx.try_recv() {
+                if more != Trigger::Periodic {
+                    trigger = more;
+                }
             }
+            // An event for an unchanged file (a touch, a chmod) is not worth a compile.
+            if trigger == Trigger::Event && unchanged(&gateway, &path) {
+                continue;
+            }
+            reload(&gateway, &path, &overrides, trigger == Trigger::Periodic).await;
         }
-        // An event for an unchanged file (a touch, a chmod) is not worth a compile.
-        if trigger == Trigger::Event && unchanged(&gateway, &path) {
-            continue;
-        }
-        reload(&gateway, &path, &overrides, trigger == Trigger::Periodic).await;
-    }
+    });
 }
 
 /// Is the file byte for byte the one the serving policy was compiled from?
