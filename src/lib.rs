@@ -185,10 +185,14 @@ pub async fn serve(
     let janitor = tokio::spawn({
         let gateway = gateway.clone();
         async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(30));
-            loop {
+            // Every 5 s: histogram upkeep; every 30 s: idle rate-limit buckets.
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            for round in 0u64.. {
                 tick.tick().await;
-                gateway.runtime().limiters.evict_idle();
+                metrics::upkeep();
+                if round % 6 == 5 {
+                    gateway.runtime().limiters.evict_idle();
+                }
             }
         }
     });

@@ -28,6 +28,14 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// Drain histogram samples into their buckets. The recorder does this only on `render` unless
+/// told: without a scrape, samples would pile up (about 35 bytes per request).
+pub fn upkeep() {
+    if let Some(handle) = handle() {
+        handle.run_upkeep();
+    }
+}
+
 /// The Prometheus text exposition.
 pub fn render() -> String {
     handle().map(PrometheusHandle::render).unwrap_or_default()
