@@ -78,6 +78,8 @@
 //! issue #299).
 
 mod redis;
+#[cfg(test)]
+mod test_server;
 
 use std::collections::HashMap;
 use std::fmt;

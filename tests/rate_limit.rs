@@ -4,8 +4,6 @@
 //! Quotas are `per_hour` (or a one-second user bucket checked only for independence) so that no
 //! result depends on how fast the machine is; loops are bounded.
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use qbgate::sandbox::seed::{OCCUPANT, OWNER};
@@ -286,67 +284,7 @@ async fn reload_with_the_same_policy_hands_out_no_fresh_burst() {
 // ---------------------------------------------------------------------------------------------
 // Redis store
 
-/// A real redis-server on a loopback port, killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    /// `None` (and a printed notice) when redis-server is not installed, unless
-    /// `QBGATE_REQUIRE_REDIS` is set: then that is a failure.
-    fn start(test: &str) -> Option<Server> {
-        let installed = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed {
-            if std::env::var_os("QBGATE_REQUIRE_REDIS").is_some() {
-                panic!("{test}: redis-server not found and QBGATE_REQUIRE_REDIS is set");
-            }
-            eprintln!(
-                "SKIPPED {test}: redis-server not found (install it, or set \
-                 QBGATE_REQUIRE_REDIS=1 to make this a failure)"
-            );
-            return None;
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        Some(Server::on(port))
-    }
-
-    fn on(port: u16) -> Server {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Server { child, port }
-    }
-
-    fn stop(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.port
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::redis_server::Server;
 
 fn redis_section(port: u16, on_error: &str) -> String {
     format!(

@@ -2,6 +2,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../src/ratelimit/test_server.rs"]
+pub mod redis_server;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

@@ -466,75 +466,10 @@ async fn connect_in_background(shared: Weak<Shared>) {
 mod tests {
     use super::super::{Limiters, Quota};
     use super::*;
-    use std::net::{TcpListener, TcpStream};
     use std::num::NonZeroU32;
-    use std::process::{Child, Command, Stdio};
+    use std::process::Command;
 
-    /// A real redis-server on a loopback port, killed on drop.
-    struct Server {
-        child: Child,
-        port: u16,
-    }
-
-    impl Server {
-        /// `None` (and a printed notice) when redis-server is not installed, unless
-        /// `QBGATE_REQUIRE_REDIS` is set: then that is a failure.
-        fn start(test: &str) -> Option<Server> {
-            let installed = Command::new("redis-server")
-                .arg("--version")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !installed {
-                if std::env::var_os("QBGATE_REQUIRE_REDIS").is_some() {
-                    panic!("{test}: redis-server not found and QBGATE_REQUIRE_REDIS is set");
-                }
-                eprintln!(
-                    "SKIPPED {test}: redis-server not found (install it, or set \
-                     QBGATE_REQUIRE_REDIS=1 to make this a failure)"
-                );
-                return None;
-            }
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port();
-            Some(Server::on(port))
-        }
-
-        fn on(port: u16) -> Server {
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn redis-server");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "redis-server did not start");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Server { child, port }
-        }
-
-        fn url(&self) -> String {
-            format!("redis://127.0.0.1:{}/", self.port)
-        }
-
-        fn stop(mut self) -> u16 {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            self.port
-        }
-    }
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    use crate::ratelimit::test_server::Server;
 
     fn nz(n: u32) -> Option<NonZeroU32> {
         NonZeroU32::new(n)
