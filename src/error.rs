@@ -42,7 +42,6 @@ pub enum GateError {
     },
     DialogNotFound,
     LookupFailed,
-    Draining,
     UpstreamUnreachable,
     UpstreamFailed,
     UpstreamTimeout,
@@ -152,11 +151,6 @@ impl GateError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "lookup_failed",
                 s("the dialog could not be checked: try again"),
-            ),
-            Draining => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "draining",
-                s("the gateway is shutting down"),
             ),
             UpstreamUnreachable => (
                 StatusCode::BAD_GATEWAY,
