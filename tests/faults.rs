@@ -134,6 +134,24 @@ fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A create (POST) and a rename (PUT) of the group dialog each get `status`/`reason` and reach
+/// the upstream exactly once: neither may be sent twice.
+async fn post_and_put_sent_once(gate: &Gate, tag: &str, status: u16, reason: &str) {
+    let name = format!("{tag}-{}", unique());
+    let reply = gate
+        .as_user(KEY_APP, None, "POST", LIST, Some(&create_body(&name)))
+        .await;
+    reply.assert_gate_error(status, reason, "base");
+    assert_eq!(creates_named(gate, &name), 1);
+
+    let body = format!(r#"{{"name":"{tag}"}}"#);
+    let reply = gate
+        .as_user(KEY_APP, None, "PUT", &group_path(), Some(&body))
+        .await;
+    reply.assert_gate_error(status, reason, "base");
+    assert_eq!(count(gate, Method::PUT, &group_path()), 1);
+}
+
 #[tokio::test]
 async fn connection_refused_is_502_and_the_next_request_succeeds_once_it_is_up() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -180,25 +198,8 @@ async fn reset_before_response_is_502_and_nothing_non_idempotent_is_sent_twice()
     let gets = count(&gate, Method::GET, LIST);
     assert!((1..=2).contains(&gets), "GET sent {gets} times");
 
-    let name = format!("reset-{}", unique());
-    let reply = gate
-        .as_user(KEY_APP, None, "POST", LIST, Some(&create_body(&name)))
-        .await;
-    reply.assert_gate_error(502, "upstream_failed", "base");
-    assert_eq!(creates_named(&gate, &name), 1);
-
     // The dialog is cached from the warm-up: no lookup, the PUT itself meets the reset.
-    let reply = gate
-        .as_user(
-            KEY_APP,
-            None,
-            "PUT",
-            &group_path(),
-            Some(r#"{"name":"reset"}"#),
-        )
-        .await;
-    reply.assert_gate_error(502, "upstream_failed", "base");
-    assert_eq!(count(&gate, Method::PUT, &group_path()), 1);
+    post_and_put_sent_once(&gate, "reset", 502, "upstream_failed").await;
 
     let reply = gate
         .as_user(KEY_ANY, Some(OTHER_OCCUPANT), "DELETE", &group_path(), None)
@@ -360,24 +361,7 @@ async fn a_stalled_response_is_504_after_the_upstream_timeout() {
     );
     assert!(count(&gate, Method::GET, LIST) <= 2);
 
-    let name = format!("stalled-{}", unique());
-    let reply = gate
-        .as_user(KEY_APP, None, "POST", LIST, Some(&create_body(&name)))
-        .await;
-    reply.assert_gate_error(504, "upstream_timeout", "base");
-    assert_eq!(creates_named(&gate, &name), 1);
-
-    let reply = gate
-        .as_user(
-            KEY_APP,
-            None,
-            "PUT",
-            &group_path(),
-            Some(r#"{"name":"stalled"}"#),
-        )
-        .await;
-    reply.assert_gate_error(504, "upstream_timeout", "base");
-    assert_eq!(count(&gate, Method::PUT, &group_path()), 1);
+    post_and_put_sent_once(&gate, "stalled", 504, "upstream_timeout").await;
 
     assert_recovers(&gate).await;
 }
