@@ -26,6 +26,26 @@ fn reloads(admin: SocketAddr) -> u64 {
         .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
 }
 
+/// `qbgate run --policy path`, returned once its admin listener answers.
+fn start(path: &std::path::Path, admin: SocketAddr) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_qbgate"))
+        .args(["run", "--policy"])
+        .arg(path)
+        .env("QB_API_KEY", "regression-upstream-key")
+        .env("QBGATE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(admin).is_err() {
+        assert!(Instant::now() < deadline, "qbgate did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
 /// Found by `bench/soak`: after the first change in the policy directory, the gateway reloads
 /// every 200 ms forever. Every notify event triggers a reload, including the inotify
 /// open/access/close-nowrite events that the reload's own read of the policy file produces, and
@@ -43,21 +63,7 @@ fn one_policy_change_is_one_reload() {
     };
     let path = dir.join("policy.yaml");
     std::fs::write(&path, policy("first")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qbgate"))
-        .args(["run", "--policy"])
-        .arg(&path)
-        .env("QB_API_KEY", "regression-upstream-key")
-        .env("QBGATE_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(admin).is_err() {
-        assert!(Instant::now() < deadline, "qbgate did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = start(&path, admin);
     // One change, by rename (as an editor or a ConfigMap swap does).
     std::fs::write(dir.join("policy.yaml.tmp"), policy("second")).unwrap();
     std::fs::rename(dir.join("policy.yaml.tmp"), &path).unwrap();
@@ -112,21 +118,7 @@ fn an_idle_gateway_does_not_keep_reading_its_policy() {
     };
     let path = dir.join("policy.yaml");
     std::fs::write(&path, policy("first")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qbgate"))
-        .args(["run", "--policy"])
-        .arg(&path)
-        .env("QB_API_KEY", "regression-upstream-key")
-        .env("QBGATE_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(admin).is_err() {
-        assert!(Instant::now() < deadline, "qbgate did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = start(&path, admin);
     std::fs::write(dir.join("policy.yaml.tmp"), policy("second")).unwrap();
     std::fs::rename(dir.join("policy.yaml.tmp"), &path).unwrap();
     std::thread::sleep(Duration::from_secs(2));
