@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -29,6 +29,12 @@ use crate::rules::lookup::LookupError;
 use crate::rules::{self, Actor, DialogRequest, DialogRoute};
 use crate::upstream::{self, ProxyBody};
 use crate::Runtime;
+
+// Header names made once: a lookup or insert by `&str` parses and hashes the name every time.
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static WOULD_REJECT: HeaderName = HeaderName::from_static("x-qbgate-would-reject");
 
 /// `X-Request-Id` values: a per-process random prefix and a counter, unique and cheap.
 pub struct RequestIds {
@@ -47,10 +53,16 @@ impl RequestIds {
         }
     }
 
+    /// `{prefix:08x}{counter:012x}`, hex-encoded by hand (no `fmt` per request).
     fn next(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:08x}{:012x}", self.prefix, n);
-        HeaderValue::try_from(id).unwrap_or(HeaderValue::from_static("0"))
+        let mut id = [0u8; 20];
+        let value = (u128::from(self.prefix) << 48) | u128::from(n & 0xffff_ffff_ffff);
+        for (i, byte) in id.iter_mut().enumerate() {
+            *byte = HEX[((value >> (4 * (19 - i))) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
     }
 }
 
@@ -66,7 +78,7 @@ struct Access {
     user: Option<u64>,
     reason: &'static str,
     upstream_status: Option<u16>,
-    upstream_ms: Option<f64>,
+    upstream: Option<std::time::Duration>,
     /// Route template for metrics.
     route: &'static str,
     /// Rate-limit fields for the response, once the limiter ran.
@@ -83,7 +95,7 @@ pub async fn handle(
     let method = request.method().clone();
     // A Uri clone shares its bytes: the log line needs the path after the request is consumed.
     let uri = request.uri().clone();
-    let request_id = match request.headers().get("x-request-id") {
+    let request_id = match request.headers().get(&X_REQUEST_ID) {
         Some(id) if upstream::valid_request_id(id) => id.clone(),
         _ => ids.next(),
     };
@@ -92,7 +104,7 @@ pub async fn handle(
         user: None,
         reason: "",
         upstream_status: None,
-        upstream_ms: None,
+        upstream: None,
         rate: None,
         route: "other",
     };
@@ -103,22 +115,22 @@ pub async fn handle(
             error.to_response()
         }
     };
-    let total = started.elapsed().as_secs_f64();
+    let total = started.elapsed();
     crate::metrics::request(
         access.key.as_ref(),
         access.route,
         response.status().as_u16(),
         access.reason,
-        total,
+        total.as_secs_f64(),
     );
-    if let Some(ms) = access.upstream_ms {
-        crate::metrics::upstream(ms / 1000.0);
+    if let Some(upstream) = access.upstream {
+        crate::metrics::upstream(upstream.as_secs_f64());
     }
     let headers = response.headers_mut();
-    headers.insert("x-request-id", request_id.clone());
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
     if let Some(info) = &access.rate {
-        headers.insert("ratelimit-policy", info.policy_header());
-        headers.insert("ratelimit", info.ratelimit_header());
+        headers.insert(RATELIMIT_POLICY.clone(), info.policy_header());
+        headers.insert(RATELIMIT.clone(), info.ratelimit_header());
     }
     crate::access_log::record(&crate::access_log::Line {
         request_id: request_id.to_str().unwrap_or_default(),
@@ -129,8 +141,8 @@ pub async fn handle(
         status: response.status().as_u16(),
         reason: access.reason,
         upstream_status: access.upstream_status,
-        total_ms: total * 1000.0,
-        upstream_ms: access.upstream_ms,
+        total,
+        upstream: access.upstream,
     });
     response
 }
@@ -160,7 +172,9 @@ async fn phases(
 
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let uri = upstream::prepare(&policy.upstream, path_and_query, &mut parts.headers)?;
-    parts.headers.insert("x-request-id", request_id.clone());
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
     let mut outgoing = Request::new(checked.body);
     *outgoing.method_mut() = parts.method;
     *outgoing.uri_mut() = uri;
@@ -168,7 +182,7 @@ async fn phases(
 
     let sent = Instant::now();
     let response = upstream::send(&runtime.client, policy.upstream.timeout, outgoing).await;
-    access.upstream_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
+    access.upstream = Some(sent.elapsed());
     let response = match response {
         Ok(response) => response,
         Err(error) => {
@@ -187,7 +201,7 @@ async fn phases(
     if let Some(reason) = checked.would_reject {
         parts
             .headers
-            .insert("x-qbgate-would-reject", HeaderValue::from_static(reason));
+            .insert(WOULD_REJECT.clone(), HeaderValue::from_static(reason));
     }
     let body = match &checked.route {
         Some(route) => learn(runtime, route, parts.status, body).await?,
@@ -604,4 +618,22 @@ pub fn text(
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_the_prefix_then_a_counter_in_hex() {
+        let ids = RequestIds {
+            prefix: 0x0a1b_2c3d,
+            next: AtomicU64::new(0xfe),
+        };
+        assert_eq!(ids.next(), "0a1b2c3d0000000000fe");
+        assert_eq!(ids.next(), "0a1b2c3d0000000000ff");
+        let random = RequestIds::new().next();
+        assert_eq!(random.len(), 20);
+        assert!(upstream::valid_request_id(&random));
+    }
 }
