@@ -7,13 +7,16 @@
 use std::sync::{Arc, LazyLock};
 use std::time::SystemTime;
 
-use http::{header, HeaderMap};
+use http::header::{self, HeaderName};
+use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
 use crate::error::GateError;
 use crate::policy::{OnBehalfOf, Policy, QbTokenMode};
 
 /// Key id that stands for session-token traffic in logs and metrics.
+static QB_TOKEN: HeaderName = HeaderName::from_static("qb-token");
+static ON_BEHALF_OF: HeaderName = HeaderName::from_static("on-behalf-of");
 static TOKEN_ID: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("qb-token"));
 
 /// Who is calling, as later phases need it.
@@ -37,9 +40,9 @@ pub fn authenticate(
     headers: &HeaderMap,
     now: SystemTime,
 ) -> Result<Principal, GateError> {
-    let authorization = single(headers, header::AUTHORIZATION.as_str())?;
-    let token = single(headers, "qb-token")?;
-    let on_behalf_of = single(headers, "on-behalf-of")?
+    let authorization = single(headers, &header::AUTHORIZATION)?;
+    let token = single(headers, &QB_TOKEN)?;
+    let on_behalf_of = single(headers, &ON_BEHALF_OF)?
         .map(|v| parse_user(v.as_bytes()).ok_or(GateError::BadOnBehalfOf))
         .transpose()?;
     match (authorization, token) {
@@ -99,12 +102,12 @@ pub fn authenticate(
 /// The header's only value; two values are ambiguous and refused.
 fn single<'a>(
     headers: &'a HeaderMap,
-    name: &'static str,
+    name: &'static HeaderName,
 ) -> Result<Option<&'a http::HeaderValue>, GateError> {
     let mut values = headers.get_all(name).iter();
     let first = values.next();
     if values.next().is_some() {
-        return Err(if name == "on-behalf-of" {
+        return Err(if *name == ON_BEHALF_OF {
             GateError::BadOnBehalfOf
         } else {
             GateError::BadHeader("a credential header is repeated")

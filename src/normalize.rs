@@ -8,15 +8,15 @@
 //! what route allowlists and dialog rules match, so `/CHAT/dialog/ID` cannot slip past a rule
 //! written for `/chat/Dialog/ID.json`.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use crate::error::GateError;
 
 /// Headers that ask a framework to treat the request as another method.
-const OVERRIDE_HEADERS: [&str; 3] = [
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
+static OVERRIDE_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
 ];
 
 /// A request path that passed every check.
@@ -34,7 +34,7 @@ pub fn normalize(
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Normalized, GateError> {
-    if OVERRIDE_HEADERS.iter().any(|h| headers.contains_key(*h)) {
+    if OVERRIDE_HEADERS.iter().any(|h| headers.contains_key(h)) {
         return Err(GateError::MethodOverride);
     }
     if let Some(query) = query {
