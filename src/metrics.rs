@@ -4,8 +4,11 @@
 //! Histograms have real buckets (summaries do not add up across replicas). The recorder is
 //! process-global, installed once.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, OnceLock};
 
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -70,6 +73,78 @@ static STATUS: LazyLock<Vec<Arc<str>>> = LazyLock::new(|| {
         .collect()
 });
 
+/// Labels of one `qbgate_requests_total` series.
+#[derive(PartialEq, Eq, Hash)]
+struct RequestLabels {
+    key: Option<Arc<str>>,
+    route: &'static str,
+    status: u16,
+    reason: &'static str,
+}
+
+/// Metric handles already resolved on this thread. Resolving a labelled handle through the
+/// `metrics` macros builds, hashes and compares a `Key` per call, a tenth of the gateway's own
+/// work per request; a handle found here is an atomic add. Entries are few (the series that
+/// exist) and the map is cleared past [`HANDLES_MAX`], so a long-lived process with many
+/// reloads cannot grow it without bound.
+#[derive(Default)]
+struct Handles {
+    requests: HashMap<RequestLabels, Counter, foldhash::fast::RandomState>,
+    durations: HashMap<&'static str, Histogram, foldhash::fast::RandomState>,
+    upstream: Option<Histogram>,
+}
+
+const HANDLES_MAX: usize = 10_000;
+
+thread_local! {
+    static HANDLES: RefCell<Handles> = RefCell::default();
+}
+
+/// Run `f` on this thread's handles once the recorder is installed (a handle resolved before
+/// would be a no-op forever); `None` before.
+fn with_handles<R>(f: impl FnOnce(&mut Handles) -> R) -> Option<R> {
+    HANDLE.get()?.as_ref()?;
+    HANDLES.with(|handles| {
+        let mut handles = handles.borrow_mut();
+        if handles.requests.len() > HANDLES_MAX {
+            handles.requests.clear();
+        }
+        Some(f(&mut handles))
+    })
+}
+
+fn shared(key: Option<&Arc<str>>) -> metrics::SharedString {
+    match key {
+        Some(k) => metrics::SharedString::from(k.clone()),
+        None => metrics::SharedString::const_str("-"),
+    }
+}
+
+fn status_label(status: u16) -> metrics::SharedString {
+    match STATUS.get(usize::from(status)) {
+        Some(s) => metrics::SharedString::from(s.clone()),
+        None => metrics::SharedString::from(status.to_string()),
+    }
+}
+
+fn request_counter(labels: &RequestLabels) -> Counter {
+    metrics::counter!(
+        "qbgate_requests_total",
+        "key" => shared(labels.key.as_ref()),
+        "route" => labels.route,
+        "status" => status_label(labels.status),
+        "reason" => labels.reason
+    )
+}
+
+fn duration_histogram(route: &'static str) -> Histogram {
+    metrics::histogram!("qbgate_request_duration_seconds", "route" => route)
+}
+
+fn upstream_histogram() -> Histogram {
+    metrics::histogram!("qbgate_upstream_duration_seconds")
+}
+
 pub fn request(
     key: Option<&Arc<str>>,
     route: &'static str,
@@ -77,21 +152,48 @@ pub fn request(
     reason: &'static str,
     seconds: f64,
 ) {
-    let key = match key {
-        Some(k) => metrics::SharedString::from(k.clone()),
-        None => metrics::SharedString::const_str("-"),
+    let labels = RequestLabels {
+        key: key.cloned(),
+        route,
+        status,
+        reason,
     };
-    let status = match STATUS.get(usize::from(status)) {
-        Some(s) => metrics::SharedString::from(s.clone()),
-        None => metrics::SharedString::from(status.to_string()),
-    };
-    metrics::counter!("qbgate_requests_total", "key" => key, "route" => route, "status" => status, "reason" => reason)
+    let cached = with_handles(|handles| {
+        if let Some(counter) = handles.requests.get(&labels) {
+            counter.increment(1);
+        } else {
+            let counter = request_counter(&labels);
+            counter.increment(1);
+            handles.requests.insert(labels, counter);
+        }
+        handles
+            .durations
+            .entry(route)
+            .or_insert_with(|| duration_histogram(route))
+            .record(seconds);
+    });
+    if cached.is_none() {
+        request_counter(&RequestLabels {
+            key: key.cloned(),
+            route,
+            status,
+            reason,
+        })
         .increment(1);
-    metrics::histogram!("qbgate_request_duration_seconds", "route" => route).record(seconds);
+        duration_histogram(route).record(seconds);
+    }
 }
 
 pub fn upstream(seconds: f64) {
-    metrics::histogram!("qbgate_upstream_duration_seconds").record(seconds);
+    let cached = with_handles(|handles| {
+        handles
+            .upstream
+            .get_or_insert_with(upstream_histogram)
+            .record(seconds);
+    });
+    if cached.is_none() {
+        upstream_histogram().record(seconds);
+    }
 }
 
 pub fn upstream_error(kind: &'static str) {

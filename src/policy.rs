@@ -34,7 +34,9 @@ pub struct Policy {
     pub dialog_rules: DialogRules,
     pub keys: Vec<Key>,
     /// SHA-256 digest of a key -> index into `keys`.
-    by_digest: HashMap<[u8; 32], u32>,
+    /// foldhash: the table holds only the policy's own digests, so a presented key can only
+    /// probe it, never grow a chain.
+    by_digest: HashMap<[u8; 32], u32, foldhash::fast::RandomState>,
 }
 
 #[derive(Debug)]

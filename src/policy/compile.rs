@@ -179,7 +179,7 @@ impl Compiler<'_> {
         let rate_limit = self.store(raw.rate_limit.unwrap_or_default());
         let dialog_rules = self.dialog_rules(raw.dialog_rules.unwrap_or_default());
         let keys = self.keys(raw.keys);
-        let by_digest = HashMap::new();
+        let by_digest = HashMap::default();
         let mut policy = Policy {
             digest: crate::policy::digest_hex(text.as_bytes())[..12].to_string(),
             listen,
