@@ -139,7 +139,22 @@ pub async fn reload(
     overrides: &Overrides,
     quiet: bool,
 ) -> bool {
-    let compiled = policy::load(path).and_then(|mut p| {
+    // Compiling a 10,000-key policy takes a sizeable fraction of a second, mostly YAML parsing:
+    // off the serving threads, or a one-CPU sidecar (current-thread runtime) would stop
+    // answering while it runs.
+    let compiled = tokio::task::spawn_blocking({
+        let path = path.to_owned();
+        move || policy::load(&path)
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(policy::PolicyErrors(vec![policy::compile::PolicyError {
+            path: "policy".into(),
+            message: "the compile task failed".into(),
+            place: None,
+        }]))
+    });
+    let compiled = compiled.and_then(|mut p| {
         overrides.apply(&mut p).map_err(|message| {
             policy::PolicyErrors(vec![policy::compile::PolicyError {
                 path: "--upstream".into(),

@@ -43,15 +43,7 @@ async fn sandbox() -> (Sandbox, std::net::SocketAddr) {
 async fn fifty_reloads_under_load_fail_no_request_and_a_bad_policy_keeps_the_last_good_one() {
     let (sandbox, addr) = sandbox().await;
     let (path, text) = policy_dir(addr, "");
-    let gate = Gate::start_policy(
-        sandbox,
-        addr,
-        &text.replace(
-            &format!("{{ file: {} }}", path.with_file_name("api-key").display()),
-            "{ env: QB_API_KEY }",
-        ),
-    )
-    .await;
+    let gate = Gate::start_policy(sandbox, addr, &compile_friendly(&path, &text)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
@@ -313,4 +305,46 @@ async fn other_files_and_identical_rewrites_do_not_rebuild_the_generation() {
         }
     }
     assert!(rebuilt, "a changed policy was not reloaded");
+}
+
+/// A reload compiles the policy off the serving thread: on a current-thread runtime (what a
+/// one-CPU sidecar runs), requests are answered while a 20,000-key policy is still compiling.
+#[tokio::test(flavor = "current_thread")]
+async fn requests_are_answered_while_a_big_policy_compiles() {
+    let (sandbox, addr) = sandbox().await;
+    let extra: String = (0..20_000)
+        .map(|i| {
+            format!(
+                "- {{ id: bulk{i}, sha256: {}, on_behalf_of: any }}\n",
+                digest(&format!("bulk-{i}"))
+            )
+        })
+        .collect();
+    let (path, text) = policy_dir(addr, &extra);
+    let gate = Gate::start_policy(sandbox, addr, &compile_friendly(&path, &text)).await;
+    let gate = Arc::new(gate);
+    let reload = tokio::spawn({
+        let gate = gate.clone();
+        let path = path.clone();
+        async move { qbgate::reload::reload(&gate.gateway, &path, &Overrides::default(), false).await }
+    });
+    // Let the reload task start its compile, then ask.
+    tokio::task::yield_now().await;
+    let reply = gate
+        .as_user(KEY_APP, None, "GET", "/chat/Dialog.json", None)
+        .await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        !reload.is_finished(),
+        "the request waited for the compile (or the compile of 20,000 keys beat one request)"
+    );
+    assert!(reload.await.unwrap(), "the reload failed");
+}
+
+/// The policy text with its upstream key read from the environment, as [`Gate`] compiles it.
+fn compile_friendly(path: &std::path::Path, text: &str) -> String {
+    text.replace(
+        &format!("{{ file: {} }}", path.with_file_name("api-key").display()),
+        "{ env: QB_API_KEY }",
+    )
 }
