@@ -290,7 +290,24 @@ async fn no_key_token_or_upstream_key_in_logs_metrics_or_responses() {
         stdout.contains(r#""level":"TRACE""#),
         "no trace lines: QBGATE_LOG=trace did not apply"
     );
-    assert!(stdout.contains("qbgate::access"), "no access log lines");
+    // One well-formed access line per request (lines of different threads may interleave).
+    let access: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.contains(r#""target":"qbgate::access""#))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let mut logged: Vec<u64> = access
+        .iter()
+        .map(|a| a["status"].as_u64().unwrap())
+        .collect();
+    let mut sent: Vec<u64> = exchanges.iter().map(|e| u64::from(e.status)).collect();
+    logged.sort_unstable();
+    sent.sort_unstable();
+    assert_eq!(logged, sent, "access lines vs requests");
+    assert!(access.iter().all(
+        |a| a["request_id"].as_str().is_some_and(|id| !id.is_empty())
+            && a["total_ms"].as_f64().is_some()
+    ));
 
     let mut outputs: Vec<(String, &str)> = vec![
         ("stdout (logs)".into(), &stdout),
