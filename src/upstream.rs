@@ -88,23 +88,34 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Remove hop-by-hop headers and every header named in `Connection`.
 ///
-/// Most messages carry none: one pass over the names (a standard name compares as a small
-/// integer) decides, and the map is only changed when there is something to remove.
+/// One pass over the names (a standard name compares as a small integer) finds what is there;
+/// only those are removed. Most requests carry none; most responses carry only `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name))
+        .cloned()
+        .collect();
+    if doomed.is_empty() {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            // `keep-alive` and `close` are the usual tokens: nothing more to remove for them.
+            if token.eq_ignore_ascii_case("close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|h| h.as_str().eq_ignore_ascii_case(token))
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                doomed.push(name);
+            }
+        }
     }
-    for name in &HOP_BY_HOP {
+    for name in doomed {
         headers.remove(name);
     }
 }
