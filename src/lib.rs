@@ -41,9 +41,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
@@ -155,15 +155,25 @@ impl Gateway {
     }
 }
 
+/// The protocol a client speaks, told by its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    /// Cleartext HTTP/2 with prior knowledge (the connection preface).
+    Http2,
+}
+
 /// Wait until the client has sent enough to choose the protocol: the 24-byte HTTP/2 preface, or
-/// bytes that cannot start it. `false` when the client closed first.
-async fn first_bytes(stream: &tokio::net::TcpStream) -> bool {
+/// bytes that cannot start it. `None` when the client closed first. The bytes stay in the socket
+/// (peeked), so the chosen codec reads them itself, with no rewind buffer in between.
+async fn first_bytes(stream: &tokio::net::TcpStream) -> Option<Protocol> {
     const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut buf = [0u8; 24];
     loop {
         match stream.peek(&mut buf).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) if n >= PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
+            Ok(0) | Err(_) => return None,
+            Ok(n) if buf[..n] != PREFACE[..n] => return Some(Protocol::Http1),
+            Ok(n) if n >= PREFACE.len() => return Some(Protocol::Http2),
             // A partial preface: rare (it fits one segment); poll again shortly.
             Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
@@ -197,22 +207,22 @@ pub async fn serve(
         }
     });
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
     let header_timeout = gateway.runtime().policy.client.header_timeout;
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    let mut h1 = http1::Builder::new();
+    // max_buf_size alone is a soft bound on the head: one read can fill the buffer past it and
+    // a head that arrived whole is then accepted. max_header_size is checked on every parse.
+    h1.timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
-        .max_buf_size(64 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+        .max_buf_size(64 * 1024)
+        .max_header_size(64 * 1024);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(256)
         // An idle HTTP/2 connection is pinged, and closed when the ping goes unanswered.
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10))
         .max_header_list_size(64 * 1024);
-    let builder = Arc::new(builder);
+    let builders = Arc::new((h1, h2));
 
     tokio::pin!(shutdown);
     let mut drain: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
@@ -247,19 +257,23 @@ pub async fn serve(
                 Ok::<_, std::convert::Infallible>(proxy::handle(runtime, &gw.ids, request).await)
             }
         });
-        let builder = builder.clone();
+        let builders = builders.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            // hyper-util reads the first bytes to tell HTTP/1 from HTTP/2 with no timer of its
-            // own: a client that sends nothing would hold the connection forever.
-            if !matches!(
-                tokio::time::timeout(header_timeout, first_bytes(&stream)).await,
-                Ok(true)
-            ) {
+            // The protocol is chosen within the header timeout: a client that sends nothing
+            // must not hold a connection forever (hyper-util's auto builder has no such timer).
+            let Ok(Some(protocol)) =
+                tokio::time::timeout(header_timeout, first_bytes(&stream)).await
+            else {
                 return;
-            }
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = watcher.watch(connection).await {
+            };
+            let io = TokioIo::new(stream);
+            let (h1, h2) = &*builders;
+            let served = match protocol {
+                Protocol::Http1 => watcher.watch(h1.serve_connection(io, service)).await,
+                Protocol::Http2 => watcher.watch(h2.serve_connection(io, service)).await,
+            };
+            if let Err(error) = served {
                 tracing::debug!(%error, "connection ended with an error");
             }
         });
