@@ -92,6 +92,8 @@ struct Handles {
     requests: HashMap<RequestLabels, Counter, foldhash::fast::RandomState>,
     durations: HashMap<&'static str, Histogram, foldhash::fast::RandomState>,
     upstream: Option<Histogram>,
+    /// `qbgate_dialog_cache_requests_total` by `result`: counted on every judged request.
+    dialog_cache: HashMap<&'static str, Counter, foldhash::fast::RandomState>,
 }
 
 const HANDLES_MAX: usize = 10_000;
@@ -208,8 +210,21 @@ pub fn rule_violation(rule: &'static str, mode: &'static str) {
     metrics::counter!("qbgate_rule_violations_total", "rule" => rule, "mode" => mode).increment(1);
 }
 
+fn dialog_cache_counter(result: &'static str) -> Counter {
+    metrics::counter!("qbgate_dialog_cache_requests_total", "result" => result)
+}
+
 pub fn dialog_cache(result: &'static str) {
-    metrics::counter!("qbgate_dialog_cache_requests_total", "result" => result).increment(1);
+    let cached = with_handles(|handles| {
+        handles
+            .dialog_cache
+            .entry(result)
+            .or_insert_with(|| dialog_cache_counter(result))
+            .increment(1);
+    });
+    if cached.is_none() {
+        dialog_cache_counter(result).increment(1);
+    }
 }
 
 pub fn reload(result: &'static str) {

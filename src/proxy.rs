@@ -222,7 +222,9 @@ struct Checked {
 /// Is this a state-changing request under `/chat/Dialog` (cheap test on the route key; the rules
 /// module's `classify` decides exactly)?
 fn is_dialog_change(method: &Method, route: &[String]) -> bool {
-    let stem = |s: &String| s.split('.').next().unwrap_or_default().to_string();
+    fn stem(s: &str) -> &str {
+        s.split('.').next().unwrap_or_default()
+    }
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
         && route.len() >= 2
         && stem(&route[0]) == "chat"
@@ -410,8 +412,7 @@ async fn learn(
                     return Err(GateError::UpstreamFailed);
                 }
             };
-            let parsed = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
-            match parsed.as_ref().and_then(rules::Dialog::from_json) {
+            match rules::Dialog::from_slice(&bytes) {
                 Some(dialog) if &dialog.id == id => runtime.lookups.replace(dialog).await,
                 _ => runtime.lookups.evict(std::slice::from_ref(id)).await,
             }

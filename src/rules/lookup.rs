@@ -101,6 +101,17 @@ impl Lookups {
 
     /// A successful update returned the dialog as it now is: later checks see it at once.
     pub async fn replace(&self, dialog: Dialog) {
+        // An answer that changes nothing the rules read (a rename, a photo) leaves the entry as
+        // it is: a cache insert costs more than the whole check. The entry then expires as
+        // first fetched, which only makes the cache more cautious.
+        if self
+            .dialogs
+            .get(&dialog.id)
+            .await
+            .is_some_and(|cached| *cached == dialog)
+        {
+            return;
+        }
         self.dialogs
             .insert(dialog.id.clone(), Arc::new(dialog))
             .await;
