@@ -96,6 +96,14 @@ fn creates_named(gate: &Gate, name: &str) -> usize {
 }
 
 /// A successful rename by the application, which also leaves GROUP in the gateway's cache.
+/// Cache the group dialog with one allowed rename, forget what the sandbox received so far (the
+/// warm-up's PUT and lookup), then inject `fault`: what follows counts only what meets the fault.
+async fn arm(gate: &Gate, fault: Fault) {
+    warm_rename(gate, "warm").await;
+    gate.sandbox.take_received();
+    gate.sandbox.set_fault(fault);
+}
+
 async fn warm_rename(gate: &Gate, name: &str) {
     let reply = gate
         .as_user(
@@ -188,10 +196,7 @@ async fn connection_refused_is_502_and_the_next_request_succeeds_once_it_is_up()
 #[tokio::test]
 async fn reset_before_response_is_502_and_nothing_non_idempotent_is_sent_twice() {
     let gate = Gate::start("").await;
-    warm_rename(&gate, "warm").await;
-    // Forget the warm-up (its PUT and lookup): count only what the fault meets.
-    gate.sandbox.take_received();
-    gate.sandbox.set_fault(Fault::ResetBeforeResponse);
+    arm(&gate, Fault::ResetBeforeResponse).await;
 
     let reply = gate.as_user(KEY_APP, None, "GET", LIST, None).await;
     reply.assert_gate_error(502, "upstream_failed", "base");
@@ -213,10 +218,7 @@ async fn reset_before_response_is_502_and_nothing_non_idempotent_is_sent_twice()
 #[tokio::test]
 async fn reset_mid_body_is_never_a_silent_short_success() {
     let gate = Gate::start("").await;
-    warm_rename(&gate, "warm").await;
-    // Forget the warm-up (its PUT and lookup): count only what the fault meets.
-    gate.sandbox.take_received();
-    gate.sandbox.set_fault(Fault::ResetMidBody);
+    arm(&gate, Fault::ResetMidBody).await;
     let app = auth(KEY_APP);
 
     // A streamed GET: the head may already be on its way; the body must then fail.
@@ -346,10 +348,7 @@ async fn a_stalled_response_is_504_after_the_upstream_timeout() {
         .replace("  timeout: 2s\n", "  timeout: 500ms\n");
     assert!(text.contains("timeout: 500ms"));
     let gate = Gate::start_policy(sandbox, addr, &text).await;
-    warm_rename(&gate, "warm").await;
-    // Forget the warm-up (its PUT and lookup): count only what the fault meets.
-    gate.sandbox.take_received();
-    gate.sandbox.set_fault(Fault::Delay(Duration::from_secs(5)));
+    arm(&gate, Fault::Delay(Duration::from_secs(5))).await;
 
     let started = Instant::now();
     let reply = gate.as_user(KEY_APP, None, "GET", LIST, None).await;
@@ -516,10 +515,7 @@ async fn an_h2_goaway_with_requests_in_flight_loses_nothing_and_sends_nothing_tw
 #[tokio::test]
 async fn h2_resets_are_502_and_sent_once() {
     let gate = h2_gate().await;
-    warm_rename(&gate, "warm").await;
-    // Forget the warm-up (its PUT and lookup): count only what the fault meets.
-    gate.sandbox.take_received();
-    gate.sandbox.set_fault(Fault::ResetBeforeResponse);
+    arm(&gate, Fault::ResetBeforeResponse).await;
     let reply = gate.as_user(KEY_APP, None, "GET", LIST, None).await;
     reply.assert_gate_error(502, "upstream_failed", "base");
     assert!(count(&gate, Method::GET, LIST) <= 2);

@@ -46,28 +46,38 @@ fn start(path: &std::path::Path, admin: SocketAddr) -> std::process::Child {
     child
 }
 
+/// A gateway on a minimal policy (`padding` in front of it) in a directory of its own, whose
+/// policy was then changed once by rename (as an editor or a ConfigMap swap does) and 2 s given
+/// to settle. Returns the process, its admin address and the directory.
+fn started_then_renamed(
+    name: &str,
+    padding: &str,
+) -> (std::process::Child, SocketAddr, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("qbgate-regress-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let policy = |comment: &str| {
+        format!(
+            "# {comment}\n{padding}version: 1\nlisten: {listen}\nadmin_listen: {admin}\n\
+             upstream:\n  url: http://127.0.0.1:9\n  api_key: {{ env: QB_API_KEY }}\nkeys: []\n"
+        )
+    };
+    let path = dir.join("policy.yaml");
+    std::fs::write(&path, policy("first")).unwrap();
+    let child = start(&path, admin);
+    std::fs::write(dir.join("policy.yaml.tmp"), policy("second")).unwrap();
+    std::fs::rename(dir.join("policy.yaml.tmp"), &path).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    (child, admin, dir)
+}
+
 /// Found by `bench/soak`: after the first change in the policy directory, the gateway reloads
 /// every 200 ms forever. Every notify event triggers a reload, including the inotify
 /// open/access/close-nowrite events that the reload's own read of the policy file produces, and
 /// an `Event` reload swaps a new generation even when nothing changed. Fixed in 8915bf9.
 #[test]
 fn one_policy_change_is_one_reload() {
-    let dir = std::env::temp_dir().join(format!("qbgate-regress-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (listen, admin) = (free_port(), free_port());
-    let policy = |comment: &str| {
-        format!(
-            "# {comment}\nversion: 1\nlisten: {listen}\nadmin_listen: {admin}\n\
-             upstream:\n  url: http://127.0.0.1:9\n  api_key: {{ env: QB_API_KEY }}\nkeys: []\n"
-        )
-    };
-    let path = dir.join("policy.yaml");
-    std::fs::write(&path, policy("first")).unwrap();
-    let mut child = start(&path, admin);
-    // One change, by rename (as an editor or a ConfigMap swap does).
-    std::fs::write(dir.join("policy.yaml.tmp"), policy("second")).unwrap();
-    std::fs::rename(dir.join("policy.yaml.tmp"), &path).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    let (mut child, admin, dir) = started_then_renamed("reload", "");
     let after_change = reloads(admin);
     std::thread::sleep(Duration::from_secs(2));
     let two_seconds_later = reloads(admin);
@@ -104,24 +114,9 @@ fn rchar(pid: u32) -> u64 {
 /// events interleave with the settle delay, so this can pass by luck (1 run in 6 did); it cannot
 /// fail once access events are ignored.
 #[test]
-
 fn an_idle_gateway_does_not_keep_reading_its_policy() {
-    let dir = std::env::temp_dir().join(format!("qbgate-regress-read-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (listen, admin) = (free_port(), free_port());
     let padding = format!("# {}\n", "x".repeat(256 * 1024));
-    let policy = |comment: &str| {
-        format!(
-            "# {comment}\n{padding}version: 1\nlisten: {listen}\nadmin_listen: {admin}\n\
-             upstream:\n  url: http://127.0.0.1:9\n  api_key: {{ env: QB_API_KEY }}\nkeys: []\n"
-        )
-    };
-    let path = dir.join("policy.yaml");
-    std::fs::write(&path, policy("first")).unwrap();
-    let mut child = start(&path, admin);
-    std::fs::write(dir.join("policy.yaml.tmp"), policy("second")).unwrap();
-    std::fs::rename(dir.join("policy.yaml.tmp"), &path).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    let (mut child, _admin, dir) = started_then_renamed("read", &padding);
     let before = rchar(child.id());
     std::thread::sleep(Duration::from_secs(2));
     let read = rchar(child.id()) - before;
