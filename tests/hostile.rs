@@ -716,49 +716,33 @@ async fn duplicate_authorization_or_on_behalf_of_is_400() {
     let app = format!("ApiKey {KEY_APP}");
     let any = format!("ApiKey {KEY_ANY}");
     let owner = OWNER.to_string();
-    let reply = gate
-        .send(
-            "GET",
-            LIST,
+    let two_users = format!("{owner}, 1");
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (
             &[("authorization", &app), ("authorization", &app)],
-            "",
-        )
-        .await;
-    reply.assert_gate_error(400, "bad_header", "base");
-    let reply = gate
-        .send(
-            "GET",
-            LIST,
+            "bad_header",
+        ),
+        (
             &[("authorization", &any), ("authorization", "ApiKey nope")],
-            "",
-        )
-        .await;
-    reply.assert_gate_error(400, "bad_header", "base");
-    let reply = gate
-        .send(
-            "GET",
-            LIST,
+            "bad_header",
+        ),
+        (
             &[
                 ("authorization", &any),
                 ("on-behalf-of", &owner),
                 ("on-behalf-of", &owner),
             ],
-            "",
-        )
-        .await;
-    reply.assert_gate_error(400, "bad_on_behalf_of", "base");
-    let reply = gate
-        .send(
-            "GET",
-            LIST,
-            &[
-                ("authorization", &any),
-                ("on-behalf-of", &format!("{owner}, 1")),
-            ],
-            "",
-        )
-        .await;
-    reply.assert_gate_error(400, "bad_on_behalf_of", "base");
+            "bad_on_behalf_of",
+        ),
+        (
+            &[("authorization", &any), ("on-behalf-of", &two_users)],
+            "bad_on_behalf_of",
+        ),
+    ];
+    for (headers, reason) in cases {
+        let reply = gate.send("GET", LIST, headers, "").await;
+        reply.assert_gate_error(400, reason, "base");
+    }
     // Differently cased duplicates over raw TCP are the same header.
     let request = format!(
         "GET {LIST} HTTP/1.1\r\nHost: x\r\nauthorization: ApiKey {KEY_APP}\r\nAUTHORIZATION: ApiKey {KEY_APP}\r\n\r\n"
