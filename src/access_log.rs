@@ -153,12 +153,13 @@ impl Out<'_> {
 
     /// `2026-11-26T16:42:56.123456Z`.
     fn stamp(&mut self, seconds: &str, micros: u32) -> &mut Self {
+        let mut buffer = itoa::Buffer::new();
+        let digits = buffer.format(micros);
         self.str(seconds).str(".");
-        let digits = itoa::Buffer::new().format(micros).len();
-        for _ in digits..6 {
+        for _ in digits.len()..6 {
             self.0.push(b'0');
         }
-        self.int(micros).str("Z")
+        self.str(digits).str("Z")
     }
 
     /// Milliseconds with three decimals, from whole microseconds.

@@ -74,7 +74,7 @@ static STATUS: LazyLock<Vec<Arc<str>>> = LazyLock::new(|| {
 });
 
 /// Labels of one `qbgate_requests_total` series.
-#[derive(PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct RequestLabels {
     key: Option<Arc<str>>,
     route: &'static str,
@@ -166,7 +166,7 @@ pub fn request(
         } else {
             let counter = request_counter(&labels);
             counter.increment(1);
-            handles.requests.insert(labels, counter);
+            handles.requests.insert(labels.clone(), counter);
         }
         handles
             .durations
@@ -175,13 +175,7 @@ pub fn request(
             .record(seconds);
     });
     if cached.is_none() {
-        request_counter(&RequestLabels {
-            key: key.cloned(),
-            route,
-            status,
-            reason,
-        })
-        .increment(1);
+        request_counter(&labels).increment(1);
         duration_histogram(route).record(seconds);
     }
 }
