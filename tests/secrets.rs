@@ -153,93 +153,96 @@ async fn no_key_token_or_upstream_key_in_logs_metrics_or_responses() {
     let (recipe, occupant) = (RECIPE_USER.to_string(), OCCUPANT.to_string());
     let json = ("content-type", "application/json");
     let list = format!("{base}/chat/Dialog.json?_id={GROUP_ID}");
-    let mut exchanges = vec![
-        send(
+    let put_group = format!("{base}/chat/Dialog/{GROUP_ID}.json");
+    let put_private = format!("{base}/chat/Dialog/{PRIVATE_ID}.json");
+    let user = |key| vec![("authorization", key), ("on-behalf-of", recipe.as_str())];
+    // (over h2c, what, method, url, headers, body), sent in this order.
+    let cases = vec![
+        (
             false,
             "GET, valid key + On-Behalf-Of",
             "GET",
-            list.clone(),
-            &[("authorization", &valid), ("on-behalf-of", &recipe)],
+            &list,
+            user(&valid),
             "",
-        )
-        .await,
-        send(
+        ),
+        (
             true,
             "GET over h2c, valid key + On-Behalf-Of",
             "GET",
-            list.clone(),
-            &[("authorization", &valid), ("on-behalf-of", &recipe)],
+            &list,
+            user(&valid),
             "",
-        )
-        .await,
-        send(
-            false,
-            "GET, invalid key",
-            "GET",
-            list.clone(),
-            &[("authorization", &invalid), ("on-behalf-of", &recipe)],
-            "",
-        )
-        .await,
-        send(
+        ),
+        (false, "GET, invalid key", "GET", &list, user(&invalid), ""),
+        (
             true,
             "GET over h2c, invalid key",
             "GET",
-            list.clone(),
-            &[("authorization", &invalid), ("on-behalf-of", &recipe)],
+            &list,
+            user(&invalid),
             "",
-        )
-        .await,
-        send(
+        ),
+        (
             false,
             "PUT with a QB-Token (session lookup)",
             "PUT",
-            format!("{base}/chat/Dialog/{GROUP_ID}.json"),
-            &[("qb-token", TOKEN), json],
+            &put_group,
+            vec![("qb-token", TOKEN), json],
             r#"{"name":"renamed by token"}"#,
-        )
-        .await,
-        send(
+        ),
+        (
             false,
             "GET, QB-Token and ApiKey together",
             "GET",
-            list.clone(),
-            &[("qb-token", TOKEN), ("authorization", &valid)],
+            &list,
+            vec![("qb-token", TOKEN), ("authorization", &valid)],
             "",
-        )
-        .await,
-        send(
+        ),
+        (
             false,
             "PUT rejected by the rules (name on a private dialog)",
             "PUT",
-            format!("{base}/chat/Dialog/{PRIVATE_ID}.json"),
-            &[("authorization", &valid), ("on-behalf-of", &occupant), json],
+            &put_private,
+            vec![("authorization", &valid), ("on-behalf-of", &occupant), json],
             r#"{"name":"nope"}"#,
-        )
-        .await,
-        send(
+        ),
+        (
             false,
             "GET, valid key, bad On-Behalf-Of",
             "GET",
-            list.clone(),
-            &[("authorization", &valid), ("on-behalf-of", "0x1")],
+            &list,
+            vec![("authorization", &valid), ("on-behalf-of", "0x1")],
             "",
-        )
-        .await,
+        ),
+        (
+            false,
+            "limited key #1",
+            "GET",
+            &list,
+            vec![("authorization", &limited)],
+            "",
+        ),
+        (
+            false,
+            "limited key #2",
+            "GET",
+            &list,
+            vec![("authorization", &limited)],
+            "",
+        ),
+        (
+            false,
+            "limited key #3",
+            "GET",
+            &list,
+            vec![("authorization", &limited)],
+            "",
+        ),
     ];
-    for i in 0..3 {
-        let what = ["limited key #1", "limited key #2", "limited key #3"][i];
-        exchanges.push(
-            send(
-                false,
-                what,
-                "GET",
-                list.clone(),
-                &[("authorization", &limited)],
-                "",
-            )
-            .await,
-        );
+    let mut exchanges = Vec::new();
+    for (h2, what, method, url, headers, body) in cases {
+        exchanges.push(send(h2, what, method, url.to_string(), &headers, body).await);
     }
     let metrics = send(
         false,
