@@ -78,6 +78,13 @@ fn started_then_renamed(
 #[test]
 fn one_policy_change_is_one_reload() {
     let (mut child, admin, dir) = started_then_renamed("reload", "");
+    // Under a loaded CI machine the reload can take longer than the settle time given: wait for
+    // it (bounded) before counting.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while reloads(admin) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     let after_change = reloads(admin);
     std::thread::sleep(Duration::from_secs(2));
     let two_seconds_later = reloads(admin);
