@@ -67,7 +67,7 @@ impl Runtime {
     /// Build a generation. `previous` lends its connection pool when the upstream is unchanged.
     pub async fn new(policy: Policy, previous: Option<&Runtime>) -> Result<Runtime, String> {
         let client = match previous {
-            Some(old) if same_upstream(&old.policy, &policy) => old.client.clone(),
+            Some(old) if same_upstream(old, &policy) => old.client.clone(),
             _ => upstream::client(&policy.upstream)?,
         };
         let ttl = policy.dialog_rules.cache_ttl;
@@ -112,9 +112,11 @@ impl Runtime {
     }
 }
 
-fn same_upstream(a: &Policy, b: &Policy) -> bool {
+fn same_upstream(old: &Runtime, b: &Policy) -> bool {
+    let a = &old.policy;
     a.upstream.connect_timeout == b.upstream.connect_timeout
         && a.upstream.extra_ca_file == b.upstream.extra_ca_file
+        && upstream::serves(&old.client, &b.upstream)
 }
 
 /// State shared by every connection: the current generation and the drain flags.

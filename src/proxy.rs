@@ -27,7 +27,7 @@ use crate::policy::RuleMode;
 use crate::ratelimit::{self, Decision};
 use crate::rules::lookup::LookupError;
 use crate::rules::{self, Actor, DialogRequest, DialogRoute};
-use crate::upstream::{self, ProxyBody};
+use crate::upstream::{self, ProxyBody, UpstreamBody};
 use crate::Runtime;
 
 // Header names made once: a lookup or insert by `&str` parses and hashes the name every time.
@@ -400,7 +400,7 @@ async fn learn(
     runtime: &Runtime,
     route: &DialogRoute,
     status: StatusCode,
-    body: Incoming,
+    body: UpstreamBody,
 ) -> Result<ResponseBody, GateError> {
     match route {
         DialogRoute::Update { id } if status == StatusCode::OK => {
@@ -558,12 +558,12 @@ pub async fn read_body(
 pub struct ResponseBody(RespInner);
 
 enum RespInner {
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming) -> Self {
+    pub fn upstream(body: UpstreamBody) -> Self {
         ResponseBody(RespInner::Upstream(body))
     }
 }

@@ -306,11 +306,11 @@ impl Sandbox {
 
     /// Serves one connection over any transport (a TLS stream in tests), speaking HTTP/1.1 or
     /// HTTP/2 as the client does. Returns when the connection ends.
-    pub async fn serve_connection<IO>(&self, io: IO)
+    pub async fn serve_connection<IO>(&self, io: IO, peer: Option<SocketAddr>)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        self.run_connection(io, None, None).await;
+        self.run_connection(io, peer, None).await;
     }
 
     /// Every request received so far, in order.
@@ -2125,7 +2125,7 @@ mod tests {
         for http2 in [false, true] {
             let (client, server) = tokio::io::duplex(64 * 1024);
             let server_side = sandbox.clone();
-            tokio::spawn(async move { server_side.serve_connection(server).await });
+            tokio::spawn(async move { server_side.serve_connection(server, None).await });
             let req = request(
                 "GET",
                 "http://sandbox/chat/Dialog.json",

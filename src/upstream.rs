@@ -1,9 +1,13 @@
 //! The pooled rustls client, header rewriting and timeouts on the way to the upstream.
 //!
-//! Retries: hyper-util's pool already re-sends a request whose pooled connection turned out to be
+//! Retries: the pool ([`pool`]) re-sends a request whose pooled connection turned out to be
 //! closed before the request was written. Beyond that, only bodiless GET, HEAD and OPTIONS are
 //! retried once: a PUT, POST or DELETE may have reached the upstream, and the dialog rules judged
 //! it against a dialog that the first attempt may already have changed.
+
+mod pool;
+
+pub use pool::UpstreamBody;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -18,18 +22,15 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use crate::error::GateError;
 use crate::policy;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
-/// The pooled client to the upstream.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+/// The pooled client to the upstream origin.
+pub type HttpClient = Arc<pool::Pool>;
 
 /// Build the client for an upstream: webpki roots plus the optional extra CA file, HTTP/1.1 and
 /// HTTP/2 by ALPN, `connect_timeout` on the TCP connect.
@@ -66,10 +67,16 @@ pub fn client(upstream: &policy::Upstream) -> Result<HttpClient, String> {
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(256)
-        .build(https))
+    Ok(Arc::new(pool::Pool::new(
+        https,
+        upstream.scheme.clone(),
+        upstream.origin.clone(),
+    )?))
+}
+
+/// Whether `client` can serve `upstream` as it is (a reload keeps the pool when it can).
+pub fn serves(client: &HttpClient, upstream: &policy::Upstream) -> bool {
+    client.serves(&upstream.scheme, &upstream.origin)
 }
 
 /// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1), plus
@@ -120,14 +127,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Rewrite a request's head for the upstream: URI, credentials, hop-by-hop headers, `Host`.
+/// Rewrite a request's head for the upstream: URI (origin form; the pool completes it for HTTP/2),
+/// credentials, hop-by-hop headers, `Host` (the pool sets the upstream's).
 pub fn prepare(
     upstream: &policy::Upstream,
     path_and_query: &str,
     headers: &mut HeaderMap,
 ) -> Result<Uri, GateError> {
     strip_hop_by_hop(headers);
-    // hyper sets Host (HTTP/1.1) or :authority (HTTP/2) from the URI.
     headers.remove(header::HOST);
     if let Some(authorization) = &upstream.authorization {
         if headers.contains_key(header::AUTHORIZATION) {
@@ -137,12 +144,7 @@ pub fn prepare(
     let mut target = String::with_capacity(upstream.base_path.len() + path_and_query.len());
     target.push_str(&upstream.base_path);
     target.push_str(path_and_query);
-    Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.origin.clone())
-        .path_and_query(target)
-        .build()
-        .map_err(|_| GateError::BadPath("the path cannot be forwarded"))
+    Uri::try_from(target).map_err(|_| GateError::BadPath("the path cannot be forwarded"))
 }
 
 /// Send a prepared request, with the upstream timeout on the response head, one retry for
@@ -151,7 +153,7 @@ pub async fn send(
     client: &HttpClient,
     timeout: Duration,
     mut request: Request<ProxyBody>,
-) -> Result<Response<Incoming>, GateError> {
+) -> Result<Response<UpstreamBody>, GateError> {
     // The outgoing version follows the upstream connection, not the client's (an h2c client
     // talking to an HTTP/1.1 upstream would otherwise fail).
     *request.version_mut() = Version::HTTP_11;
@@ -186,15 +188,18 @@ async fn attempt(
     client: &HttpClient,
     timeout: Duration,
     request: Request<ProxyBody>,
-) -> Result<Response<Incoming>, GateError> {
-    match tokio::time::timeout(timeout, client.request(request)).await {
+) -> Result<Response<UpstreamBody>, GateError> {
+    match tokio::time::timeout(timeout, client.send(request)).await {
         Err(_) => Err(GateError::UpstreamTimeout),
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => Err(classify(&e)),
     }
 }
 
-fn classify(error: &hyper_util::client::legacy::Error) -> GateError {
+fn classify(error: &pool::Error) -> GateError {
+    if let pool::Error::Connect(_) = error {
+        return GateError::UpstreamUnreachable;
+    }
     let mut source: Option<&(dyn StdError + 'static)> = error.source();
     while let Some(e) = source {
         if let Some(body) = e.downcast_ref::<BodyError>() {
@@ -206,11 +211,7 @@ fn classify(error: &hyper_util::client::legacy::Error) -> GateError {
         }
         source = e.source();
     }
-    if error.is_connect() {
-        GateError::UpstreamUnreachable
-    } else {
-        GateError::UpstreamFailed
-    }
+    GateError::UpstreamFailed
 }
 
 /// Why a streamed request body was cut.

@@ -276,12 +276,12 @@ pub async fn tls_sandbox(server: rustls::ServerConfig) -> (Sandbox, SocketAddr) 
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
     let sb = sandbox.clone();
     tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
+        while let Ok((tcp, peer)) = listener.accept().await {
             let acceptor = acceptor.clone();
             let sb = sb.clone();
             tokio::spawn(async move {
                 if let Ok(tls) = acceptor.accept(tcp).await {
-                    sb.serve_connection(tls).await;
+                    sb.serve_connection(tls, Some(peer)).await;
                 }
             });
         }

@@ -9,6 +9,7 @@
 //! - `dialog_rules`: the rule matrix, bypass attempts and the dialog cache, through the gateway.
 //! - `operations`: hot reload under load, the directory watch, graceful drain, metrics.
 //! - `hostile`: smuggling, oversized or broken heads, slow clients, hostile bodies and JSON, h2 floods.
+//! - `pool`: upstream connections reused over HTTP/1.1, shared over h2, stale ones skipped.
 //! - `faults`: upstream refused, reset, stalled, 5xx and h2 GOAWAY: JSON errors, no double sends.
 //! - `rate_limit`: 429s and their headers, per-user buckets, reloads, the Redis store.
 //! - `regressions`: inputs the fuzzers and the soak found; `#[ignore]`d while their bug is open.
@@ -20,6 +21,7 @@ mod dialog_rules;
 mod faults;
 mod hostile;
 mod operations;
+mod pool;
 mod rate_limit;
 mod recipes;
 mod regressions;

@@ -187,10 +187,7 @@ async fn get(
     as_token: bool,
 ) -> Result<(StatusCode, Bytes), LookupError> {
     let upstream = &policy.upstream;
-    let uri = format!(
-        "{}://{}{}{}",
-        upstream.scheme, upstream.origin, upstream.base_path, path
-    );
+    let uri = format!("{}{}", upstream.base_path, path);
     let mut request = Request::get(uri)
         .body(ProxyBody::empty())
         .map_err(|_| LookupError::Failed)?;
@@ -212,7 +209,7 @@ async fn get(
             }
         }
     }
-    let response = tokio::time::timeout(upstream.timeout, client.request(request))
+    let response = tokio::time::timeout(upstream.timeout, client.send(request))
         .await
         .map_err(|_| LookupError::Failed)?
         .map_err(|_| LookupError::Failed)?;
