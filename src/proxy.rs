@@ -170,8 +170,7 @@ async fn phases(
     }
     let checked = rules_phase(runtime, &principal, &parts, &normalized, body).await?;
 
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let uri = upstream::prepare(&policy.upstream, path_and_query, &mut parts.headers)?;
+    let uri = upstream::prepare(&policy.upstream, &parts.uri, &mut parts.headers)?;
     parts
         .headers
         .insert(X_REQUEST_ID.clone(), request_id.clone());

@@ -93,14 +93,29 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// One of [`HOP_BY_HOP`]? Names arrive lower-case; the length rules out nearly every other name
+/// before a byte is compared.
+fn is_hop_by_hop(name: &str) -> bool {
+    match name.len() {
+        2 => name == "te",
+        7 => name == "trailer" || name == "upgrade",
+        10 => name == "connection" || name == "keep-alive",
+        16 => name == "proxy-connection",
+        17 => name == "transfer-encoding",
+        18 => name == "proxy-authenticate",
+        19 => name == "proxy-authorization",
+        _ => false,
+    }
+}
+
 /// Remove hop-by-hop headers and every header named in `Connection`.
 ///
-/// One pass over the names (a standard name compares as a small integer) finds what is there;
-/// only those are removed. Most requests carry none; most responses carry only `Connection`.
+/// One pass over the names finds what is there; only those are removed. Most requests carry
+/// none; most responses carry only `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| HOP_BY_HOP.contains(name))
+        .filter(|name| is_hop_by_hop(name.as_str()))
         .cloned()
         .collect();
     if doomed.is_empty() {
@@ -111,6 +126,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         for token in value.split(',').map(str::trim) {
             // `keep-alive` and `close` are the usual tokens: nothing more to remove for them.
             if token.eq_ignore_ascii_case("close")
+                || token.eq_ignore_ascii_case("keep-alive")
                 || HOP_BY_HOP
                     .iter()
                     .any(|h| h.as_str().eq_ignore_ascii_case(token))
@@ -131,7 +147,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// credentials, hop-by-hop headers, `Host` (the pool sets the upstream's).
 pub fn prepare(
     upstream: &policy::Upstream,
-    path_and_query: &str,
+    incoming: &Uri,
     headers: &mut HeaderMap,
 ) -> Result<Uri, GateError> {
     strip_hop_by_hop(headers);
@@ -141,6 +157,17 @@ pub fn prepare(
             headers.insert(header::AUTHORIZATION, authorization.clone());
         }
     }
+    let path_and_query = incoming.path_and_query();
+    if upstream.base_path.is_empty() {
+        if let Some(pq) = path_and_query {
+            // The client's path and query as they came: shared bytes, nothing parsed again.
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(pq.clone());
+            return Uri::from_parts(parts)
+                .map_err(|_| GateError::BadPath("the path cannot be forwarded"));
+        }
+    }
+    let path_and_query = path_and_query.map_or("/", |pq| pq.as_str());
     let mut target = String::with_capacity(upstream.base_path.len() + path_and_query.len());
     target.push_str(&upstream.base_path);
     target.push_str(path_and_query);
@@ -369,6 +396,63 @@ mod tests {
         let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["content-type", "x-kept"]);
+    }
+
+    fn upstream(base_path: &str) -> policy::Upstream {
+        policy::Upstream {
+            origin: http::uri::Authority::from_static("api.quickblox.com"),
+            scheme: http::uri::Scheme::HTTPS,
+            base_path: base_path.to_string(),
+            authorization: Some(HeaderValue::from_static("ApiKey real")),
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            extra_ca_file: None,
+        }
+    }
+
+    #[test]
+    fn prepare_sends_the_path_in_origin_form_under_the_base_path_with_our_key() {
+        let cases = [
+            ("", "/chat/Dialog.json?limit=5", "/chat/Dialog.json?limit=5"),
+            ("", "http://gate:8080/chat/Dialog.json", "/chat/Dialog.json"),
+            (
+                "/v2",
+                "/chat/Dialog.json?a=%2F",
+                "/v2/chat/Dialog.json?a=%2F",
+            ),
+            ("/v2", "https://gate/session.json", "/v2/session.json"),
+        ];
+        for (base, incoming, sent) in cases {
+            let mut headers = map(&[
+                ("host", "gate:8080"),
+                ("authorization", "ApiKey scoped"),
+                ("connection", "keep-alive"),
+            ]);
+            let uri = prepare(&upstream(base), &incoming.parse().unwrap(), &mut headers).unwrap();
+            assert_eq!(uri.to_string(), sent, "{base} {incoming}");
+            assert!(uri.authority().is_none());
+            let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+            left.sort_unstable();
+            assert_eq!(left, ["authorization"]);
+            assert_eq!(headers["authorization"], "ApiKey real");
+        }
+    }
+
+    #[test]
+    fn the_quick_name_test_agrees_with_the_list() {
+        for name in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(name.as_str()), "{name}");
+        }
+        for name in [
+            "host",
+            "content-type",
+            "x-request-id",
+            "t",
+            "tex",
+            "connections",
+        ] {
+            assert!(!is_hop_by_hop(name), "{name}");
+        }
     }
 
     #[test]
