@@ -168,7 +168,19 @@ async fn phases(
             return Err(GateError::BodyTooLarge);
         }
     }
-    let checked = rules_phase(runtime, &principal, &parts, &normalized, body).await?;
+    // Most requests stream through unread. The rest (dialog changes, form POSTs) take the rules
+    // phase, boxed: its state (body reading, dialog lookups) would otherwise make every
+    // request's future kilobytes larger, copied on every request.
+    let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
+    let checked = if passes_unread(runtime, &parts, &normalized) {
+        Checked {
+            body: ProxyBody::stream(body, limit, timeout),
+            route: None,
+            would_reject: None,
+        }
+    } else {
+        Box::pin(rules_phase(runtime, &principal, &parts, &normalized, body)).await?
+    };
 
     let uri = upstream::prepare(&policy.upstream, &parts.uri, &mut parts.headers)?;
     parts
@@ -189,7 +201,7 @@ async fn phases(
             // The upstream may have applied a judged change without our hearing of it: the cached
             // dialog can no longer be trusted.
             if let Some(route) = &checked.route {
-                forget(runtime, route).await;
+                Box::pin(forget(runtime, route)).await;
             }
             return Err(error);
         }
@@ -203,7 +215,7 @@ async fn phases(
             .insert(WOULD_REJECT.clone(), HeaderValue::from_static(reason));
     }
     let body = match &checked.route {
-        Some(route) => learn(runtime, route, parts.status, body).await?,
+        Some(route) => Box::pin(learn(runtime, route, parts.status, body)).await?,
         None => ResponseBody::upstream(body),
     };
     Ok(Response::from_parts(parts, body))
@@ -216,6 +228,13 @@ struct Checked {
     route: Option<DialogRoute>,
     /// `report` mode: the rejection that `enforce` would have made.
     would_reject: Option<&'static str>,
+}
+
+/// Neither a dialog change the rules judge nor a body that needs reading: stream it through.
+fn passes_unread(runtime: &Runtime, parts: &http::request::Parts, normalized: &Normalized) -> bool {
+    (runtime.policy.dialog_rules.mode == RuleMode::Off
+        || !is_dialog_change(&parts.method, &normalized.route))
+        && !needs_inspection(&parts.method, &parts.headers)
 }
 
 /// Is this a state-changing request under `/chat/Dialog` (cheap test on the route key; the rules
@@ -635,5 +654,23 @@ mod tests {
         let random = RequestIds::new().next();
         assert_eq!(random.len(), 20);
         assert!(upstream::valid_request_id(&random));
+    }
+
+    /// The size of an async fn's future, without making one.
+    fn future_size<A, B, C, F, G: FnOnce(A, B, C) -> F>(_: G) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every request's future is moved into place whole, so its size is copied per request. The
+    /// rare, deep paths (rules, lookups, Redis, connecting) are boxed to keep it small: it was
+    /// 20 KB before they were. A tripwire with margin (debug builds are the larger).
+    #[test]
+    fn the_future_of_a_request_stays_small() {
+        let size = future_size(
+            |runtime: Arc<Runtime>, ids: &'static RequestIds, request: Request<Incoming>| {
+                handle(runtime, ids, request)
+            },
+        );
+        assert!(size <= 8 * 1024, "{size} bytes");
     }
 }

@@ -301,7 +301,9 @@ impl Limiters {
     pub async fn check(&self, key: u32, user: Option<u64>) -> Decision {
         match &self.store {
             Store::Memory(memory) => memory.check(key, user, memory.now()),
-            Store::Redis(redis) => redis.check(key, user).await,
+            // Boxed: the Redis round trip's state would otherwise be carried by every
+            // request's future, memory store or not.
+            Store::Redis(redis) => Box::pin(redis.check(key, user)).await,
         }
     }
 

@@ -127,7 +127,8 @@ impl Pool {
         loop {
             let (conn, reused) = match self.checkout().await {
                 Some(conn) => (conn, true),
-                None => (self.connect().await?, false),
+                // Boxed: a TLS handshake's state is large, and most requests find a connection.
+                None => (Box::pin(self.connect()).await?, false),
             };
             let failed = match conn {
                 Conn::H1(mut sender) => {
