@@ -95,15 +95,25 @@ for group in ("GET", "PUT", "H2"):
                   f"{f(r['p99_us'])} | {f(r['cpu_us_per_req'], 1)} | {rss} | {r['errors']} |")
     print()
 
-start = open(os.path.join(d, "startup.txt")).read() if os.path.exists(os.path.join(d, "startup.txt")) else ""
-startup = re.search(r"startup_ms_median=([\d.]+)", start)
-reload_ = re.search(r"reload_ms_median=([\d.]+)", start)
-check = None
-if os.path.exists(os.path.join(d, "check.json")):
-    c = json.load(open(os.path.join(d, "check.json")))["results"][0]
-    check = (c["mean"] * 1000, c["stddev"] * 1000)
+def startup_figures(suffix):
+    """(text, startup median, reload median, (check mean, stddev)) of one policy form."""
+    path = os.path.join(d, f"startup{suffix}.txt")
+    text = open(path).read() if os.path.exists(path) else ""
+    up = re.search(r"startup_ms_median=([\d.]+)", text)
+    re_ = re.search(r"reload_ms_median=([\d.]+)", text)
+    check = None
+    if os.path.exists(os.path.join(d, f"check{suffix}.json")):
+        c = json.load(open(os.path.join(d, f"check{suffix}.json")))["results"][0]
+        check = (c["mean"] * 1000, c["stddev"] * 1000)
+    return text, up and float(up.group(1)), re_ and float(re_.group(1)), check
+
+
+forms = {"YAML block style": startup_figures(""), "JSON form": startup_figures("-json")}
 print("### Start-up and reload, 10,000 keys\n")
-print("```\n" + start.strip() + "\n" + (f"qbgate check (hyperfine, 10 runs): {check[0]:.1f} ms +- {check[1]:.1f}" if check else "") + "\n```\n")
+for name, (text, _, _, check) in forms.items():
+    if text:
+        print(f"{name}:\n")
+        print("```\n" + text.strip() + "\n" + (f"qbgate check (hyperfine, 10 runs): {check[0]:.1f} ms +- {check[1]:.1f}" if check else "") + "\n```\n")
 
 
 def cmp(label, ok, detail):
@@ -133,10 +143,11 @@ if pc and po:
     a, b = float(pc["cpu_us_per_req"]), float(po["cpu_us_per_req"])
     rq = paired("PUT", "cpu_us_per_req", "qbgate", "qbgate-off")
     cmp("checked PUT <= 1.3x passthrough PUT CPU", rq <= 1.3, f"{a:.1f} / {b:.1f} us ({rq:.2f}x)")
-if startup:
-    v = float(startup.group(1))
-    cmp("ready within 100 ms, 10,000 keys", v <= 100, f"{v:.1f} ms median (exec -> /readyz 200)")
-if reload_:
-    v = float(reload_.group(1))
-    cmp("reload under 50 ms, 10,000 keys", v < 50, f"{v:.1f} ms median (SIGHUP, minus settle)"
-        + (f"; `qbgate check` whole process {check[0]:.1f} ms" if check else ""))
+for name, (_, startup, reload_, check) in forms.items():
+    if startup is not None:
+        cmp(f"ready within 100 ms, 10,000 keys ({name})", startup <= 100,
+            f"{startup:.1f} ms median (exec -> /readyz 200)")
+    if reload_ is not None:
+        cmp(f"reload under 50 ms, 10,000 keys ({name})", reload_ < 50,
+            f"{reload_:.1f} ms median (SIGHUP, minus settle)"
+            + (f"; `qbgate check` whole process {check[0]:.1f} ms" if check else ""))

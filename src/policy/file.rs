@@ -4,6 +4,7 @@
 //! can say `keys[2].rate_limit.burst: must be at least 1 (line 31, column 14)`.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer};
@@ -16,8 +17,34 @@ pub struct At<T> {
     pub column: u64,
 }
 
+thread_local! {
+    /// Off while [`without_spans`] runs a parser that has no places to give (serde_json).
+    static SPANS: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Run `parse` with every [`At`] read as its bare value, at line 0, column 0. Only for a parse
+/// whose errors are never shown: a failure is reported from a YAML parse of the same text.
+pub fn without_spans<R>(parse: impl FnOnce() -> R) -> R {
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SPANS.set(true);
+        }
+    }
+    SPANS.set(false);
+    let _restore = Restore;
+    parse()
+}
+
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for At<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if !SPANS.get() {
+            return Ok(At {
+                value: T::deserialize(deserializer)?,
+                line: 0,
+                column: 0,
+            });
+        }
         let spanned = serde_saphyr::Spanned::<T>::deserialize(deserializer)?;
         Ok(At {
             value: spanned.value,
