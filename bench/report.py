@@ -46,8 +46,9 @@ def median(values):
 by = {}
 for key, rs in runs.items():
     m = dict(rs[0])
-    for field in ("rps", "p50_us", "p99_us", "mean_us", "cpu_us_per_req"):
-        m[field] = str(median(r[field] for r in rs))
+    for field in ("rps", "p50_us", "p99_us", "mean_us", "cpu_us_per_req", "user_us_per_req",
+                  "sys_us_per_req"):
+        m[field] = str(median(r.get(field, "nan") for r in rs))
     m["rss_kb"] = str(max(int(r["rss_kb"]) for r in rs)) if rs[0]["rss_kb"] not in ("-",) else "-"
     m["errors"] = str(sum(int(r["errors"]) for r in rs))
     m["rounds"] = len(rs)
@@ -86,13 +87,16 @@ for group in ("GET", "PUT", "H2"):
             print(f"| {r['target']} | {f(r['rps'])} | {ratio:.2f} | {f(r['mean_us'])} | "
                   f"{f(r['cpu_us_per_req'], 1)} | {rss} | {r['errors']} |")
     else:
-        print("| target | req/s | ratio to direct | p50 us | p99 us | CPU us/req | peak RSS MiB | errors |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("| target | req/s | ratio to direct | p50 us | p99 us | CPU us/req | user / kernel us | peak RSS MiB | errors |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in g:
             ratio = float(r["rps"]) / float(direct["rps"]) if direct else float("nan")
             rss = f(int(r["rss_kb"]) / 1024, 1) if r["rss_kb"] not in ("-", "0") else "-"
+            split = f"{f(r['user_us_per_req'], 1)} / {f(r['sys_us_per_req'], 1)}"
+            if split == "- / -":
+                split = "-"
             print(f"| {r['target']} | {f(r['rps'])} | {ratio:.2f} | {f(r['p50_us'])} | "
-                  f"{f(r['p99_us'])} | {f(r['cpu_us_per_req'], 1)} | {rss} | {r['errors']} |")
+                  f"{f(r['p99_us'])} | {f(r['cpu_us_per_req'], 1)} | {split} | {rss} | {r['errors']} |")
     print()
 
 def startup_figures(suffix):
@@ -128,7 +132,9 @@ dg = by.get(("GET", "direct"))
 if q and n and dg:
     qc, nc = float(q["cpu_us_per_req"]), float(n["cpu_us_per_req"])
     rc = paired("GET", "cpu_us_per_req")
-    cmp("GET CPU/request <= nginx", rc <= 1, f"qbgate {qc:.1f} us, nginx {nc:.1f} us ({rc:.2f}x)")
+    cmp("GET CPU/request <= nginx", rc <= 1, f"qbgate {qc:.1f} us, nginx {nc:.1f} us ({rc:.2f}x); "
+        f"user {f(q['user_us_per_req'], 1)} / {f(n['user_us_per_req'], 1)}, "
+        f"kernel {f(q['sys_us_per_req'], 1)} / {f(n['sys_us_per_req'], 1)}")
     qr, nr = float(q["rps"]) / float(dg["rps"]), float(n["rps"]) / float(dg["rps"])
     rr = paired("GET", "rps")
     cmp("GET throughput ratio >= nginx", rr >= 1,
