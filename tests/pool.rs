@@ -21,6 +21,20 @@ fn connections(gate: &Gate) -> HashSet<std::net::SocketAddr> {
         .collect()
 }
 
+/// `n` GETs at once through the gateway; each must succeed.
+async fn concurrent_gets(gate: &Arc<Gate>, n: usize) {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.as_user(KEY_APP, None, "GET", LIST, None).await })
+        })
+        .collect();
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+    }
+}
+
 #[tokio::test]
 async fn sequential_requests_reuse_one_upstream_connection() {
     let gate = Gate::start("").await;
@@ -45,15 +59,7 @@ async fn sequential_requests_reuse_one_upstream_connection() {
 async fn concurrent_requests_open_no_more_connections_than_they_need() {
     let gate = Arc::new(Gate::start("").await);
     for _ in 0..5 {
-        let tasks: Vec<_> = (0..8)
-            .map(|_| {
-                let gate = gate.clone();
-                tokio::spawn(async move { gate.as_user(KEY_APP, None, "GET", LIST, None).await })
-            })
-            .collect();
-        for task in tasks {
-            assert_eq!(task.await.unwrap().status, 200);
-        }
+        concurrent_gets(&gate, 8).await;
     }
     let used = connections(&gate).len();
     assert!(
@@ -68,15 +74,7 @@ async fn requests_over_h2_share_one_connection() {
     // The first request makes the connection; the rest multiplex on it.
     let reply = gate.as_user(KEY_APP, None, "GET", LIST, None).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
-    let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let gate = gate.clone();
-            tokio::spawn(async move { gate.as_user(KEY_APP, None, "GET", LIST, None).await })
-        })
-        .collect();
-    for task in tasks {
-        assert_eq!(task.await.unwrap().status, 200);
-    }
+    concurrent_gets(&gate, 20).await;
     let received = gate.sandbox.received();
     assert_eq!(received.len(), 21);
     assert!(received.iter().all(|r| r.version == http::Version::HTTP_2));
