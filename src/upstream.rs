@@ -1,9 +1,9 @@
 //! The pooled rustls client, header rewriting and timeouts on the way to the upstream.
 //!
-//! Retries: the pool ([`pool`]) re-sends a request whose pooled connection turned out to be
-//! closed before the request was written. Beyond that, only bodiless GET, HEAD and OPTIONS are
-//! retried once: a PUT, POST or DELETE may have reached the upstream, and the dialog rules judged
-//! it against a dialog that the first attempt may already have changed.
+//! Retries: the pool (`upstream/pool.rs`) re-sends a request whose pooled connection turned out
+//! to be closed before the request was written. Beyond that, only bodiless GET, HEAD and OPTIONS
+//! are retried once: a PUT, POST or DELETE may have reached the upstream, and the dialog rules
+//! judged it against a dialog that the first attempt may already have changed.
 
 mod pool;
 
