@@ -168,18 +168,18 @@ async fn phases(
             return Err(GateError::BodyTooLarge);
         }
     }
-    // Most requests stream through unread. The rest (dialog changes, form POSTs) take the rules
-    // phase, boxed: its state (body reading, dialog lookups) would otherwise make every
+    // Most requests stream through unread. Dialog changes are judged and form POSTs read whole,
+    // both boxed: their state (body reading, dialog lookups) would otherwise make every
     // request's future kilobytes larger, copied on every request.
     let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
-    let checked = if passes_unread(runtime, &parts, &normalized) {
-        Checked {
-            body: ProxyBody::stream(body, limit, timeout),
-            route: None,
-            would_reject: None,
-        }
-    } else {
+    let judged = policy.dialog_rules.mode != RuleMode::Off
+        && is_dialog_change(&parts.method, &normalized.route);
+    let checked = if judged {
         Box::pin(rules_phase(runtime, &principal, &parts, &normalized, body)).await?
+    } else if needs_inspection(&parts.method, &parts.headers) {
+        Box::pin(read_form(&parts.headers, body, limit, timeout)).await?
+    } else {
+        Checked::unjudged(ProxyBody::stream(body, limit, timeout))
     };
 
     let uri = upstream::prepare(&policy.upstream, &parts.uri, &mut parts.headers)?;
@@ -230,11 +230,27 @@ struct Checked {
     would_reject: Option<&'static str>,
 }
 
-/// Neither a dialog change the rules judge nor a body that needs reading: stream it through.
-fn passes_unread(runtime: &Runtime, parts: &http::request::Parts, normalized: &Normalized) -> bool {
-    (runtime.policy.dialog_rules.mode == RuleMode::Off
-        || !is_dialog_change(&parts.method, &normalized.route))
-        && !needs_inspection(&parts.method, &parts.headers)
+impl Checked {
+    /// A body sent on without a judgment.
+    fn unjudged(body: ProxyBody) -> Self {
+        Checked {
+            body,
+            route: None,
+            would_reject: None,
+        }
+    }
+}
+
+/// A form POST, read whole to refuse a `_method` field (see [`needs_inspection`]).
+async fn read_form(
+    headers: &http::HeaderMap,
+    body: Incoming,
+    limit: u64,
+    timeout: std::time::Duration,
+) -> Result<Checked, GateError> {
+    let bytes = read_body(body, limit, timeout).await?;
+    check_method_override(headers, &bytes)?;
+    Ok(Checked::unjudged(ProxyBody::full(bytes)))
 }
 
 /// Is this a state-changing request under `/chat/Dialog` (cheap test on the route key; the rules
@@ -249,10 +265,10 @@ fn is_dialog_change(method: &Method, route: &[String]) -> bool {
         && stem(&route[1]) == "dialog"
 }
 
-/// Rules phase: dialog changes are read whole, parsed as the upstream would read them, and judged
-/// against the rule table. Short-circuits with 400/403/404/413/415/422/503 in `enforce` mode;
-/// `report` forwards and marks the response; `off` skips the check. Other requests stream through
-/// untouched, but for form POSTs, read whole to refuse a `_method` field.
+/// Rules phase, for state-changing requests under `/chat/Dialog` while the rules are on: dialog
+/// changes are read whole, parsed as the upstream would read them, and judged against the rule
+/// table. Short-circuits with 400/403/404/413/415/422/503 in `enforce` mode; `report` forwards and
+/// marks the response. A request `classify` does not take for a dialog change streams through.
 async fn rules_phase(
     runtime: &Runtime,
     principal: &Principal,
@@ -263,28 +279,9 @@ async fn rules_phase(
     let policy = &runtime.policy;
     let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
     let mode = policy.dialog_rules.mode;
-    if !is_dialog_change(&parts.method, &normalized.route) || mode == RuleMode::Off {
-        let body = if needs_inspection(&parts.method, &parts.headers) {
-            let bytes = read_body(body, limit, timeout).await?;
-            check_method_override(&parts.headers, &bytes)?;
-            ProxyBody::full(bytes)
-        } else {
-            ProxyBody::stream(body, limit, timeout)
-        };
-        return Ok(Checked {
-            body,
-            route: None,
-            would_reject: None,
-        });
-    }
     let segments: Vec<&str> = normalized.segments.iter().map(String::as_str).collect();
     let Some(route) = rules::classify(&parts.method, &segments) else {
-        let body = ProxyBody::stream(body, limit, timeout);
-        return Ok(Checked {
-            body,
-            route: None,
-            would_reject: None,
-        });
+        return Ok(Checked::unjudged(ProxyBody::stream(body, limit, timeout)));
     };
     // Reading the body is never skipped, not even in report mode: what is forwarded is exactly
     // what was read.
