@@ -161,9 +161,7 @@ pub fn prepare(
     if upstream.base_path.is_empty() {
         if let Some(pq) = path_and_query {
             // The client's path and query as they came: shared bytes, nothing parsed again.
-            let mut parts = http::uri::Parts::default();
-            parts.path_and_query = Some(pq.clone());
-            return Uri::from_parts(parts)
+            return origin_form(pq.clone())
                 .map_err(|_| GateError::BadPath("the path cannot be forwarded"));
         }
     }
@@ -172,6 +170,13 @@ pub fn prepare(
     target.push_str(&upstream.base_path);
     target.push_str(path_and_query);
     Uri::try_from(target).map_err(|_| GateError::BadPath("the path cannot be forwarded"))
+}
+
+/// A URI of only a path and query (`/path?query`), the form an HTTP/1.1 request line carries.
+fn origin_form(path_and_query: http::uri::PathAndQuery) -> Result<Uri, http::uri::InvalidUriParts> {
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts)
 }
 
 /// Send a prepared request, with the upstream timeout on the response head, one retry for

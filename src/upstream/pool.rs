@@ -252,11 +252,10 @@ impl Pool {
 /// A request handed back unsent may carry the HTTP/2 form of its URI.
 fn origin_form(mut request: Request<ProxyBody>) -> Request<ProxyBody> {
     if request.uri().authority().is_some() {
-        let path = request.uri().path_and_query().cloned();
-        let mut parts = http::uri::Parts::default();
-        parts.path_and_query = path;
-        if let Ok(uri) = Uri::from_parts(parts) {
-            *request.uri_mut() = uri;
+        if let Some(pq) = request.uri().path_and_query().cloned() {
+            if let Ok(uri) = super::origin_form(pq) {
+                *request.uri_mut() = uri;
+            }
         }
     }
     request
