@@ -591,12 +591,12 @@ impl From<Bytes> for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = upstream::BoxError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, upstream::BoxError>>> {
         match &mut self.get_mut().0 {
             RespInner::Upstream(body) => std::pin::Pin::new(body).poll_frame(cx),
             RespInner::Full(bytes) => {

@@ -5,6 +5,7 @@
 //! are retried once: a PUT, POST or DELETE may have reached the upstream, and the dialog rules
 //! judged it against a dialog that the first attempt may already have changed.
 
+mod h1;
 mod pool;
 
 pub use pool::UpstreamBody;
@@ -290,6 +291,14 @@ impl ProxyBody {
             Self::empty()
         } else {
             ProxyBody(Inner::Full(Some(bytes)))
+        }
+    }
+
+    /// The bytes of a body the gateway holds whole.
+    fn full_bytes(&self) -> Option<&Bytes> {
+        match &self.0 {
+            Inner::Full(bytes) => bytes.as_ref(),
+            _ => None,
         }
     }
 

@@ -10,6 +10,7 @@
 //! - `operations`: hot reload under load, the directory watch, graceful drain, metrics.
 //! - `hostile`: smuggling, oversized or broken heads, slow clients, hostile bodies and JSON, h2 floods.
 //! - `pool`: upstream connections reused over HTTP/1.1, shared over h2, stale ones skipped.
+//! - `upstream_h1`: the own HTTP/1.1 client against a hand-written upstream: framing, uploads, refusals.
 //! - `faults`: upstream refused, reset, stalled, 5xx and h2 GOAWAY: JSON errors, no double sends.
 //! - `rate_limit`: 429s and their headers, per-user buckets, reloads, the Redis store.
 //! - `regressions`: inputs the fuzzers and the soak found; `#[ignore]`d while their bug is open.
@@ -28,3 +29,4 @@ mod regressions;
 mod secrets;
 mod support;
 mod tls;
+mod upstream_h1;

@@ -3,8 +3,10 @@
 //!
 //! hyper-util's legacy client did this job before. Per request it hashed a pool key, took the
 //! pool's lock, and spawned a task that waited for the connection to become ready again. Here the
-//! pool serves a single origin, and the response body hands its HTTP/1.1 connection back when it
-//! ends ([`UpstreamBody`]): no hashing, no lock, no task per request.
+//! pool serves a single origin, and an HTTP/1.1 connection comes back when its response has been
+//! read to the end: at once when the body came whole with the head, else when [`UpstreamBody`]
+//! ends. No hashing, no lock, no task per request; HTTP/1.1 connections have no task at all
+//! (`h1.rs` runs them in the request's task). HTTP/2 stays with hyper's client.
 //!
 //! Idle connections are dropped when a checkout finds them closed or idle for longer than
 //! `IDLE_TIMEOUT`, or when the queue is full. A request that comes back unsent from a reused
@@ -26,12 +28,13 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tower_service::Service;
 
+use super::h1;
 use super::{BoxError, ProxyBody};
 
 /// How long an HTTP/1.1 connection may wait in the pool; shorter than common server keep-alive
@@ -46,7 +49,7 @@ pub enum Error {
     /// TCP connect, TLS or the HTTP/2 handshake failed: nothing was sent.
     Connect(BoxError),
     /// The request failed on an established connection.
-    Send(hyper::Error),
+    Send(BoxError),
 }
 
 impl fmt::Display for Error {
@@ -62,7 +65,7 @@ impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
             Error::Connect(e) => Some(&**e),
-            Error::Send(e) => Some(e),
+            Error::Send(e) => Some(&**e),
         }
     }
 }
@@ -80,12 +83,12 @@ pub struct Pool {
 }
 
 struct Idle {
-    sender: http1::SendRequest<ProxyBody>,
+    conn: h1::Conn,
     since: Instant,
 }
 
 enum Conn {
-    H1(http1::SendRequest<ProxyBody>),
+    H1(h1::Conn),
     H2(Arc<http2::SendRequest<ProxyBody>>),
 }
 
@@ -130,43 +133,39 @@ impl Pool {
                 // Boxed: a TLS handshake's state is large, and most requests find a connection.
                 None => (Box::pin(self.connect()).await?, false),
             };
-            let failed = match conn {
-                Conn::H1(mut sender) => {
-                    request
-                        .headers_mut()
-                        .insert(header::HOST, self.host.clone());
-                    match sender.try_send_request(request).await {
-                        Ok(response) => {
-                            let lease = Lease {
-                                pool: Arc::clone(self),
-                                sender,
-                            };
-                            return Ok(response.map(|body| UpstreamBody::new(body, Some(lease))));
+            match conn {
+                Conn::H1(conn) => match conn.send(&mut request, &self.host).await {
+                    Ok(h1::Answer::Whole(response, conn)) => {
+                        if let Some(conn) = conn {
+                            self.put_back(conn);
                         }
-                        Err(failed) => failed,
+                        return Ok(response.map(UpstreamBody::whole));
                     }
-                }
+                    Ok(h1::Answer::Streaming(response)) => {
+                        return Ok(response
+                            .map(|reader| UpstreamBody(Kind::H1(Some(reader), Arc::clone(self)))))
+                    }
+                    // Nothing written, on a connection that went bad while idle: another one
+                    // (this ends with a fresh connect at worst).
+                    Err(h1::SendError::Unsent(_)) if reused => {}
+                    Err(h1::SendError::Unsent(e)) => return Err(Error::Send(e.into())),
+                    Err(h1::SendError::Failed(e)) => return Err(Error::Send(e)),
+                },
                 Conn::H2(shared) => {
                     self.absolute(&mut request);
                     let mut sender = (*shared).clone();
                     match sender.try_send_request(request).await {
-                        Ok(response) => {
-                            return Ok(response.map(|body| UpstreamBody::new(body, None)))
-                        }
-                        Err(failed) => {
+                        Ok(response) => return Ok(response.map(|b| UpstreamBody(Kind::H2(b)))),
+                        Err(mut failed) => {
                             // Whatever failed, the next request should not wait on this one.
                             self.h2.compare_and_swap(&Some(shared), None);
-                            failed
+                            match failed.take_message() {
+                                Some(back) if reused => request = origin_form(back),
+                                _ => return Err(Error::Send(failed.into_error().into())),
+                            }
                         }
                     }
                 }
-            };
-            let (error, unsent) = split(failed);
-            match unsent {
-                // Never written, on a connection that went stale while idle: another connection
-                // (the failed one is dropped, so this ends with a fresh connect at worst).
-                Some(back) if reused => request = origin_form(back),
-                _ => return Err(Error::Send(error)),
             }
         }
     }
@@ -180,14 +179,9 @@ impl Pool {
             }
             self.h2.compare_and_swap(&Some(shared), None);
         }
-        while let Some(Idle { mut sender, since }) = self.idle.pop() {
-            if sender.is_closed() || since.elapsed() > IDLE_TIMEOUT {
-                continue;
-            }
-            // Normally ready already: the connection takes a new request as soon as it has read
-            // the last response to its end, which is when it was put back.
-            if sender.ready().await.is_ok() {
-                return Some(Conn::H1(sender));
+        while let Some(Idle { mut conn, since }) = self.idle.pop() {
+            if since.elapsed() <= IDLE_TIMEOUT && conn.is_open() {
+                return Some(Conn::H1(conn));
             }
         }
         None
@@ -216,15 +210,7 @@ impl Pool {
             self.h2.store(Some(Arc::clone(&shared)));
             Ok(Conn::H2(shared))
         } else {
-            let (sender, connection) = http1::handshake(io)
-                .await
-                .map_err(|e| Error::Connect(e.into()))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
-                }
-            });
-            Ok(Conn::H1(sender))
+            Ok(Conn::H1(h1::Conn::new(TokioIo::new(io))))
         }
     }
 
@@ -238,14 +224,12 @@ impl Pool {
         *request.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| self.target.clone());
     }
 
-    fn put_back(&self, sender: http1::SendRequest<ProxyBody>) {
-        if !sender.is_closed() {
-            // A full queue drops the connection: enough are idle already.
-            let _ = self.idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
-        }
+    fn put_back(&self, conn: h1::Conn) {
+        // A full queue drops the connection: enough are idle already.
+        let _ = self.idle.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
     }
 }
 
@@ -261,66 +245,73 @@ fn origin_form(mut request: Request<ProxyBody>) -> Request<ProxyBody> {
     request
 }
 
-fn split(
-    mut failed: hyper::client::conn::TrySendError<Request<ProxyBody>>,
-) -> (hyper::Error, Option<Request<ProxyBody>>) {
-    let unsent = failed.take_message();
-    (failed.into_error(), unsent)
-}
+/// A response body from the upstream. An HTTP/1.1 body still on its connection puts the
+/// connection back in the pool when it has been read to its end; dropped before that, the
+/// connection is closed with it.
+pub struct UpstreamBody(Kind);
 
-/// An HTTP/1.1 connection lent to one response.
-struct Lease {
-    pool: Arc<Pool>,
-    sender: http1::SendRequest<ProxyBody>,
-}
-
-/// A response body from the upstream. Read to its end, it puts its HTTP/1.1 connection back in
-/// the pool; dropped before that, the connection is closed with it.
-pub struct UpstreamBody {
-    body: Incoming,
-    lease: Option<Lease>,
+enum Kind {
+    /// Read with the head.
+    Whole(Option<Bytes>),
+    /// `None` once ended.
+    H1(Option<h1::Reader>, Arc<Pool>),
+    H2(Incoming),
 }
 
 impl UpstreamBody {
-    fn new(body: Incoming, lease: Option<Lease>) -> Self {
-        let mut body = UpstreamBody { body, lease };
-        if body.body.is_end_stream() {
-            body.release();
-        }
-        body
-    }
-
-    fn release(&mut self) {
-        if let Some(Lease { pool, sender }) = self.lease.take() {
-            pool.put_back(sender);
-        }
+    fn whole(bytes: Bytes) -> Self {
+        UpstreamBody(Kind::Whole((!bytes.is_empty()).then_some(bytes)))
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Err(_))) => this.lease = None,
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().0 {
+            Kind::Whole(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::H1(slot, pool) => {
+                let Some(reader) = slot else {
+                    return Poll::Ready(None);
+                };
+                let polled = std::task::ready!(reader.poll_data(cx));
+                match &polled {
+                    Some(Ok(_)) if !reader.is_end() => {}
+                    // Ended (or failed): a clean end gives the connection back.
+                    _ => {
+                        if let Some(conn) = slot.take().and_then(h1::Reader::into_conn) {
+                            pool.put_back(conn);
+                        }
+                    }
+                }
+                Poll::Ready(polled.map(|r| r.map(Frame::data)))
+            }
+            Kind::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.0 {
+            Kind::Whole(bytes) => bytes.is_none(),
+            Kind::H1(reader, _) => reader.as_ref().is_none_or(h1::Reader::is_end),
+            Kind::H2(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.0 {
+            Kind::Whole(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Kind::H1(reader, _) => match reader.as_ref().map_or(Some(0), h1::Reader::remaining) {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
+            Kind::H2(body) => body.size_hint(),
+        }
     }
 }
