@@ -207,8 +207,8 @@ async fn phases(
         }
     };
     access.upstream_status = Some(response.status().as_u16());
+    // The pool hands the answer over without hop-by-hop fields.
     let (mut parts, body) = response.into_parts();
-    upstream::strip_hop_by_hop(&mut parts.headers);
     if let Some(reason) = checked.would_reject {
         parts
             .headers

@@ -194,24 +194,11 @@ pub async fn send(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     ) && request.body().is_end_stream();
-    let copy = retry.then(|| {
-        (
-            request.method().clone(),
-            request.uri().clone(),
-            request.headers().clone(),
-        )
-    });
-    match attempt(client, timeout, request).await {
-        Err(e) if e != GateError::UpstreamTimeout && copy.is_some() => {
-            let Some((method, uri, headers)) = copy else {
-                return Err(e);
-            };
-            let mut again = Request::new(ProxyBody::empty());
-            *again.method_mut() = method;
-            *again.uri_mut() = uri;
-            *again.headers_mut() = headers;
+    match attempt(client, timeout, &mut request).await {
+        // The pool lends the request out, so the same one can go again.
+        Err(e) if e != GateError::UpstreamTimeout && retry => {
             tracing::debug!(error = e.reason(), "retrying an idempotent request once");
-            attempt(client, timeout, again).await
+            attempt(client, timeout, &mut request).await
         }
         other => other,
     }
@@ -220,7 +207,7 @@ pub async fn send(
 async fn attempt(
     client: &HttpClient,
     timeout: Duration,
-    request: Request<ProxyBody>,
+    request: &mut Request<ProxyBody>,
 ) -> Result<Response<UpstreamBody>, GateError> {
     match tokio::time::timeout(timeout, client.send(request)).await {
         Err(_) => Err(GateError::UpstreamTimeout),

@@ -389,3 +389,26 @@ async fn answers_the_client_cannot_trust_are_502_in_json() {
         assert_eq!(conns, [0, 1], "{}", &wire[..wire.len().min(60)]);
     }
 }
+
+#[tokio::test]
+async fn hop_by_hop_fields_of_an_answer_stay_on_the_upstream_hop() {
+    let up = Upstream::start(|_| {
+        answer(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nKeep-Alive: timeout=5\r\n\
+             X-Private: secret\r\nTrailer: x-t\r\nProxy-Authenticate: Basic\r\nX-Kept: 1\r\n\
+             content-length: 2\r\n\r\n{}",
+        )
+    })
+    .await;
+    for _ in 0..2 {
+        let reply = up.get(LIST).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.headers["x-kept"], "1");
+        for name in ["x-private", "keep-alive", "trailer", "proxy-authenticate"] {
+            assert!(reply.headers.get(name).is_none(), "{name} was forwarded");
+        }
+    }
+    // `Connection: keep-alive` with other names does not stop the connection's reuse.
+    let conns: Vec<usize> = up.seen().iter().map(|s| s.conn).collect();
+    assert_eq!(conns, [0, 0]);
+}

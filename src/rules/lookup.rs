@@ -209,7 +209,7 @@ async fn get(
             }
         }
     }
-    let response = tokio::time::timeout(upstream.timeout, client.send(request))
+    let response = tokio::time::timeout(upstream.timeout, client.send(&mut request))
         .await
         .map_err(|_| LookupError::Failed)?
         .map_err(|_| LookupError::Failed)?;

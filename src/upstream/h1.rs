@@ -163,9 +163,8 @@ impl Conn {
         request: &mut Request<ProxyBody>,
         host: &HeaderValue,
     ) -> Result<Answer, SendError> {
-        let head_only = request.method() == Method::HEAD;
         let mut out = Outgoing::new(&mut self.0.write, request, host);
-        let parts = std::future::poll_fn(|cx| {
+        let head = std::future::poll_fn(|cx| {
             exchange(
                 &mut self.0.io,
                 &mut self.0.read,
@@ -176,10 +175,14 @@ impl Conn {
             )
         })
         .await?;
-        let (mut parts, framing, mut reusable) = finish_head(parts, head_only)?;
+        let Head {
+            mut parts,
+            framing,
+            reusable,
+        } = head;
         // The upstream answered before taking the whole request: the connection is in an
         // unknown state.
-        reusable &= out.done;
+        let reusable = reusable && out.done;
         parts.version = Version::HTTP_11;
         match framing {
             Framing::Length(n) if n as usize <= self.0.read.len() => {
@@ -216,6 +219,8 @@ struct Outgoing {
     data: Bytes,
     /// The whole request, flushed.
     done: bool,
+    /// A HEAD request: its answer has no body.
+    head_only: bool,
 }
 
 impl Outgoing {
@@ -253,6 +258,7 @@ impl Outgoing {
             chunk_open: false,
             data: Bytes::new(),
             done: false,
+            head_only: request.method() == Method::HEAD,
         };
         match length {
             Some(0) if !out.body_open => {
@@ -358,7 +364,7 @@ fn exchange(
     out: &mut Outgoing,
     body: &mut ProxyBody,
     cx: &mut Context<'_>,
-) -> Poll<Result<http::response::Parts, SendError>> {
+) -> Poll<Result<Head, SendError>> {
     while !out.done {
         match write_some(io, write, out, body, cx) {
             Poll::Ready(Ok(())) => {}
@@ -369,7 +375,7 @@ fn exchange(
     if !out.wrote_any {
         return Poll::Pending;
     }
-    poll_head(io, read, cx).map_err(SendError::Failed)
+    poll_head(io, read, out.head_only, cx).map_err(SendError::Failed)
 }
 
 /// One step of the write side.
@@ -419,12 +425,13 @@ fn nonzero(n: usize) -> io::Result<usize> {
 fn poll_head(
     io: &mut Io,
     read: &mut BytesMut,
+    head_only: bool,
     cx: &mut Context<'_>,
-) -> Poll<Result<http::response::Parts, BoxError>> {
+) -> Poll<Result<Head, BoxError>> {
     loop {
         if !read.is_empty() {
-            if let Some(parts) = parse_head(read)? {
-                return Poll::Ready(Ok(parts));
+            if let Some(head) = parse_head(read, head_only)? {
+                return Poll::Ready(Ok(head));
             }
             if read.len() > MAX_HEAD {
                 return Poll::Ready(Err(protocol("response head too large")));
@@ -441,9 +448,57 @@ fn poll_head(
     }
 }
 
+/// What a head's framing fields said.
+#[derive(Debug)]
+struct Fields {
+    /// `Connection: close`.
+    close: bool,
+    /// `Transfer-Encoding` was present, and whether its last coding is chunked.
+    chunked_last: Option<bool>,
+    /// `Content-Length` was present.
+    has_length: bool,
+    /// Its value, when all its values agree and parse.
+    length: Result<Option<u64>, &'static str>,
+}
+
+/// How [`parse_head`] treats a field, by its name (any case).
+enum Field {
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    /// Describes this hop only (RFC 9110 section 7.6.1): not forwarded.
+    HopByHop,
+    Other,
+}
+
+fn field(name: &[u8]) -> Field {
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    match name.len() {
+        10 if is("connection") => Field::Connection,
+        17 if is("transfer-encoding") => Field::TransferEncoding,
+        14 if is("content-length") => Field::ContentLength,
+        2 if is("te") => Field::HopByHop,
+        7 if is("trailer") || is("upgrade") => Field::HopByHop,
+        10 if is("keep-alive") => Field::HopByHop,
+        16 if is("proxy-connection") => Field::HopByHop,
+        18 if is("proxy-authenticate") => Field::HopByHop,
+        19 if is("proxy-authorization") => Field::HopByHop,
+        _ => Field::Other,
+    }
+}
+
+/// A final response head, parsed: its parts without hop-by-hop fields, how its body is framed,
+/// and whether the connection may carry another request after it.
+struct Head {
+    parts: http::response::Parts,
+    framing: Framing,
+    reusable: bool,
+}
+
 /// Parse a complete head at the front of `read` and take it off; skip 1xx heads. `None` when the
-/// head is not complete yet. Header values share the head's bytes.
-fn parse_head(read: &mut BytesMut) -> Result<Option<http::response::Parts>, BoxError> {
+/// head is not complete yet. Header values share the head's bytes; the framing fields are read
+/// from the raw bytes and not kept, nor is any other hop-by-hop field.
+fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Head>, BoxError> {
     loop {
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut []);
@@ -468,18 +523,51 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<http::response::Parts>, BoxE
             // HTTP/1.0: no keep-alive by default and no chunked bodies; not worth speaking.
             return Err(protocol("not an HTTP/1.1 response"));
         }
-        // Where each name and value sits in the head (under MAX_HEAD, so u32 holds it).
+        let mut fields = Fields {
+            close: false,
+            chunked_last: None,
+            has_length: false,
+            length: Ok(None),
+        };
+        // Names listed in `Connection` besides close and keep-alive: hop-by-hop too (rare).
+        let mut listed: Vec<HeaderName> = Vec::new();
+        // Where each kept name and value sits in the head (under MAX_HEAD, so u32 holds it).
         let base = read.as_ptr() as usize;
         let at = |bytes: &[u8]| (bytes.as_ptr() as usize - base) as u32;
         let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-        let count = response.headers.len();
-        for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
-            *span = (
+        let mut count = 0;
+        for h in response.headers.iter() {
+            match field(h.name.as_bytes()) {
+                Field::Connection => {
+                    for token in h.value.split(|&b| b == b',').map(trim) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            fields.close = true;
+                        } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                            if let Ok(name) = HeaderName::from_bytes(token) {
+                                listed.push(name);
+                            }
+                        }
+                    }
+                    continue;
+                }
+                Field::TransferEncoding => {
+                    fields.chunked_last = Some(last_token_is_chunked(h.value));
+                    continue;
+                }
+                Field::HopByHop => continue,
+                Field::ContentLength => {
+                    fields.has_length = true;
+                    fields.length = content_length(h.value, fields.length);
+                }
+                Field::Other => {}
+            }
+            spans[count] = (
                 at(h.name.as_bytes()),
                 h.name.len() as u32,
                 at(h.value),
                 h.value.len() as u32,
             );
+            count += 1;
         }
         let head = read.split_to(len).freeze();
         let mut map = HeaderMap::with_capacity(count);
@@ -492,69 +580,63 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<http::response::Parts>, BoxE
                     .map_err(|_| protocol("bad header value"))?;
             map.append(name, value);
         }
+        for name in listed {
+            map.remove(name);
+        }
+        let (framing, reusable) = framing(status, &fields, head_only)?;
         let mut parts = Response::new(()).into_parts().0;
         parts.status = status;
         parts.headers = map;
-        return Ok(Some(parts));
+        return Ok(Some(Head {
+            parts,
+            framing,
+            reusable,
+        }));
     }
 }
 
-/// How the body after `parts` is framed, and whether the connection may be reused after it.
-fn finish_head(
-    parts: http::response::Parts,
-    head_only: bool,
-) -> Result<(http::response::Parts, Framing, bool), SendError> {
-    let fail = |what| SendError::Failed(protocol(what));
-    let mut reusable = !parts
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| has_token(v.as_bytes(), b"close"));
-    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(fail("unexpected protocol switch"));
+/// Fold one `Content-Length` value (a list is allowed if its items agree) into what came before.
+fn content_length(
+    value: &[u8],
+    before: Result<Option<u64>, &'static str>,
+) -> Result<Option<u64>, &'static str> {
+    let mut length = before?;
+    for item in value.split(|&b| b == b',') {
+        let n = parse_decimal(trim(item)).ok_or("bad content-length")?;
+        if length.is_some_and(|l| l != n) {
+            return Err("conflicting content-length");
+        }
+        length = Some(n);
     }
-    let framing = if head_only
-        || parts.status == StatusCode::NO_CONTENT
-        || parts.status == StatusCode::NOT_MODIFIED
-    {
-        Framing::Length(0)
-    } else if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-        // RFC 9112 section 6.3: chunked only as the last coding; anything else runs to the close.
-        // A Content-Length beside it is ignored, and the connection not trusted after.
-        if parts.headers.contains_key(header::CONTENT_LENGTH) {
-            reusable = false;
-        }
-        let last = parts
-            .headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back();
-        if last.is_some_and(|v| last_token_is_chunked(v.as_bytes())) {
-            Framing::Chunked(Chunk::Size)
-        } else {
-            reusable = false;
-            Framing::Close
-        }
-    } else {
-        let mut length = None;
-        for value in parts.headers.get_all(header::CONTENT_LENGTH) {
-            for item in value.as_bytes().split(|&b| b == b',') {
-                let n = parse_decimal(trim(item)).ok_or_else(|| fail("bad content-length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(fail("conflicting content-length"));
-                }
-                length = Some(n);
-            }
-        }
-        match length {
-            Some(n) => Framing::Length(n),
-            None => {
-                reusable = false;
-                Framing::Close
-            }
-        }
-    };
-    Ok((parts, framing, reusable))
+    Ok(length)
+}
+
+/// How the body after a head is framed (RFC 9112 section 6.3), and whether the connection may
+/// be reused after it.
+fn framing(
+    status: StatusCode,
+    fields: &Fields,
+    head_only: bool,
+) -> Result<(Framing, bool), BoxError> {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(protocol("unexpected protocol switch"));
+    }
+    let reusable = !fields.close;
+    if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((Framing::Length(0), reusable));
+    }
+    match (fields.chunked_last, fields.length) {
+        // Chunked only as the last coding; anything else runs to the close. A Content-Length
+        // beside it is ignored, and the connection not trusted after.
+        (Some(true), _) => Ok((
+            Framing::Chunked(Chunk::Size),
+            reusable && !fields.has_length,
+        )),
+        (Some(false), _) => Ok((Framing::Close, false)),
+        (None, Ok(Some(n))) => Ok((Framing::Length(n), reusable)),
+        (None, Ok(None)) => Ok((Framing::Close, false)),
+        (None, Err(what)) => Err(protocol(what)),
+    }
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
@@ -564,12 +646,6 @@ fn trim(bytes: &[u8]) -> &[u8] {
         (Some(s), Some(e)) => &bytes[s..=e],
         _ => &[],
     }
-}
-
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| trim(t).eq_ignore_ascii_case(token))
 }
 
 fn last_token_is_chunked(value: &[u8]) -> bool {
@@ -810,10 +886,10 @@ mod tests {
 
     fn framing(head: &str, head_only: bool) -> Result<(Framing, bool), ()> {
         let mut read = BytesMut::from(head.as_bytes());
-        let parts = parse_head(&mut read).map_err(|_| ())?.ok_or(())?;
-        finish_head(parts, head_only)
-            .map(|(_, f, r)| (f, r))
-            .map_err(|_| ())
+        let head = parse_head(&mut read, head_only)
+            .map_err(|_| ())?
+            .ok_or(())?;
+        Ok((head.framing, head.reusable))
     }
 
     #[test]
@@ -907,13 +983,13 @@ mod tests {
         let mut read = BytesMut::from(
             &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nx-a: 1\r\ncontent-length: 2\r\n\r\n{}"[..],
         );
-        let parts = parse_head(&mut read).unwrap().unwrap();
+        let parts = parse_head(&mut read, false).unwrap().unwrap().parts;
         assert_eq!(parts.status, 201);
         assert_eq!(parts.headers["x-a"], "1");
         assert_eq!(&read[..], b"{}");
 
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-le"[..]);
-        assert!(parse_head(&mut partial).unwrap().is_none());
+        assert!(parse_head(&mut partial, false).unwrap().is_none());
         assert_eq!(partial.len(), 27);
     }
 

@@ -121,11 +121,14 @@ impl Pool {
         self.scheme == *scheme && self.authority == *authority
     }
 
-    /// Send a request whose URI is in origin form (`/path?query`). The response body returns an
-    /// HTTP/1.1 connection to the pool when it has been read to its end.
+    /// Send a request whose URI is in origin form (`/path?query`). An HTTP/1.1 connection comes
+    /// back to the pool when its response has been read to the end.
+    ///
+    /// The request is lent, not given: after a failure its head is still there to send again,
+    /// and so is its body unless some of it went out.
     pub async fn send(
         self: &Arc<Self>,
-        mut request: Request<ProxyBody>,
+        request: &mut Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, Error> {
         loop {
             let (conn, reused) = match self.checkout().await {
@@ -134,7 +137,7 @@ impl Pool {
                 None => (Box::pin(self.connect()).await?, false),
             };
             match conn {
-                Conn::H1(conn) => match conn.send(&mut request, &self.host).await {
+                Conn::H1(conn) => match conn.send(request, &self.host).await {
                     Ok(h1::Answer::Whole(response, conn)) => {
                         if let Some(conn) = conn {
                             self.put_back(conn);
@@ -152,15 +155,20 @@ impl Pool {
                     Err(h1::SendError::Failed(e)) => return Err(Error::Send(e)),
                 },
                 Conn::H2(shared) => {
-                    self.absolute(&mut request);
                     let mut sender = (*shared).clone();
-                    match sender.try_send_request(request).await {
-                        Ok(response) => return Ok(response.map(|b| UpstreamBody(Kind::H2(b)))),
+                    match sender.try_send_request(self.h2_request(request)).await {
+                        Ok(response) => {
+                            let mut response = response.map(|b| UpstreamBody(Kind::H2(b)));
+                            // The HTTP/1.1 client leaves these out as it parses; hyper's keeps
+                            // them.
+                            super::strip_hop_by_hop(response.headers_mut());
+                            return Ok(response);
+                        }
                         Err(mut failed) => {
                             // Whatever failed, the next request should not wait on this one.
                             self.h2.compare_and_swap(&Some(shared), None);
                             match failed.take_message() {
-                                Some(back) if reused => request = origin_form(back),
+                                Some(back) if reused => *request.body_mut() = back.into_body(),
                                 _ => return Err(Error::Send(failed.into_error().into())),
                             }
                         }
@@ -214,14 +222,20 @@ impl Pool {
         }
     }
 
-    /// HTTP/2 carries scheme and authority in the request's pseudo-headers, not in `Host`.
-    fn absolute(&self, request: &mut Request<ProxyBody>) {
-        request.headers_mut().remove(header::HOST);
-        let mut parts = std::mem::take(request.uri_mut()).into_parts();
+    /// The request as hyper's HTTP/2 client takes it: owned, with its body, and with scheme and
+    /// authority in the URI (they travel as pseudo-headers, not in `Host`).
+    fn h2_request(&self, request: &mut Request<ProxyBody>) -> Request<ProxyBody> {
+        let mut owned = Request::new(std::mem::replace(request.body_mut(), ProxyBody::empty()));
+        *owned.method_mut() = request.method().clone();
+        *owned.headers_mut() = request.headers().clone();
+        owned.headers_mut().remove(header::HOST);
+        let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
+        parts.path_and_query = request.uri().path_and_query().cloned();
         // Scheme, authority and a path: always a valid URI.
-        *request.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| self.target.clone());
+        *owned.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| self.target.clone());
+        owned
     }
 
     fn put_back(&self, conn: h1::Conn) {
@@ -231,18 +245,6 @@ impl Pool {
             since: Instant::now(),
         });
     }
-}
-
-/// A request handed back unsent may carry the HTTP/2 form of its URI.
-fn origin_form(mut request: Request<ProxyBody>) -> Request<ProxyBody> {
-    if request.uri().authority().is_some() {
-        if let Some(pq) = request.uri().path_and_query().cloned() {
-            if let Ok(uri) = super::origin_form(pq) {
-                *request.uri_mut() = uri;
-            }
-        }
-    }
-    request
 }
 
 /// A response body from the upstream. An HTTP/1.1 body still on its connection puts the
