@@ -76,6 +76,16 @@ fn decode_segment(raw: &str) -> Result<String, GateError> {
         return Err(GateError::BadPath("the path has an empty segment"));
     }
     let bytes = raw.as_bytes();
+    // Most segments are plain ASCII words: checked and copied in one pass, nothing to decode.
+    if bytes
+        .iter()
+        .all(|&b| b.is_ascii_graphic() && b != b'%' && b != b'\\')
+    {
+        if raw == "." || raw == ".." {
+            return Err(GateError::BadPath("the path has a dot segment"));
+        }
+        return Ok(raw.to_owned());
+    }
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {

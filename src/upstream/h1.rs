@@ -40,6 +40,9 @@ const MAX_HEADERS: usize = 100;
 const READ_SIZE: usize = 16 * 1024;
 /// Body bytes up to this size are copied behind the request head: one write instead of two.
 const COALESCE: usize = 8 * 1024;
+/// Fields the gateway adds to an answer at most (`X-Request-Id`, `RateLimit`, `RateLimit-Policy`,
+/// `X-QBGate-Would-Reject`).
+const ADDED_FIELDS: usize = 4;
 /// A chunk-size line or trailer section longer than this is refused.
 const MAX_LINE: usize = 4 * 1024;
 
@@ -570,7 +573,9 @@ fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Head>, BoxE
             count += 1;
         }
         let head = read.split_to(len).freeze();
-        let mut map = HeaderMap::with_capacity(count);
+        // Room for what the gateway adds to every answer (request id, rate-limit fields), so
+        // those inserts do not grow the map.
+        let mut map = HeaderMap::with_capacity(count + ADDED_FIELDS);
         for &(name_at, name_len, value_at, value_len) in &spans[..count] {
             let (name_at, value_at) = (name_at as usize, value_at as usize);
             let name = HeaderName::from_bytes(&head[name_at..name_at + name_len as usize])
@@ -830,6 +835,40 @@ fn take_line(read: &mut BytesMut) -> Result<Option<BytesMut>, BoxError> {
         None if read.len() > MAX_LINE => Err(protocol("chunk line too long")),
         None => Ok(None),
     }
+}
+
+/// Decode one answer held whole in memory, as the client reads it off a connection: its head
+/// (hop-by-hop fields left out), its body, and whether the connection could be reused. For the
+/// fuzzer (`fuzz/fuzz_targets/h1_answer.rs`); the client itself reads through [`Reader`].
+#[doc(hidden)]
+pub fn decode(
+    wire: &[u8],
+    head_only: bool,
+) -> Result<(http::response::Parts, Vec<u8>, bool), BoxError> {
+    let mut read = BytesMut::from(wire);
+    let Some(head) = parse_head(&mut read, head_only)? else {
+        return Err(closed());
+    };
+    let mut body = Vec::new();
+    match head.framing {
+        Framing::Length(n) => {
+            let n = usize::try_from(n).map_err(|_| closed())?;
+            body.extend_from_slice(read.get(..n).ok_or_else(closed)?);
+        }
+        Framing::Close => body.extend_from_slice(&read),
+        Framing::Chunked(mut state) => loop {
+            match chunk_step(&mut read, state)? {
+                Step::Data(bytes, next) => {
+                    body.extend_from_slice(&bytes);
+                    state = next;
+                }
+                Step::Next(next) => state = next,
+                Step::End => break,
+                Step::More => return Err(closed()),
+            }
+        },
+    }
+    Ok((head.parts, body, head.reusable))
 }
 
 #[cfg(test)]
