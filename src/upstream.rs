@@ -8,6 +8,8 @@
 mod h1;
 mod pool;
 
+#[doc(hidden)]
+pub use h1::decode as decode_h1_answer;
 pub use pool::UpstreamBody;
 
 use std::error::Error as StdError;
