@@ -200,6 +200,18 @@ async fn an_answer_framed_by_the_close_arrives_whole_and_its_connection_is_not_r
 }
 
 #[tokio::test]
+async fn an_http_1_0_answer_is_forwarded_and_its_connection_not_reused() {
+    let up = Upstream::start(|_| answer("HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n{}")).await;
+    for _ in 0..2 {
+        let reply = up.get(LIST).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(&reply.body[..], b"{}");
+    }
+    let conns: Vec<usize> = up.seen().iter().map(|s| s.conn).collect();
+    assert_eq!(conns, [0, 1]);
+}
+
+#[tokio::test]
 async fn interim_answers_are_skipped_and_connection_close_is_honoured() {
     let up = Upstream::start(|_| Answer {
         close: true,
@@ -370,7 +382,6 @@ async fn answers_the_client_cannot_trust_are_502_in_json() {
     let wires = [
         "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}".to_string(),
         "HTTP/1.1 200 OK\r\ncontent-length: two\r\n\r\n{}".to_string(),
-        "HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_string(),
         "HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\n".to_string(),
         "I am not HTTP\r\n\r\n".to_string(),
         huge,

@@ -8,8 +8,9 @@
 //!
 //! What it speaks (RFC 9112): requests framed by `Content-Length`, or chunked when the client's
 //! body has no known length; responses framed by `Content-Length`, chunked, or the connection's
-//! close; 1xx interim answers skipped; no body after HEAD, 204 or 304. A connection is kept only
-//! when both sides finished their messages cleanly and the upstream did not ask to close it.
+//! close; 1xx interim answers skipped; no body after HEAD, 204 or 304; HTTP/1.0 answers taken,
+//! their connection not reused. A connection is kept only when both sides finished their
+//! messages cleanly and the upstream did not ask to close it.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -522,12 +523,10 @@ fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Head>, BoxE
             continue;
         }
         let status = StatusCode::from_u16(code).map_err(|_| protocol("bad status code"))?;
-        if response.version != Some(1) {
-            // HTTP/1.0: no keep-alive by default and no chunked bodies; not worth speaking.
-            return Err(protocol("not an HTTP/1.1 response"));
-        }
         let mut fields = Fields {
-            close: false,
+            // An HTTP/1.0 answer (an old proxy's error page, say) is taken, but its connection
+            // is not trusted with another request.
+            close: response.version != Some(1),
             chunked_last: None,
             has_length: false,
             length: Ok(None),
@@ -1003,7 +1002,7 @@ mod tests {
             (
                 "HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n",
                 false,
-                Err(()),
+                Ok((Framing::Length(1), false)),
             ),
             ("HTTP/1.1 2000 OK\r\n\r\n", false, Err(())),
             ("HTTP/1.1 200 OK\r\nbad header\r\n\r\n", false, Err(())),
