@@ -37,7 +37,8 @@ struct Answer {
     wire: Vec<u8>,
     /// Close the connection after the answer.
     close: bool,
-    /// Answer as soon as the head is in, leaving the body unread on an open connection.
+    /// Answer as soon as the head is in, leaving the body unread on an open connection (or, with
+    /// `close`, closing it unread).
     early: bool,
 }
 
@@ -113,6 +114,10 @@ async fn serve(socket: TcpStream, conn: usize, script: Script, record: Arc<Mutex
         if early.early {
             socket.get_mut().write_all(&early.wire).await.unwrap();
             record.lock().unwrap().push(seen);
+            if early.close {
+                // Closed with the body unread: the kernel answers what follows with a reset.
+                return;
+            }
             // Hold the connection, the body unread, until the gateway lets it go.
             let mut sink = [0u8; 1024];
             while socket.read(&mut sink).await.unwrap_or(0) > 0 {}
@@ -371,6 +376,33 @@ async fn an_answer_before_the_upload_ends_reaches_the_client() {
     assert_eq!(reply.status, 413);
     let conns: Vec<usize> = up.seen().iter().map(|s| s.conn).collect();
     assert_eq!(conns, [0, 1]);
+}
+
+#[tokio::test]
+async fn an_answer_before_an_upload_the_upstream_then_drops_reaches_the_client() {
+    let up = Upstream::start(|_| Answer {
+        early: true,
+        close: true,
+        ..answer(
+            "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n\
+             content-length: 22\r\nconnection: close\r\n\r\n{\"errors\":[\"too big\"]}",
+        )
+    })
+    .await;
+    // Larger than the socket buffers take at once, so the gateway is still writing when the
+    // upstream's reset comes back.
+    let big = format!(
+        r#"{{"chat_dialog_id":"x","message":"{}"}}"#,
+        "m".repeat(1_000_000)
+    );
+    for _ in 0..3 {
+        let reply = up
+            .gate
+            .as_user(KEY_APP, None, "POST", "/chat/Message.json", Some(&big))
+            .await;
+        assert_eq!(reply.status, 413, "{:?}", reply.body);
+        assert_eq!(&reply.body[..], br#"{"errors":["too big"]}"#);
+    }
 }
 
 #[tokio::test]

@@ -223,6 +223,8 @@ struct Outgoing {
     data: Bytes,
     /// The whole request, flushed.
     done: bool,
+    /// Writing failed after some of the request went out; the answer may still come.
+    broken: Option<BoxError>,
     /// A HEAD request: its answer has no body.
     head_only: bool,
 }
@@ -262,6 +264,7 @@ impl Outgoing {
             chunk_open: false,
             data: Bytes::new(),
             done: false,
+            broken: None,
             head_only: request.method() == Method::HEAD,
         };
         match length {
@@ -369,9 +372,13 @@ fn exchange(
     body: &mut ProxyBody,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Head, SendError>> {
-    while !out.done {
+    while !out.done && out.broken.is_none() {
         match write_some(io, write, out, body, cx) {
             Poll::Ready(Ok(())) => {}
+            // An upstream that answers (a 413, say) and closes before taking the whole request
+            // breaks the pipe under the rest. Its answer may be on the way: wait for it, and
+            // give the write's error only if none comes.
+            Poll::Ready(Err(SendError::Failed(e))) if e.is::<io::Error>() => out.broken = Some(e),
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => break,
         }
@@ -379,7 +386,10 @@ fn exchange(
     if !out.wrote_any {
         return Poll::Pending;
     }
-    poll_head(io, read, out.head_only, cx).map_err(SendError::Failed)
+    match ready!(poll_head(io, read, out.head_only, cx)) {
+        Ok(head) => Poll::Ready(Ok(head)),
+        Err(e) => Poll::Ready(Err(SendError::Failed(out.broken.take().unwrap_or(e)))),
+    }
 }
 
 /// One step of the write side.
