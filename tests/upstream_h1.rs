@@ -81,6 +81,11 @@ impl Upstream {
         self.seen.lock().unwrap().clone()
     }
 
+    /// The connection each request came on, in order.
+    fn conns(&self) -> Vec<usize> {
+        self.seen().iter().map(|s| s.conn).collect()
+    }
+
     async fn get(&self, path: &str) -> Reply {
         self.gate.as_user(KEY_ANY, Some(1), "GET", path, None).await
     }
@@ -200,8 +205,7 @@ async fn an_answer_framed_by_the_close_arrives_whole_and_its_connection_is_not_r
         assert_eq!(reply.body.len(), body.len());
         assert!(reply.body.iter().all(|&b| b == b'y'));
     }
-    let conns: Vec<usize> = up.seen().iter().map(|s| s.conn).collect();
-    assert_eq!(conns, [0, 1]);
+    assert_eq!(up.conns(), [0, 1]);
 }
 
 #[tokio::test]
@@ -212,8 +216,7 @@ async fn an_http_1_0_answer_is_forwarded_and_its_connection_not_reused() {
         assert_eq!(reply.status, 200);
         assert_eq!(&reply.body[..], b"{}");
     }
-    let conns: Vec<usize> = up.seen().iter().map(|s| s.conn).collect();
-    assert_eq!(conns, [0, 1]);
+    assert_eq!(up.conns(), [0, 1]);
 }
 
 #[tokio::test]
@@ -232,8 +235,7 @@ async fn interim_answers_are_skipped_and_connection_close_is_honoured() {
         assert_eq!(&reply.body[..], b"{}");
         assert!(reply.headers.get("link").is_none());
     }
-    let conns: Vec<usize> = up.seen().iter().map(|s| s.conn).collect();
-    assert_eq!(conns, [0, 1]);
+    assert_eq!(up.conns(), [0, 1]);
 }
 
 #[tokio::test]
@@ -374,8 +376,7 @@ async fn an_answer_before_the_upload_ends_reaches_the_client() {
     // The next request cannot use the connection the unfinished upload left behind.
     let reply = up.get(LIST).await;
     assert_eq!(reply.status, 413);
-    let conns: Vec<usize> = up.seen().iter().map(|s| s.conn).collect();
-    assert_eq!(conns, [0, 1]);
+    assert_eq!(up.conns(), [0, 1]);
 }
 
 #[tokio::test]
@@ -428,8 +429,7 @@ async fn answers_the_client_cannot_trust_are_502_in_json() {
         let reply = up.get(LIST).await;
         reply.assert_gate_error(502, "upstream_failed", "base");
         // A GET is tried once more, on a new connection; then the gateway gives up.
-        let conns: Vec<usize> = up.seen().iter().map(|s| s.conn).collect();
-        assert_eq!(conns, [0, 1], "{}", &wire[..wire.len().min(60)]);
+        assert_eq!(up.conns(), [0, 1], "{}", &wire[..wire.len().min(60)]);
     }
 }
 
@@ -452,6 +452,5 @@ async fn hop_by_hop_fields_of_an_answer_stay_on_the_upstream_hop() {
         }
     }
     // `Connection: keep-alive` with other names does not stop the connection's reuse.
-    let conns: Vec<usize> = up.seen().iter().map(|s| s.conn).collect();
-    assert_eq!(conns, [0, 0]);
+    assert_eq!(up.conns(), [0, 0]);
 }
