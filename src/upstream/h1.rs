@@ -188,13 +188,17 @@ impl Conn {
         // unknown state.
         let reusable = reusable && out.done;
         parts.version = Version::HTTP_11;
-        match framing {
-            Framing::Length(n) if n as usize <= self.0.read.len() => {
-                let bytes = self.0.read.split_to(n as usize).freeze();
+        let whole = match framing {
+            Framing::Length(n) => usize::try_from(n).ok().filter(|&n| n <= self.0.read.len()),
+            _ => None,
+        };
+        match whole {
+            Some(n) => {
+                let bytes = self.0.read.split_to(n).freeze();
                 let conn = (reusable && self.0.read.is_empty()).then_some(self);
                 Ok(Answer::Whole(Response::from_parts(parts, bytes), conn))
             }
-            framing => Ok(Answer::Streaming(Response::from_parts(
+            None => Ok(Answer::Streaming(Response::from_parts(
                 parts,
                 Reader {
                     conn: self,
