@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -189,9 +189,8 @@ pub async fn send(
     timeout: Duration,
     mut request: Request<ProxyBody>,
 ) -> Result<Response<UpstreamBody>, GateError> {
-    // The outgoing version follows the upstream connection, not the client's (an h2c client
-    // talking to an HTTP/1.1 upstream would otherwise fail).
-    *request.version_mut() = Version::HTTP_11;
+    // The request's version is the client's and is not looked at: the pool speaks whatever the
+    // upstream connection speaks.
     let retry = matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
