@@ -46,11 +46,18 @@ impl Overrides {
 
 /// `qbgate run`: serve until SIGTERM or Ctrl-C, then drain.
 pub async fn run(path: PathBuf, overrides: Overrides) -> Result<(), Failure> {
+    // Armed before the first read: a change from here on is reloaded, even one made before the
+    // listeners answer.
+    let watch = crate::reload::Watch::arm(&path);
     let mut policy = policy::load(&path).map_err(Failure::Policy)?;
     overrides.apply(&mut policy).map_err(Failure::Other)?;
     serve_policy(
         policy,
-        Some(Reload { path, overrides }),
+        Some(Reload {
+            watch,
+            path,
+            overrides,
+        }),
         std::future::pending(),
     )
     .await
@@ -58,6 +65,7 @@ pub async fn run(path: PathBuf, overrides: Overrides) -> Result<(), Failure> {
 
 /// Where a running gateway re-reads its policy from.
 pub struct Reload {
+    pub watch: crate::reload::Watch,
     pub path: PathBuf,
     pub overrides: Overrides,
 }
@@ -78,8 +86,13 @@ async fn serve_policy(
         .map_err(|e| Failure::Other(format!("cannot listen on {admin_listen}: {e}")))?;
     crate::metrics::handle();
     let gateway = Gateway::new(runtime);
-    if let Some(Reload { path, overrides }) = reload {
-        crate::reload::spawn(gateway.clone(), path, overrides);
+    if let Some(Reload {
+        watch,
+        path,
+        overrides,
+    }) = reload
+    {
+        watch.run(gateway.clone(), path, overrides);
     }
     tracing::info!(%listen, %admin_listen, digest = gateway.runtime().policy.digest, "qbgate serving");
     let shutdown = async move {

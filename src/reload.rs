@@ -8,7 +8,7 @@
 //! re-read (every minute) catches a secret that changed alone. `listen` and `admin_listen` changes
 //! need a restart.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,92 +36,129 @@ pub async fn watch(gateway: Arc<Gateway>, path: PathBuf, overrides: Overrides) {
     std::future::pending::<()>().await;
 }
 
-/// Start watching now (the watch exists when this returns, so a change made right after
-/// start-up is seen), and reload in a background task until the process ends.
+/// Start watching now and reload in a background task until the process ends.
 pub fn spawn(gateway: Arc<Gateway>, path: PathBuf, overrides: Overrides) {
-    let (tx, mut rx) = mpsc::channel::<Trigger>(16);
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), PathBuf::from);
-    let watcher = {
-        let tx = tx.clone();
-        let name = path.file_name().map(|n| n.to_os_string());
-        notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            // Other files in the directory (logs, editors' swap files) are not our business;
-            // Kubernetes' `..data` swap names no policy file, so `..`-names count too.
-            // Reads (open, access, close without write) are not changes, and our own read of the
-            // file produces them: reacting to them would re-read the policy forever.
-            let relevant = event.is_ok_and(|e| {
-                !matches!(e.kind, notify::EventKind::Access(_))
-                    && (e.paths.is_empty()
-                        || e.paths.iter().any(|p| {
-                            p.file_name().is_some_and(|f| {
-                                Some(f) == name.as_deref() || f.to_string_lossy().starts_with("..")
-                            })
-                        }))
+    Watch::arm(&path).run(gateway, path, overrides);
+}
+
+/// The triggers of reloads, armed before the policy is first read: a change made while the
+/// gateway starts, or a SIGHUP sent then (whose default action ends the process), waits here
+/// for [`Watch::run`] instead of being lost.
+pub struct Watch {
+    tx: mpsc::Sender<Trigger>,
+    rx: mpsc::Receiver<Trigger>,
+    watcher: Option<notify::RecommendedWatcher>,
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Watch {
+    /// Watch the directory of `path` and take over SIGHUP. Needs a Tokio runtime.
+    pub fn arm(path: &Path) -> Watch {
+        let (tx, rx) = mpsc::channel::<Trigger>(16);
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), PathBuf::from);
+        let watcher = {
+            let tx = tx.clone();
+            let name = path.file_name().map(|n| n.to_os_string());
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // Other files in the directory (logs, editors' swap files) are not our business;
+                // Kubernetes' `..data` swap names no policy file, so `..`-names count too.
+                // Reads (open, access, close without write) are not changes, and our own read of
+                // the file produces them: reacting to them would re-read the policy forever.
+                let relevant = event.is_ok_and(|e| {
+                    !matches!(e.kind, notify::EventKind::Access(_))
+                        && (e.paths.is_empty()
+                            || e.paths.iter().any(|p| {
+                                p.file_name().is_some_and(|f| {
+                                    Some(f) == name.as_deref()
+                                        || f.to_string_lossy().starts_with("..")
+                                })
+                            }))
+                });
+                if relevant {
+                    let _ = tx.try_send(Trigger::Event);
+                }
+            })
+        };
+        let watcher = match watcher {
+            Ok(mut w) => {
+                use notify::Watcher;
+                match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                    Ok(()) => Some(w),
+                    Err(error) => {
+                        tracing::warn!(%error, dir = %dir.display(), "cannot watch the policy directory; SIGHUP and the periodic re-read still reload");
+                        None
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "no file watcher; SIGHUP and the periodic re-read still reload");
+                None
+            }
+        };
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => Some(signal),
+            Err(error) => {
+                tracing::warn!(%error, "cannot take SIGHUP; the watch and the periodic re-read still reload");
+                None
+            }
+        };
+        Watch {
+            tx,
+            rx,
+            watcher,
+            hangup,
+        }
+    }
+
+    /// Reload into `gateway` on every trigger (those that came since [`Watch::arm`] first) until
+    /// the process ends.
+    pub fn run(self, gateway: Arc<Gateway>, path: PathBuf, overrides: Overrides) {
+        let Watch {
+            tx,
+            mut rx,
+            watcher,
+            hangup,
+        } = self;
+        if let Some(mut hangup) = hangup {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    let _ = tx.send(Trigger::Signal).await;
+                }
             });
-            if relevant {
-                let _ = tx.try_send(Trigger::Event);
-            }
-        })
-    };
-    let watcher = match watcher {
-        Ok(mut w) => {
-            use notify::Watcher;
-            match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
-                Ok(()) => Some(w),
-                Err(error) => {
-                    tracing::warn!(%error, dir = %dir.display(), "cannot watch the policy directory; SIGHUP and the periodic re-read still reload");
-                    None
-                }
-            }
         }
-        Err(error) => {
-            tracing::warn!(%error, "no file watcher; SIGHUP and the periodic re-read still reload");
-            None
-        }
-    };
-    tokio::spawn({
-        let tx = tx.clone();
-        async move {
-            let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                return;
-            };
-            while hup.recv().await.is_some() {
-                let _ = tx.send(Trigger::Signal).await;
-            }
-        }
-    });
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(PERIODIC);
-        tick.tick().await;
-        loop {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PERIODIC);
             tick.tick().await;
-            if tx.send(Trigger::Periodic).await.is_err() {
-                return;
-            }
-        }
-    });
-    tokio::spawn(async move {
-        // The watcher lives as long as the loop.
-        let _watcher = watcher;
-        while let Some(mut trigger) = rx.recv().await {
-            tokio::time::sleep(SETTLE).await;
-            while let Ok(more) = rx.try_recv() {
-                if more != Trigger::Periodic {
-                    trigger = more;
+            loop {
+                tick.tick().await;
+                if tx.send(Trigger::Periodic).await.is_err() {
+                    return;
                 }
             }
-            // An event for an unchanged file (a touch, a chmod) is not worth a compile.
-            if trigger == Trigger::Event && unchanged(&gateway, &path) {
-                continue;
+        });
+        tokio::spawn(async move {
+            // The watcher lives as long as the loop.
+            let _watcher = watcher;
+            while let Some(mut trigger) = rx.recv().await {
+                tokio::time::sleep(SETTLE).await;
+                while let Ok(more) = rx.try_recv() {
+                    if more != Trigger::Periodic {
+                        trigger = more;
+                    }
+                }
+                // An event for an unchanged file (a touch, a chmod, or a change the first read
+                // already saw) is not worth a compile.
+                if trigger == Trigger::Event && unchanged(&gateway, &path) {
+                    continue;
+                }
+                reload(&gateway, &path, &overrides, trigger == Trigger::Periodic).await;
             }
-            reload(&gateway, &path, &overrides, trigger == Trigger::Periodic).await;
-        }
-    });
+        });
+    }
 }
 
 /// Is the file byte for byte the one the serving policy was compiled from?

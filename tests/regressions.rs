@@ -12,23 +12,39 @@ fn free_port() -> SocketAddr {
         .unwrap()
 }
 
-/// `qbgate_policy_reloads_total{result="success"}` from the admin listener (0 when absent).
-fn reloads(admin: SocketAddr) -> u64 {
+/// The whole answer (head and body) to `GET path` on the admin listener.
+fn admin_get(admin: SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect(admin).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
-    text.lines()
+    text
+}
+
+/// `qbgate_policy_reloads_total{result="success"}` from the admin listener (0 when absent).
+fn reloads(admin: SocketAddr) -> u64 {
+    admin_get(admin, "/metrics")
+        .lines()
         .find_map(|l| l.strip_prefix("qbgate_policy_reloads_total{result=\"success\"} "))
         .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
 }
 
 /// `qbgate run --policy path`, returned once its admin listener answers.
 fn start(path: &std::path::Path, admin: SocketAddr) -> std::process::Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_qbgate"))
+    let child = spawn(path);
+    wait_for(admin);
+    child
+}
+
+/// `qbgate run --policy path`, returned at once.
+fn spawn(path: &std::path::Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_qbgate"))
         .args(["run", "--policy"])
         .arg(path)
         .env("QB_API_KEY", "regression-upstream-key")
@@ -37,13 +53,16 @@ fn start(path: &std::path::Path, admin: SocketAddr) -> std::process::Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Wait (bounded) until the admin listener accepts connections.
+fn wait_for(admin: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(admin).is_err() {
         assert!(Instant::now() < deadline, "qbgate did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    child
 }
 
 /// A gateway on a minimal policy (`padding` in front of it) in a directory of its own, whose
@@ -98,6 +117,62 @@ fn one_policy_change_is_one_reload() {
     assert_eq!(
         two_seconds_later, after_change,
         "reloads went on without any change: {after_change} -> {two_seconds_later} in 2 s"
+    );
+}
+
+/// Found by a flaky `one_policy_change_is_one_reload` under a loaded test run: the directory watch
+/// was armed only after the policy had been read and parsed and the listeners bound, so a change
+/// made in between waited for the periodic re-read, a minute later. The watch is now armed before
+/// the first read. Here the change lands while a large policy is being parsed.
+#[test]
+fn a_change_made_while_the_gateway_starts_is_picked_up() {
+    let dir = std::env::temp_dir().join(format!("qbgate-regress-early-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let admin = free_port();
+    // About 6 MB of comments: the first parse takes a good fraction of a second.
+    let padding: String = (0..100_000)
+        .map(|i| format!("# padding line {i}: the first parse of this file takes a while\n"))
+        .collect();
+    let policy = |comment: &str| {
+        format!(
+            "# {comment}\n{padding}version: 1\nlisten: {}\nadmin_listen: {admin}\n\
+             upstream:\n  url: http://127.0.0.1:9\n  api_key: {{ env: QB_API_KEY }}\nkeys: []\n",
+            free_port()
+        )
+    };
+    let path = dir.join("policy.yaml");
+    std::fs::write(&path, policy("first")).unwrap();
+    let mut child = spawn(&path);
+    std::thread::sleep(Duration::from_millis(150));
+    let second = policy("second");
+    std::fs::write(dir.join("policy.yaml.tmp"), &second).unwrap();
+    std::fs::rename(dir.join("policy.yaml.tmp"), &path).unwrap();
+    wait_for(admin);
+    let serving = format!(
+        "qbgate_policy_info{{digest=\"{}\"}} 1",
+        &qbgate::policy::digest_hex(second.as_bytes())[..12]
+    );
+    // Well short of the periodic re-read (60 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut metrics = String::new();
+    while Instant::now() < deadline {
+        metrics = admin_get(admin, "/metrics");
+        if metrics.contains(&serving) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        metrics.contains(&serving),
+        "the changed policy is not serving ({serving}): {}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("qbgate_policy"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
