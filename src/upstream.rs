@@ -147,17 +147,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Rewrite a request's head for the upstream: URI (origin form; the pool completes it for HTTP/2),
-/// credentials, hop-by-hop headers, `Host` (the pool sets the upstream's).
+/// credentials, hop-by-hop headers. The client's `Host` stays in the map: both of the pool's
+/// encoders leave it out and name the upstream instead.
 pub fn prepare(
     upstream: &policy::Upstream,
     incoming: &Uri,
     headers: &mut HeaderMap,
 ) -> Result<Uri, GateError> {
     strip_hop_by_hop(headers);
-    headers.remove(header::HOST);
     if let Some(authorization) = &upstream.authorization {
-        if headers.contains_key(header::AUTHORIZATION) {
-            headers.insert(header::AUTHORIZATION, authorization.clone());
+        // One lookup; every value the client sent is replaced.
+        if let header::Entry::Occupied(mut entry) = headers.entry(header::AUTHORIZATION) {
+            entry.insert(authorization.clone());
         }
     }
     let path_and_query = incoming.path_and_query();
@@ -428,6 +429,7 @@ mod tests {
             let mut headers = map(&[
                 ("host", "gate:8080"),
                 ("authorization", "ApiKey scoped"),
+                ("authorization", "ApiKey another"),
                 ("connection", "keep-alive"),
             ]);
             let uri = prepare(&upstream(base), &incoming.parse().unwrap(), &mut headers).unwrap();
@@ -435,8 +437,10 @@ mod tests {
             assert!(uri.authority().is_none());
             let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
             left.sort_unstable();
-            assert_eq!(left, ["authorization"]);
-            assert_eq!(headers["authorization"], "ApiKey real");
+            // `host` is left to the encoders, which name the upstream instead.
+            assert_eq!(left, ["authorization", "host"]);
+            let sent: Vec<_> = headers.get_all("authorization").iter().collect();
+            assert_eq!(sent, ["ApiKey real"]);
         }
     }
 

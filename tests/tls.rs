@@ -35,6 +35,10 @@ async fn tls_upstream_over_http2_by_alpn() {
     }
     let received = gate.sandbox.take_received();
     assert!(received.iter().all(|r| r.version == http::Version::HTTP_2));
+    // The upstream is named by `:authority`; the client's `Host` (the gateway) is not passed on.
+    for r in &received {
+        assert!(!r.headers.contains_key("host"), "{:?}", r.headers);
+    }
 }
 
 #[tokio::test]
