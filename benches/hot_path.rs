@@ -222,7 +222,8 @@ fn per_request_overheads(c: &mut Criterion) {
             )
         })
     });
-    let route: Vec<String> = vec!["chat".into(), "dialog".into()];
+    let route =
+        qbgate::normalize::normalize("/chat/Dialog.json", None, &http::HeaderMap::new()).unwrap();
     c.bench_function("metrics/route_label", |b| {
         b.iter(|| black_box(qbgate::metrics::route_label(black_box(&route))))
     });

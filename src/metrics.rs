@@ -44,14 +44,15 @@ pub fn render() -> String {
     handle().map(PrometheusHandle::render).unwrap_or_default()
 }
 
-/// A bounded route template for a normalized route key.
-pub fn route_label(route: &[String]) -> &'static str {
+/// A bounded route template for a normalized path's route key.
+pub fn route_label(path: &crate::normalize::Normalized<'_>) -> &'static str {
     let stem = |i: usize| {
-        route
-            .get(i)
-            .map(|s| s.split('.').next().unwrap_or_default())
+        (i < path.len()).then(|| {
+            let segment = path.route_segment(i);
+            segment.split('.').next().unwrap_or_default()
+        })
     };
-    match (stem(0), stem(1), route.len()) {
+    match (stem(0), stem(1), path.len()) {
         (None, _, _) => "/",
         (Some("chat"), Some("dialog"), 2) => "/chat/Dialog",
         (Some("chat"), Some("dialog"), 3) => "/chat/Dialog/:id",
@@ -231,4 +232,31 @@ pub fn policy_info(old: &str, new: &str) {
         metrics::gauge!("qbgate_policy_info", "digest" => old.to_string()).set(0.0);
     }
     metrics::gauge!("qbgate_policy_info", "digest" => new.to_string()).set(1.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_labels_are_templates_of_the_route_key() {
+        for (path, label) in [
+            ("/", "/"),
+            ("/chat/Dialog.json", "/chat/Dialog"),
+            ("/chat/dialog/5d75", "/chat/Dialog/:id"),
+            ("/chat/Message.json", "/chat/Message"),
+            ("/chat/Message/5d75.json", "/chat/Message/:id"),
+            ("/chat/Dialog/5d75/x", "other"),
+            ("/session.json", "/session"),
+            ("/users.json", "/users"),
+            ("/users/7.json", "/users/:id"),
+            ("/blobs", "/blobs"),
+            ("/blobs/1/complete", "/blobs/:id"),
+            ("/users/7/x", "other"),
+            ("/anything", "other"),
+        ] {
+            let key = crate::normalize::normalize(path, None, &http::HeaderMap::new()).unwrap();
+            assert_eq!(route_label(&key), label, "{path}");
+        }
+    }
 }

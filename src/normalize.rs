@@ -8,7 +8,10 @@
 //! what route allowlists and dialog rules match, so `/CHAT/dialog/ID` cannot slip past a rule
 //! written for `/chat/Dialog/ID.json`.
 
+use std::borrow::Cow;
+
 use http::{HeaderMap, HeaderName};
+use smallvec::SmallVec;
 
 use crate::error::GateError;
 
@@ -19,21 +22,69 @@ static OVERRIDE_HEADERS: [HeaderName; 3] = [
     HeaderName::from_static("x-method-override"),
 ];
 
-/// A request path that passed every check.
+/// A request path that passed every check. Borrowed from the path where it can be: a plain,
+/// lowercase path costs no allocation, and any other one string per form.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Normalized {
+pub struct Normalized<'a> {
+    /// The decoded segments joined by `/` (a decoded segment never holds one), case kept.
+    decoded: Cow<'a, str>,
+    /// The route key: `decoded` lowercased, `.json` removed from the last segment.
+    route: Cow<'a, str>,
+    /// Where each segment ends in `decoded`; the same in `route` but for the last segment,
+    /// which ends where `route` does.
+    ends: SmallVec<[u32; 6]>,
+}
+
+impl Normalized<'_> {
     /// Decoded segments, as written (case kept).
-    pub segments: Vec<String>,
+    pub fn segments(&self) -> impl Iterator<Item = &str> + Clone {
+        (0..self.len()).map(|i| &self.decoded[self.start(i)..self.ends[i] as usize])
+    }
+
     /// Decoded segments lowercased, `.json` removed from the last: what routes match.
-    pub route: Vec<String>,
+    pub fn route(&self) -> impl Iterator<Item = &str> + Clone {
+        (0..self.len()).map(|i| self.route_segment(i))
+    }
+
+    /// Segment `i` of the route key.
+    pub fn route_segment(&self, i: usize) -> &str {
+        let end = if i + 1 == self.len() {
+            self.route.len()
+        } else {
+            self.ends[i] as usize
+        };
+        &self.route[self.start(i)..end]
+    }
+
+    /// The route key's segments joined by `/` (`""` for `/`).
+    pub fn route_key(&self) -> &str {
+        &self.route
+    }
+
+    /// How many segments the path has.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Is the path `/`?
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn start(&self, i: usize) -> usize {
+        match i {
+            0 => 0,
+            _ => self.ends[i - 1] as usize + 1,
+        }
+    }
 }
 
 /// Check the path and query of a request and build its route key.
-pub fn normalize(
-    path: &str,
+pub fn normalize<'a>(
+    path: &'a str,
     query: Option<&str>,
     headers: &HeaderMap,
-) -> Result<Normalized, GateError> {
+) -> Result<Normalized<'a>, GateError> {
     if OVERRIDE_HEADERS.iter().any(|h| headers.contains_key(h)) {
         return Err(GateError::MethodOverride);
     }
@@ -42,13 +93,23 @@ pub fn normalize(
             return Err(GateError::MethodOverride);
         }
     }
-    let segments = decode_path(path)?;
-    let mut route: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
-    if let Some(last) = route.last_mut() {
-        let stripped = strip_json(last).len();
-        last.truncate(stripped);
-    }
-    Ok(Normalized { segments, route })
+    let (decoded, ends) = decode_path(path)?;
+    let last_start = match ends.len() {
+        0 | 1 => 0,
+        n => ends[n - 2] as usize + 1,
+    };
+    let kept = last_start + strip_json(&decoded[last_start..]).len();
+    let route = match &decoded {
+        Cow::Borrowed(plain) if !plain.bytes().any(|b| b.is_ascii_uppercase()) => {
+            Cow::Borrowed(&plain[..kept])
+        }
+        _ => Cow::Owned(decoded[..kept].to_ascii_lowercase()),
+    };
+    Ok(Normalized {
+        decoded,
+        route,
+        ends,
+    })
 }
 
 /// `name.json` -> `name` (any letter case); anything else unchanged.
@@ -61,17 +122,47 @@ pub fn strip_json(segment: &str) -> &str {
     }
 }
 
-fn decode_path(path: &str) -> Result<Vec<String>, GateError> {
+/// The decoded segments joined by `/`, and where each ends. Borrowed when no segment needed
+/// decoding.
+fn decode_path(path: &str) -> Result<(Cow<'_, str>, SmallVec<[u32; 6]>), GateError> {
     let rest = path
         .strip_prefix('/')
         .ok_or(GateError::BadPath("the path must start with /"))?;
+    let mut ends = SmallVec::new();
     if rest.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Cow::Borrowed(""), ends));
     }
-    rest.split('/').map(decode_segment).collect()
+    // A path longer than this never reaches here (the URI parser's limit); refused all the same
+    // rather than have an offset wrap.
+    if u32::try_from(rest.len()).is_err() {
+        return Err(GateError::BadPath("the path is too long"));
+    }
+    // Where the current raw segment starts in `rest`.
+    let mut start = 0;
+    let mut decoded: Option<String> = None;
+    for raw in rest.split('/') {
+        match (&mut decoded, decode_segment(raw)?) {
+            // Every segment so far is as written: `rest` up to here is the decoded form.
+            (None, Cow::Borrowed(_)) => ends.push((start + raw.len()) as u32),
+            (None, Cow::Owned(segment)) => {
+                let mut out = String::with_capacity(rest.len());
+                out.push_str(&rest[..start]);
+                out.push_str(&segment);
+                ends.push(out.len() as u32);
+                decoded = Some(out);
+            }
+            (Some(out), segment) => {
+                out.push('/');
+                out.push_str(&segment);
+                ends.push(out.len() as u32);
+            }
+        }
+        start += raw.len() + 1;
+    }
+    Ok((decoded.map_or(Cow::Borrowed(rest), Cow::Owned), ends))
 }
 
-fn decode_segment(raw: &str) -> Result<String, GateError> {
+fn decode_segment(raw: &str) -> Result<Cow<'_, str>, GateError> {
     if raw.is_empty() {
         return Err(GateError::BadPath("the path has an empty segment"));
     }
@@ -84,7 +175,7 @@ fn decode_segment(raw: &str) -> Result<String, GateError> {
         if raw == "." || raw == ".." {
             return Err(GateError::BadPath("the path has a dot segment"));
         }
-        return Ok(raw.to_owned());
+        return Ok(Cow::Borrowed(raw));
     }
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -119,7 +210,7 @@ fn decode_segment(raw: &str) -> Result<String, GateError> {
             "the path has a backslash or a control character",
         ));
     }
-    Ok(segment)
+    Ok(Cow::Owned(segment))
 }
 
 /// Does the query carry `_method` (raw or percent-encoded)? Malformed encodings are refused.
@@ -143,8 +234,16 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn n(path: &str) -> Result<Normalized, GateError> {
+    fn n(path: &str) -> Result<Normalized<'_>, GateError> {
         normalize(path, None, &HeaderMap::new())
+    }
+
+    fn route<'a>(n: &'a Normalized<'_>) -> Vec<&'a str> {
+        n.route().collect()
+    }
+
+    fn segments<'a>(n: &'a Normalized<'_>) -> Vec<&'a str> {
+        n.segments().collect()
     }
 
     #[test]
@@ -152,10 +251,14 @@ mod tests {
         let a = n("/chat/Dialog/5d75.json").unwrap();
         let b = n("/CHAT/dialog/5D75").unwrap();
         let c = n("/chat/%44ialog/5d75.JSON").unwrap();
-        assert_eq!(a.route, vec!["chat", "dialog", "5d75"]);
-        assert_eq!(b.route, a.route);
-        assert_eq!(c.route, a.route);
-        assert_eq!(a.segments, vec!["chat", "Dialog", "5d75.json"]);
+        assert_eq!(route(&a), ["chat", "dialog", "5d75"]);
+        assert_eq!(route(&b), route(&a));
+        assert_eq!(route(&c), route(&a));
+        assert_eq!(a.route_key(), "chat/dialog/5d75");
+        assert_eq!(segments(&a), ["chat", "Dialog", "5d75.json"]);
+        assert_eq!(segments(&b), ["CHAT", "dialog", "5D75"]);
+        assert_eq!(segments(&c), ["chat", "Dialog", "5d75.JSON"]);
+        assert_eq!(a.len(), 3);
     }
 
     #[test]
@@ -181,9 +284,12 @@ mod tests {
         ] {
             assert!(n(bad).is_err(), "{bad} was accepted");
         }
-        assert_eq!(n("/").unwrap().route, Vec::<String>::new());
+        let root = n("/").unwrap();
+        assert!(root.is_empty());
+        assert_eq!(route(&root), Vec::<&str>::new());
+        assert_eq!(segments(&root), Vec::<&str>::new());
         // Decoding happens once: %252e is the three characters "%2e", not a dot segment.
-        assert_eq!(n("/a/%252e").unwrap().segments, vec!["a", "%2e"]);
+        assert_eq!(segments(&n("/a/%252e").unwrap()), ["a", "%2e"]);
     }
 
     #[test]
@@ -211,14 +317,63 @@ mod tests {
         assert!(normalize("/a", Some("method=1&x_method=2"), &HeaderMap::new()).is_ok());
     }
 
+    #[test]
+    fn only_a_path_that_needs_no_change_is_borrowed() {
+        let plain = n("/chat/dialog/5d75").unwrap();
+        assert!(matches!(plain.decoded, Cow::Borrowed(_)));
+        assert!(matches!(plain.route, Cow::Borrowed("chat/dialog/5d75")));
+        let json = n("/chat/dialog.json").unwrap();
+        assert!(matches!(json.route, Cow::Borrowed("chat/dialog")));
+        let upper = n("/chat/Dialog.json").unwrap();
+        assert!(matches!(upper.decoded, Cow::Borrowed("chat/Dialog.json")));
+        assert_eq!(upper.route_key(), "chat/dialog");
+        // A decoded segment in the middle: the plain ones around it are copied in order.
+        let mixed = n("/a/b%43/d/%65").unwrap();
+        assert_eq!(segments(&mixed), ["a", "bC", "d", "e"]);
+        assert_eq!(mixed.route_key(), "a/bc/d/e");
+    }
+
+    /// The segments as the path splits them, each decoded on its own: what [`Normalized`] must
+    /// give back, joined or not.
+    fn reference(path: &str) -> Option<Vec<String>> {
+        let rest = path.strip_prefix('/')?;
+        if rest.is_empty() {
+            return Some(Vec::new());
+        }
+        rest.split('/')
+            .map(|raw| decode_segment(raw).ok().map(Cow::into_owned))
+            .collect()
+    }
+
     proptest! {
         #[test]
         fn never_panics_and_accepted_routes_are_clean(path in "/[ -~]{0,40}") {
             if let Ok(norm) = n(&path) {
-                for s in &norm.segments {
+                for s in norm.segments() {
                     prop_assert!(!s.is_empty() && s != "." && s != "..");
                     prop_assert!(!s.contains('/') && !s.contains('\\'));
                 }
+            }
+        }
+
+        #[test]
+        fn segments_and_route_are_the_segments_decoded_one_by_one(
+            path in "(/([a-zA-Z.]|%[0-9a-fA-F]{2}){1,6}){0,5}(\\.json|\\.JSON)?",
+        ) {
+            let expected = reference(&path);
+            match n(&path) {
+                Ok(norm) => {
+                    let expected = expected.expect("accepted, so every segment decodes");
+                    prop_assert_eq!(norm.len(), expected.len());
+                    prop_assert_eq!(segments(&norm), expected.iter().map(String::as_str).collect::<Vec<_>>());
+                    let mut lower: Vec<String> = expected.iter().map(|s| s.to_ascii_lowercase()).collect();
+                    if let Some(last) = lower.last_mut() {
+                        let kept = strip_json(last).len();
+                        last.truncate(kept);
+                    }
+                    prop_assert_eq!(route(&norm), lower.iter().map(String::as_str).collect::<Vec<_>>());
+                }
+                Err(_) => prop_assert!(expected.is_none() || path.is_empty()),
             }
         }
     }

@@ -141,18 +141,18 @@ impl Policy {
 }
 
 impl RoutePattern {
-    /// Does this entry allow `method` on the route key `route` (see [`crate::normalize`])?
-    pub fn matches(&self, method: &Method, route: &[String]) -> bool {
+    /// Does this entry allow `method` on the route key of `path` (see [`crate::normalize`])?
+    pub fn matches(&self, method: &Method, path: &crate::normalize::Normalized<'_>) -> bool {
         if let Some(m) = &self.method {
             if m != method {
                 return false;
             }
         }
-        self.segments.len() == route.len()
+        self.segments.len() == path.len()
             && self
                 .segments
                 .iter()
-                .zip(route)
+                .zip(path.route())
                 .all(|(pattern, segment)| match pattern {
                     Segment::Any => true,
                     Segment::Literal(literal) => literal == segment,

@@ -156,7 +156,7 @@ async fn phases(
     let policy = &runtime.policy;
     let (mut parts, body) = request.into_parts();
     let normalized = normalize::normalize(parts.uri.path(), parts.uri.query(), &parts.headers)?;
-    access.route = crate::metrics::route_label(&normalized.route);
+    access.route = crate::metrics::route_label(&normalized);
     let principal = auth::authenticate(policy, &parts.headers, SystemTime::now())?;
     access.key = Some(principal.key_id.clone());
     access.user = principal.user;
@@ -172,8 +172,8 @@ async fn phases(
     // both boxed: their state (body reading, dialog lookups) would otherwise make every
     // request's future kilobytes larger, copied on every request.
     let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
-    let judged = policy.dialog_rules.mode != RuleMode::Off
-        && is_dialog_change(&parts.method, &normalized.route);
+    let judged =
+        policy.dialog_rules.mode != RuleMode::Off && is_dialog_change(&parts.method, &normalized);
     let checked = if judged {
         Box::pin(rules_phase(runtime, &principal, &parts, &normalized, body)).await?
     } else if needs_inspection(&parts.method, &parts.headers) {
@@ -255,14 +255,14 @@ async fn read_form(
 
 /// Is this a state-changing request under `/chat/Dialog` (cheap test on the route key; the rules
 /// module's `classify` decides exactly)?
-fn is_dialog_change(method: &Method, route: &[String]) -> bool {
+fn is_dialog_change(method: &Method, normalized: &Normalized<'_>) -> bool {
     fn stem(s: &str) -> &str {
         s.split('.').next().unwrap_or_default()
     }
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
-        && route.len() >= 2
-        && stem(&route[0]) == "chat"
-        && stem(&route[1]) == "dialog"
+        && normalized.len() >= 2
+        && stem(normalized.route_segment(0)) == "chat"
+        && stem(normalized.route_segment(1)) == "dialog"
 }
 
 /// Rules phase, for state-changing requests under `/chat/Dialog` while the rules are on: dialog
@@ -273,13 +273,13 @@ async fn rules_phase(
     runtime: &Runtime,
     principal: &Principal,
     parts: &http::request::Parts,
-    normalized: &Normalized,
+    normalized: &Normalized<'_>,
     body: Incoming,
 ) -> Result<Checked, GateError> {
     let policy = &runtime.policy;
     let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
     let mode = policy.dialog_rules.mode;
-    let segments: Vec<&str> = normalized.segments.iter().map(String::as_str).collect();
+    let segments: Vec<&str> = normalized.segments().collect();
     let Some(route) = rules::classify(&parts.method, &segments) else {
         return Ok(Checked::unjudged(ProxyBody::stream(body, limit, timeout)));
     };
@@ -450,7 +450,7 @@ fn allow_route(
     runtime: &Runtime,
     principal: &Principal,
     method: &Method,
-    normalized: &Normalized,
+    normalized: &Normalized<'_>,
 ) -> Result<(), GateError> {
     let Some(index) = principal.key else {
         return Ok(());
@@ -463,7 +463,7 @@ fn allow_route(
     else {
         return Ok(());
     };
-    if routes.iter().any(|r| r.matches(method, &normalized.route)) {
+    if routes.iter().any(|r| r.matches(method, normalized)) {
         Ok(())
     } else {
         Err(GateError::RouteNotAllowed)
