@@ -47,10 +47,8 @@ pub fn render() -> String {
 /// A bounded route template for a normalized path's route key.
 pub fn route_label(path: &crate::normalize::Normalized<'_>) -> &'static str {
     let stem = |i: usize| {
-        (i < path.len()).then(|| {
-            let segment = path.route_segment(i);
-            segment.split('.').next().unwrap_or_default()
-        })
+        path.route_segment(i)
+            .map(|s| s.split('.').next().unwrap_or_default())
     };
     match (stem(0), stem(1), path.len()) {
         (None, _, _) => "/",

@@ -38,22 +38,22 @@ pub struct Normalized<'a> {
 impl Normalized<'_> {
     /// Decoded segments, as written (case kept).
     pub fn segments(&self) -> impl Iterator<Item = &str> + Clone {
-        (0..self.len()).map(|i| &self.decoded[self.start(i)..self.ends[i] as usize])
+        (0..self.len()).filter_map(|i| self.decoded.get(self.start(i)..*self.ends.get(i)? as usize))
     }
 
     /// Decoded segments lowercased, `.json` removed from the last: what routes match.
     pub fn route(&self) -> impl Iterator<Item = &str> + Clone {
-        (0..self.len()).map(|i| self.route_segment(i))
+        (0..self.len()).filter_map(|i| self.route_segment(i))
     }
 
-    /// Segment `i` of the route key.
-    pub fn route_segment(&self, i: usize) -> &str {
+    /// Segment `i` of the route key; `None` past the last.
+    pub fn route_segment(&self, i: usize) -> Option<&str> {
         let end = if i + 1 == self.len() {
             self.route.len()
         } else {
-            self.ends[i] as usize
+            *self.ends.get(i)? as usize
         };
-        &self.route[self.start(i)..end]
+        self.route.get(self.start(i)..end)
     }
 
     /// The route key's segments joined by `/` (`""` for `/`).
@@ -71,11 +71,11 @@ impl Normalized<'_> {
         self.ends.is_empty()
     }
 
+    /// Where segment `i` starts (one past the `/` that ends the one before).
     fn start(&self, i: usize) -> usize {
-        match i {
-            0 => 0,
-            _ => self.ends[i - 1] as usize + 1,
-        }
+        i.checked_sub(1)
+            .and_then(|before| self.ends.get(before))
+            .map_or(0, |&end| end as usize + 1)
     }
 }
 
@@ -98,7 +98,8 @@ pub fn normalize<'a>(
         0 | 1 => 0,
         n => ends[n - 2] as usize + 1,
     };
-    let kept = last_start + strip_json(&decoded[last_start..]).len();
+    let last = decoded.get(last_start..).unwrap_or_default();
+    let kept = last_start + strip_json(last).len();
     let route = match &decoded {
         Cow::Borrowed(plain) if !plain.bytes().any(|b| b.is_ascii_uppercase()) => {
             Cow::Borrowed(&plain[..kept])
@@ -322,6 +323,8 @@ mod tests {
         let plain = n("/chat/dialog/5d75").unwrap();
         assert!(matches!(plain.decoded, Cow::Borrowed(_)));
         assert!(matches!(plain.route, Cow::Borrowed("chat/dialog/5d75")));
+        assert_eq!(plain.route_segment(2), Some("5d75"));
+        assert_eq!(plain.route_segment(3), None);
         let json = n("/chat/dialog.json").unwrap();
         assert!(matches!(json.route, Cow::Borrowed("chat/dialog")));
         let upper = n("/chat/Dialog.json").unwrap();

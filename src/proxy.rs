@@ -261,8 +261,8 @@ fn is_dialog_change(method: &Method, normalized: &Normalized<'_>) -> bool {
     }
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
         && normalized.len() >= 2
-        && stem(normalized.route_segment(0)) == "chat"
-        && stem(normalized.route_segment(1)) == "dialog"
+        && normalized.route_segment(0).map(stem) == Some("chat")
+        && normalized.route_segment(1).map(stem) == Some("dialog")
 }
 
 /// Rules phase, for state-changing requests under `/chat/Dialog` while the rules are on: dialog
