@@ -260,7 +260,6 @@ fn is_dialog_change(method: &Method, normalized: &Normalized<'_>) -> bool {
         s.split('.').next().unwrap_or_default()
     }
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
-        && normalized.len() >= 2
         && normalized.route_segment(0).map(stem) == Some("chat")
         && normalized.route_segment(1).map(stem) == Some("dialog")
 }

@@ -65,6 +65,21 @@ fn wait_for(admin: SocketAddr) {
     }
 }
 
+/// A minimal policy: a `comment` line, `padding`, then the fields.
+fn minimal_policy(comment: &str, padding: &str, listen: SocketAddr, admin: SocketAddr) -> String {
+    format!(
+        "# {comment}\n{padding}version: 1\nlisten: {listen}\nadmin_listen: {admin}\n\
+         upstream:\n  url: http://127.0.0.1:9\n  api_key: {{ env: QB_API_KEY }}\nkeys: []\n"
+    )
+}
+
+/// Replace the file at `path` by rename, as an editor or a ConfigMap swap does.
+fn rename_over(path: &std::path::Path, text: &str) {
+    let staged = path.with_extension("yaml.tmp");
+    std::fs::write(&staged, text).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
+
 /// A gateway on a minimal policy (`padding` in front of it) in a directory of its own, whose
 /// policy was then changed once by rename (as an editor or a ConfigMap swap does) and 2 s given
 /// to settle. Returns the process, its admin address and the directory.
@@ -75,17 +90,10 @@ fn started_then_renamed(
     let dir = std::env::temp_dir().join(format!("qbgate-regress-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (listen, admin) = (free_port(), free_port());
-    let policy = |comment: &str| {
-        format!(
-            "# {comment}\n{padding}version: 1\nlisten: {listen}\nadmin_listen: {admin}\n\
-             upstream:\n  url: http://127.0.0.1:9\n  api_key: {{ env: QB_API_KEY }}\nkeys: []\n"
-        )
-    };
     let path = dir.join("policy.yaml");
-    std::fs::write(&path, policy("first")).unwrap();
+    std::fs::write(&path, minimal_policy("first", padding, listen, admin)).unwrap();
     let child = start(&path, admin);
-    std::fs::write(dir.join("policy.yaml.tmp"), policy("second")).unwrap();
-    std::fs::rename(dir.join("policy.yaml.tmp"), &path).unwrap();
+    rename_over(&path, &minimal_policy("second", padding, listen, admin));
     std::thread::sleep(Duration::from_secs(2));
     (child, admin, dir)
 }
@@ -128,25 +136,17 @@ fn one_policy_change_is_one_reload() {
 fn a_change_made_while_the_gateway_starts_is_picked_up() {
     let dir = std::env::temp_dir().join(format!("qbgate-regress-early-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let admin = free_port();
+    let (listen, admin) = (free_port(), free_port());
     // About 6 MB of comments: the first parse takes a good fraction of a second.
     let padding: String = (0..100_000)
         .map(|i| format!("# padding line {i}: the first parse of this file takes a while\n"))
         .collect();
-    let policy = |comment: &str| {
-        format!(
-            "# {comment}\n{padding}version: 1\nlisten: {}\nadmin_listen: {admin}\n\
-             upstream:\n  url: http://127.0.0.1:9\n  api_key: {{ env: QB_API_KEY }}\nkeys: []\n",
-            free_port()
-        )
-    };
     let path = dir.join("policy.yaml");
-    std::fs::write(&path, policy("first")).unwrap();
+    std::fs::write(&path, minimal_policy("first", &padding, listen, admin)).unwrap();
     let mut child = spawn(&path);
     std::thread::sleep(Duration::from_millis(150));
-    let second = policy("second");
-    std::fs::write(dir.join("policy.yaml.tmp"), &second).unwrap();
-    std::fs::rename(dir.join("policy.yaml.tmp"), &path).unwrap();
+    let second = minimal_policy("second", &padding, listen, admin);
+    rename_over(&path, &second);
     wait_for(admin);
     let serving = format!(
         "qbgate_policy_info{{digest=\"{}\"}} 1",
