@@ -23,6 +23,7 @@ pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod cli;
+pub mod conn;
 pub mod error;
 pub mod metrics;
 pub mod normalize;
@@ -44,7 +45,6 @@ use arc_swap::ArcSwap;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::policy::Policy;
@@ -208,13 +208,28 @@ pub async fn serve(
             }
         }
     });
-    let graceful = GracefulShutdown::new();
-    let header_timeout = gateway.runtime().policy.client.header_timeout;
+    // The head deadline and graceful shutdown are the sweep's (`conn`), not hyper's timers.
+    let connections = Arc::new(conn::Connections::default());
+    let sweeper = tokio::spawn({
+        let gateway = gateway.clone();
+        let connections = connections.clone();
+        async move {
+            let mut timeout = gateway.runtime().policy.client.header_timeout;
+            loop {
+                tokio::time::sleep(conn::sweep_interval(timeout)).await;
+                // Read each time: a reload may have changed it.
+                timeout = gateway.runtime().policy.client.header_timeout;
+                let cut = connections.sweep(std::time::Instant::now(), timeout);
+                if cut > 0 {
+                    tracing::debug!(cut, "connections cut: no request head within the timeout");
+                }
+            }
+        }
+    });
     let mut h1 = http1::Builder::new();
     // max_buf_size alone is a soft bound on the head: one read can fill the buffer past it and
     // a head that arrived whole is then accepted. max_header_size is checked on every parse.
-    h1.timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+    h1.header_read_timeout(None)
         .max_buf_size(64 * 1024)
         .max_header_size(64 * 1024);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
@@ -225,6 +240,9 @@ pub async fn serve(
         .keep_alive_timeout(Duration::from_secs(10))
         .max_header_list_size(64 * 1024);
     let builders = Arc::new((h1, h2));
+    // Every connection task holds a sender; the receiver sees the channel close when the last
+    // one has ended.
+    let (alive, mut all_ended) = tokio::sync::mpsc::channel::<()>(1);
 
     tokio::pin!(shutdown);
     let mut drain: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
@@ -250,18 +268,13 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        let shared = connections.add(std::time::Instant::now());
         let gw = gateway.clone();
         let header_timeout = gw.runtime().policy.client.header_timeout;
-        let service = service_fn(move |request| {
-            let gw = gw.clone();
-            async move {
-                let runtime = gw.runtime();
-                Ok::<_, std::convert::Infallible>(proxy::handle(runtime, &gw.ids, request).await)
-            }
-        });
         let builders = builders.clone();
-        let watcher = graceful.watcher();
+        let alive = alive.clone();
         tokio::spawn(async move {
+            let _alive = alive;
             // The protocol is chosen within the header timeout: a client that sends nothing
             // must not hold a connection forever (hyper-util's auto builder has no such timer).
             let Ok(Some(protocol)) =
@@ -271,12 +284,44 @@ pub async fn serve(
             };
             let io = TokioIo::new(stream);
             let (h1, h2) = &*builders;
-            let served = match protocol {
-                Protocol::Http1 => watcher.watch(h1.serve_connection(io, service)).await,
-                Protocol::Http2 => watcher.watch(h2.serve_connection(io, service)).await,
+            let ended = match protocol {
+                Protocol::Http1 => {
+                    let tracker = shared.clone();
+                    let service = service_fn(move |request| {
+                        let gw = gw.clone();
+                        // Counted in progress until hyper drops the response body.
+                        let token = tracker.request();
+                        async move {
+                            let response = proxy::handle(gw.runtime(), &gw.ids, request).await;
+                            Ok::<_, std::convert::Infallible>(
+                                response.map(|body| conn::Tracked::new(body, token)),
+                            )
+                        }
+                    });
+                    conn::Guarded::new(h1.serve_connection(io, service), shared).await
+                }
+                Protocol::Http2 => {
+                    shared.set_http2();
+                    let service = service_fn(move |request| {
+                        let gw = gw.clone();
+                        async move {
+                            let runtime = gw.runtime();
+                            Ok::<_, std::convert::Infallible>(
+                                proxy::handle(runtime, &gw.ids, request).await,
+                            )
+                        }
+                    });
+                    conn::Guarded::new(h2.serve_connection(io, service), shared).await
+                }
             };
-            if let Err(error) = served {
-                tracing::debug!(%error, "connection ended with an error");
+            match ended {
+                conn::Ended::Closed(Err(error)) => {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                conn::Ended::HeadTimeout => {
+                    tracing::debug!("connection cut: no request head within the timeout");
+                }
+                conn::Ended::Closed(Ok(())) => {}
             }
         });
     }
@@ -286,12 +331,15 @@ pub async fn serve(
         ?timeout,
         "stopped accepting; waiting for in-flight requests"
     );
-    if tokio::time::timeout(timeout, graceful.shutdown())
+    connections.drain();
+    drop(alive);
+    if tokio::time::timeout(timeout, all_ended.recv())
         .await
         .is_err()
     {
         tracing::warn!("shutdown timeout reached with requests still in flight");
     }
+    sweeper.abort();
     if let Some(flusher) = flusher {
         flusher.abort();
     }

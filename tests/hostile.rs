@@ -1278,6 +1278,33 @@ async fn after_a_barrage_a_normal_request_still_succeeds() {
 }
 
 #[tokio::test]
+async fn a_reloaded_header_timeout_applies_to_open_connections() {
+    // 4 s at first (swept every second); 500 ms after the reload. On the first policy the idle
+    // connection below could not be cut before 4 s.
+    let gate = Gate::start("client: { header_timeout: 4s }").await;
+    let gateway = gate.gateway.clone();
+    let text = policy_text(&format!("http://{}", gate.sandbox_addr), SLOW, "");
+    let reload = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let runtime = qbgate::Runtime::new(compile(&text), Some(&*gateway.runtime()))
+            .await
+            .unwrap();
+        gateway.swap(runtime);
+    });
+    let request =
+        format!("GET {LIST} HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey {KEY_APP}\r\n\r\n");
+    let raw = raw_parts(gate.addr, &[request.as_bytes()], Duration::ZERO, WAIT).await;
+    reload.await.unwrap();
+    assert_eq!(raw.responses().len(), 1, "{:?}", raw.text());
+    assert_eq!(raw.responses()[0].status, 200);
+    assert!(
+        raw.closed,
+        "idle for {:?} under a reloaded 500 ms timeout and still open",
+        raw.elapsed
+    );
+}
+
+#[tokio::test]
 async fn an_idle_keep_alive_connection_is_cut_off() {
     let gate = Gate::start(SLOW).await;
     let request =
