@@ -12,6 +12,7 @@
 //! - [`auth`]: `ApiKey` / `On-Behalf-Of` / `QB-Token` -> [`auth::Principal`].
 //! - [`ratelimit`]: per-key and per-user limits.
 //! - [`proxy`]: the phases of a request, in order; [`upstream`]: the pooled rustls client.
+//! - [`conn`]: client connections' request-head deadline and graceful drain.
 //! - [`error`]: every answer the gateway makes itself.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on their own port; [`metrics`]: what it renders.
 //! - [`reload`]: directory watch, SIGHUP and periodic re-read -> compile -> swap.

@@ -1277,6 +1277,16 @@ async fn after_a_barrage_a_normal_request_still_succeeds() {
     assert_still_serving(&gate).await;
 }
 
+/// One keep-alive GET, answered 200, then nothing more from the client for `WAIT`.
+async fn one_get_then_idle(addr: SocketAddr) -> Raw {
+    let request =
+        format!("GET {LIST} HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey {KEY_APP}\r\n\r\n");
+    let raw = raw_parts(addr, &[request.as_bytes()], Duration::ZERO, WAIT).await;
+    assert_eq!(raw.responses().len(), 1, "{:?}", raw.text());
+    assert_eq!(raw.responses()[0].status, 200);
+    raw
+}
+
 #[tokio::test]
 async fn a_reloaded_header_timeout_applies_to_open_connections() {
     // 4 s at first (swept every second); 500 ms after the reload. On the first policy the idle
@@ -1291,12 +1301,8 @@ async fn a_reloaded_header_timeout_applies_to_open_connections() {
             .unwrap();
         gateway.swap(runtime);
     });
-    let request =
-        format!("GET {LIST} HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey {KEY_APP}\r\n\r\n");
-    let raw = raw_parts(gate.addr, &[request.as_bytes()], Duration::ZERO, WAIT).await;
+    let raw = one_get_then_idle(gate.addr).await;
     reload.await.unwrap();
-    assert_eq!(raw.responses().len(), 1, "{:?}", raw.text());
-    assert_eq!(raw.responses()[0].status, 200);
     assert!(
         raw.closed,
         "idle for {:?} under a reloaded 500 ms timeout and still open",
@@ -1307,11 +1313,7 @@ async fn a_reloaded_header_timeout_applies_to_open_connections() {
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_cut_off() {
     let gate = Gate::start(SLOW).await;
-    let request =
-        format!("GET {LIST} HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey {KEY_APP}\r\n\r\n");
-    let raw = raw_parts(gate.addr, &[request.as_bytes()], Duration::ZERO, WAIT).await;
-    assert_eq!(raw.responses().len(), 1, "{:?}", raw.text());
-    assert_eq!(raw.responses()[0].status, 200);
+    let raw = one_get_then_idle(gate.addr).await;
     assert!(
         raw.closed,
         "keep-alive connection idle for {:?} and still open",
