@@ -220,10 +220,8 @@ pub async fn serve(
                 tokio::time::sleep(conn::sweep_interval(timeout)).await;
                 // Read each time: a reload may have changed it.
                 timeout = gateway.runtime().policy.client.header_timeout;
-                let cut = connections.sweep(std::time::Instant::now(), timeout);
-                if cut > 0 {
-                    tracing::debug!(cut, "connections cut: no request head within the timeout");
-                }
+                // Each cut connection logs its own end.
+                connections.sweep(std::time::Instant::now(), timeout);
             }
         }
     });
@@ -284,34 +282,27 @@ pub async fn serve(
                 return;
             };
             let io = TokioIo::new(stream);
+            if protocol == Protocol::Http2 {
+                shared.set_http2();
+            }
+            let tracker = shared.clone();
+            let service = service_fn(move |request| {
+                let gw = gw.clone();
+                // Counted in progress until hyper drops the response body.
+                let token = tracker.request();
+                async move {
+                    let response = proxy::handle(gw.runtime(), &gw.ids, request).await;
+                    Ok::<_, std::convert::Infallible>(
+                        response.map(|body| conn::Tracked::new(body, token)),
+                    )
+                }
+            });
             let (h1, h2) = &*builders;
             let ended = match protocol {
                 Protocol::Http1 => {
-                    let tracker = shared.clone();
-                    let service = service_fn(move |request| {
-                        let gw = gw.clone();
-                        // Counted in progress until hyper drops the response body.
-                        let token = tracker.request();
-                        async move {
-                            let response = proxy::handle(gw.runtime(), &gw.ids, request).await;
-                            Ok::<_, std::convert::Infallible>(
-                                response.map(|body| conn::Tracked::new(body, token)),
-                            )
-                        }
-                    });
                     conn::Guarded::new(h1.serve_connection(io, service), shared).await
                 }
                 Protocol::Http2 => {
-                    shared.set_http2();
-                    let service = service_fn(move |request| {
-                        let gw = gw.clone();
-                        async move {
-                            let runtime = gw.runtime();
-                            Ok::<_, std::convert::Infallible>(
-                                proxy::handle(runtime, &gw.ids, request).await,
-                            )
-                        }
-                    });
                     conn::Guarded::new(h2.serve_connection(io, service), shared).await
                 }
             };
