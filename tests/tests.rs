@@ -8,6 +8,7 @@
 //! - `config_files`: the example policies load.
 //! - `dialog_rules`: the rule matrix, bypass attempts and the dialog cache, through the gateway.
 //! - `operations`: hot reload under load, the directory watch, graceful drain, metrics.
+//! - `integrity`: every way found to make the upstream read another request than the one judged.
 //! - `hostile`: smuggling, oversized or broken heads, slow clients, hostile bodies and JSON, h2 floods.
 //! - `pool`: upstream connections reused over HTTP/1.1, shared over h2, stale ones skipped.
 //! - `upstream_h1`: the own HTTP/1.1 client against a hand-written upstream: framing, uploads, refusals.
@@ -21,6 +22,7 @@ mod contract;
 mod dialog_rules;
 mod faults;
 mod hostile;
+mod integrity;
 mod operations;
 mod pool;
 mod rate_limit;
