@@ -364,7 +364,9 @@ async fn method_overrides_are_refused_in_every_form_rack_honours() {
             "--XyZ\r\nContent-Disposition: form-data; {disposition}\r\n\r\nDELETE\r\n--XyZ--\r\n"
         )
     };
-    let mut cases: Vec<(String, String, Vec<(&str, String)>, String)> = Vec::new();
+    // (method, path, headers, body)
+    type Case<'a> = (&'a str, String, Vec<(&'a str, String)>, String);
+    let mut cases: Vec<Case> = Vec::new();
     for path in ["/chat/Dialog.json", "/chat/Message.json", "/users.json"] {
         for header in [
             "X-HTTP-Method-Override",
@@ -372,7 +374,7 @@ async fn method_overrides_are_refused_in_every_form_rack_honours() {
             "X-Method-Override",
         ] {
             cases.push((
-                "POST".into(),
+                "POST",
                 path.into(),
                 vec![(header, "DELETE".into()), ("Content-Type", form.into())],
                 "type=2".into(),
@@ -389,13 +391,13 @@ async fn method_overrides_are_refused_in_every_form_rack_honours() {
             "type=2;_method=DELETE",
         ] {
             cases.push((
-                "POST".into(),
+                "POST",
                 path.into(),
                 vec![("Content-Type", form.into())],
                 body.into(),
             ));
             cases.push((
-                "POST".into(),
+                "POST",
                 format!("{path}?{body}"),
                 vec![("Content-Type", form.into())],
                 "type=2".into(),
@@ -408,7 +410,7 @@ async fn method_overrides_are_refused_in_every_form_rack_honours() {
             "name=\"[_method]\"",
         ] {
             cases.push((
-                "POST".into(),
+                "POST",
                 path.into(),
                 vec![("Content-Type", multipart.into())],
                 part(disposition),
@@ -418,7 +420,7 @@ async fn method_overrides_are_refused_in_every_form_rack_honours() {
     for (method, path, headers, body) in cases {
         let mut all: Vec<(&str, &str)> = base.to_vec();
         all.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
-        let answer = exchange(gate.addr, &head(&method, &path, &all, &body)).await;
+        let answer = exchange(gate.addr, &head(method, &path, &all, &body)).await;
         answer.assert_gate_error(400, "method_override");
         assert_nothing_received(&gate);
     }
@@ -464,7 +466,7 @@ async fn paths_that_could_route_otherwise_upstream_are_refused_on_both_protocols
         assert_nothing_received(&gate);
     }
     // Raw bytes outside ASCII: refused by the gateway or by the HTTP layer, never forwarded.
-    let mut request = format!("PUT /chat/d").into_bytes();
+    let mut request = b"PUT /chat/d".to_vec();
     request.extend_from_slice("ı".as_bytes());
     request.extend_from_slice(
         format!(
