@@ -291,13 +291,16 @@ impl Body for ProxyBody {
                 }
                 match Pin::new(body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(data) = frame.data_ref() {
-                            let n = data.len() as u64;
-                            if n > *remaining {
-                                return Poll::Ready(Some(Err(BodyError::TooLarge.into())));
-                            }
-                            *remaining -= n;
+                        // Trailers come last and are not forwarded: the upstream's stack
+                        // ignores them, and nothing judged them.
+                        let Some(data) = frame.data_ref() else {
+                            return Poll::Ready(None);
+                        };
+                        let n = data.len() as u64;
+                        if n > *remaining {
+                            return Poll::Ready(Some(Err(BodyError::TooLarge.into())));
                         }
+                        *remaining -= n;
                         Poll::Ready(Some(Ok(frame)))
                     }
                     Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(BodyError::Client.into()))),

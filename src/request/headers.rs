@@ -11,8 +11,9 @@
 //!   application reads is the server's choice, not ours;
 //! - a second copy of a header a decision reads (credentials, the user, the body's type and
 //!   coding): the upstream joins copies with `, ` or picks one;
-//! - a method-override header, in any spelling a framework honours: it would run another method
-//!   than the one judged;
+//! - a method-override header, in any spelling a framework honours (and the path-override
+//!   headers `X-Original-URL`, `X-Rewrite-URL`): it would run another method, or route another
+//!   path, than the one judged;
 //! - a `Transfer-Encoding` other than `chunked`: a coding the gateway does not undo would reach
 //!   the upstream as body bytes the gateway never read as such.
 
@@ -21,64 +22,70 @@ use smallvec::SmallVec;
 
 use crate::error::GateError;
 
-/// Headers that ask a framework to treat the request as another method.
-static OVERRIDE_HEADERS: [HeaderName; 3] = [
-    HeaderName::from_static("x-http-method-override"),
-    HeaderName::from_static("x-http-method"),
-    HeaderName::from_static("x-method-override"),
-];
+/// What a header name means to this phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Forwarded as it came.
+    Plain,
+    /// Ends at this hop: hop-by-hop (RFC 9110 section 7.6.1, plus `proxy-connection` and
+    /// HTTP/2's `http2-settings`), or a framing or routing field the next hop writes itself
+    /// (`host`, `content-length`, `transfer-encoding`).
+    Dropped,
+    /// Read by a decision: at most one copy. The bit marks it seen.
+    Deciding(u8),
+    /// Asks a framework to run another method, or to route another path, than the request's.
+    Override,
+}
 
-/// Headers some decision reads: at most one copy each.
-static DECIDING: [HeaderName; 5] = [
-    header::AUTHORIZATION,
-    HeaderName::from_static("qb-token"),
-    HeaderName::from_static("on-behalf-of"),
-    header::CONTENT_TYPE,
-    header::CONTENT_ENCODING,
-];
-
-/// One of the hop-by-hop headers (RFC 9110 section 7.6.1, plus `proxy-connection` and HTTP/2's
-/// `http2-settings`), or a framing or routing field that the next hop writes itself (`host`,
-/// `content-length`, `transfer-encoding`)? Names arrive lower-case; the length rules out nearly
-/// every other name before a byte is compared.
-fn is_dropped(name: &str) -> bool {
+/// Names arrive lower-case; the length rules out nearly every other name before a byte is
+/// compared.
+fn kind(name: &str) -> Kind {
+    use Kind::*;
+    let is = |s: &str| name == s;
     match name.len() {
-        2 => name == "te",
-        4 => name == "host",
-        7 => name == "trailer" || name == "upgrade",
-        10 => name == "connection" || name == "keep-alive",
-        14 => name == "content-length" || name == "http2-settings",
-        16 => name == "proxy-connection",
-        17 => name == "transfer-encoding",
-        18 => name == "proxy-authenticate",
-        19 => name == "proxy-authorization",
-        _ => false,
+        2 if is("te") => Dropped,
+        4 if is("host") => Dropped,
+        7 if is("trailer") || is("upgrade") => Dropped,
+        8 if is("qb-token") => Deciding(1),
+        10 if is("connection") || is("keep-alive") => Dropped,
+        12 if is("on-behalf-of") => Deciding(2),
+        12 if is("content-type") => Deciding(4),
+        13 if is("authorization") => Deciding(8),
+        13 if is("x-http-method") || is("x-rewrite-url") => Override,
+        14 if is("content-length") || is("http2-settings") => Dropped,
+        14 if is("x-original-url") => Override,
+        16 if is("proxy-connection") => Dropped,
+        16 if is("content-encoding") => Deciding(16),
+        17 if is("transfer-encoding") => Dropped,
+        17 if is("x-method-override") => Override,
+        18 if is("proxy-authenticate") => Dropped,
+        19 if is("proxy-authorization") => Dropped,
+        22 if is("x-http-method-override") => Override,
+        _ => Plain,
     }
 }
 
 /// Check the request's headers and remove the ones that end at this hop. One pass over the
-/// names in the common case; a name with `_` is refused on the way.
+/// fields decides everything; a second one runs only when something is to be removed.
 pub fn canonical(headers: &mut HeaderMap) -> Result<(), GateError> {
-    let mut dropped = 0usize;
-    for name in headers.keys() {
-        let name = name.as_str();
-        if name.as_bytes().contains(&b'_') {
+    let mut seen = 0u8;
+    let mut dropped = false;
+    // Every field, repeated names included.
+    for (name, _) in headers.iter() {
+        if name.as_str().as_bytes().contains(&b'_') {
             return Err(GateError::HeaderUnderscore);
         }
-        if is_dropped(name) {
-            dropped += 1;
+        match kind(name.as_str()) {
+            Kind::Plain => {}
+            Kind::Dropped => dropped = true,
+            Kind::Deciding(bit) if seen & bit != 0 => {
+                return Err(GateError::RepeatedHeader(repeated(bit)));
+            }
+            Kind::Deciding(bit) => seen |= bit,
+            Kind::Override => return Err(GateError::MethodOverride),
         }
     }
-    if OVERRIDE_HEADERS.iter().any(|h| headers.contains_key(h)) {
-        return Err(GateError::MethodOverride);
-    }
-    for name in &DECIDING {
-        let mut values = headers.get_all(name).iter();
-        if values.next().is_some() && values.next().is_some() {
-            return Err(GateError::RepeatedHeader(name.as_str()));
-        }
-    }
-    if dropped == 0 {
+    if !dropped {
         return Ok(());
     }
     for value in headers.get_all(header::CONNECTION) {
@@ -102,13 +109,24 @@ pub fn canonical(headers: &mut HeaderMap) -> Result<(), GateError> {
     // Standard names: cloned without allocating.
     let doomed: SmallVec<[HeaderName; 4]> = headers
         .keys()
-        .filter(|name| is_dropped(name.as_str()))
+        .filter(|name| kind(name.as_str()) == Kind::Dropped)
         .cloned()
         .collect();
     for name in doomed {
         headers.remove(name);
     }
     Ok(())
+}
+
+/// The name behind a [`Kind::Deciding`] bit.
+fn repeated(bit: u8) -> &'static str {
+    match bit {
+        1 => "QB-Token",
+        2 => "On-Behalf-Of",
+        4 => "Content-Type",
+        8 => "Authorization",
+        _ => "Content-Encoding",
+    }
 }
 
 #[cfg(test)]
@@ -254,17 +272,25 @@ mod tests {
             "proxy-authenticate",
             "proxy-authorization",
         ] {
-            assert!(is_dropped(name), "{name}");
+            assert_eq!(kind(name), Kind::Dropped, "{name}");
         }
+        for name in ["x-request-id", "t", "tex", "connections", "hosts", "accept"] {
+            assert_eq!(kind(name), Kind::Plain, "{name}");
+        }
+        let mut bits = 0u8;
         for name in [
+            "qb-token",
+            "on-behalf-of",
             "content-type",
-            "x-request-id",
-            "t",
-            "tex",
-            "connections",
-            "hosts",
+            "authorization",
+            "content-encoding",
         ] {
-            assert!(!is_dropped(name), "{name}");
+            let Kind::Deciding(bit) = kind(name) else {
+                panic!("{name} is not deciding");
+            };
+            assert_eq!(bits & bit, 0, "{name} shares a bit");
+            assert!(repeated(bit).eq_ignore_ascii_case(name));
+            bits |= bit;
         }
     }
 }
