@@ -652,6 +652,15 @@ fn verdict(row: &Row, answer: &Answer, stack: &Stack, new: &[&Value]) -> Result<
         ));
     };
     let mut diffs = Vec::new();
+    // Exactly one request reached Puma, and it is this one (no second request smuggled in).
+    let ids: Vec<&Value> = reached.iter().map(|seen| &seen["id"]).collect();
+    if ids != [&json!(judged.request_id)] {
+        diffs.push(format!(
+            "delivery: Puma received {} requests besides lookups: {}",
+            reached.len(),
+            Value::Array(reached.iter().map(|v| (**v).clone()).collect())
+        ));
+    }
     let rack_method = rack["method"].as_str().unwrap_or_default();
     if rack_method != judged.method.as_str() {
         diffs.push(format!(
@@ -889,6 +898,27 @@ fn table() -> Vec<Row> {
             .expect(Refused),
     );
     rows.push(row("QB_Token beside the key", "GET", LIST).header("QB_Token", "token-123"));
+    // The user's value, spelled otherwise.
+    for value in [
+        "101 ", " 101", "0101", "+101", "101, 999", "101,999", "1_01", "101.0",
+    ] {
+        rows.push(
+            row(&format!("On-Behalf-Of: {value:?}"), "PUT", &upd)
+                .without("On-Behalf-Of")
+                .header("On-Behalf-Of", value)
+                .json(rename),
+        );
+    }
+    rows.push(
+        row("two On-Behalf-Of headers, 101 and 999", "GET", LIST)
+            .header("On-Behalf-Of", "999")
+            .expect(Refused),
+    );
+    rows.push(
+        row("two On-Behalf-Of headers, both 101", "PUT", &upd)
+            .header("on-behalf-of", USER)
+            .json(rename),
+    );
 
     // 3. Methods.
     rows.push(row("TRACE", "TRACE", LIST).expect(RefusedWith(405)));
