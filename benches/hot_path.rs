@@ -75,33 +75,33 @@ fn auth(c: &mut Criterion) {
 
 fn normalize(c: &mut Criterion) {
     let h = headers(&key(1), "1001");
-    c.bench_function("normalize/GET /chat/Dialog.json", |b| {
-        b.iter(|| {
-            black_box(qbgate::normalize::normalize(
-                black_box("/chat/Dialog.json"),
-                black_box(Some("limit=100&skip=0")),
-                &h,
-            ))
-        })
-    });
-    c.bench_function("normalize/PUT /chat/Dialog/<id>.json", |b| {
-        b.iter(|| {
-            black_box(qbgate::normalize::normalize(
-                black_box("/chat/Dialog/5f1c0e7a9b8c4d0012345678.json"),
-                None,
-                &h,
-            ))
-        })
-    });
-    c.bench_function("normalize/percent-encoded, mixed case", |b| {
-        b.iter(|| {
-            black_box(qbgate::normalize::normalize(
-                black_box("/CHAT/%44ialog/5f1c0e7a9b8c4d0012345678.JSON"),
-                None,
-                &h,
-            ))
-        })
-    });
+    let head = |uri: &'static str| {
+        let mut parts = http::Request::get(uri).body(()).unwrap().into_parts().0;
+        parts.headers = h.clone();
+        parts
+    };
+    for (name, uri) in [
+        (
+            "normalize/GET /chat/Dialog.json",
+            "/chat/Dialog.json?limit=100&skip=0",
+        ),
+        (
+            "normalize/PUT /chat/Dialog/<id>.json",
+            "/chat/Dialog/5f1c0e7a9b8c4d0012345678.json",
+        ),
+        (
+            "normalize/percent-encoded, mixed case",
+            "/CHAT/%44ialog/5f1c0e7a9b8c4d0012345678.JSON",
+        ),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter_batched(
+                || head(uri),
+                |mut parts| black_box(qbgate::request::normalize(&mut parts, true).is_ok()),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
 }
 
 fn rules_update(c: &mut Criterion) {
@@ -222,8 +222,10 @@ fn per_request_overheads(c: &mut Criterion) {
             )
         })
     });
-    let route =
-        qbgate::normalize::normalize("/chat/Dialog.json", None, &http::HeaderMap::new()).unwrap();
+    let route = qbgate::request::CanonicalPath::parse(&http::uri::PathAndQuery::from_static(
+        "/chat/Dialog.json",
+    ))
+    .unwrap();
     c.bench_function("metrics/route_label", |b| {
         b.iter(|| black_box(qbgate::metrics::route_label(black_box(&route))))
     });

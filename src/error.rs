@@ -7,12 +7,25 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
+/// The methods the gateway forwards, as the `Allow` header of its 405 lists them.
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
 /// Why the gateway answered a request itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GateError {
     BadPath(&'static str),
     BadQuery,
     MethodOverride,
+    /// A method the gateway does not forward (405, with `Allow`).
+    MethodNotAllowed,
+    /// A header name with `_`, which the upstream folds into the name with `-`.
+    HeaderUnderscore,
+    /// A second copy of a header a decision reads; names it.
+    RepeatedHeader(&'static str),
+    /// `Connection` names something other than a hop-by-hop token.
+    ConnectionHeader,
+    /// A write with a body and no `Content-Type`.
+    UntypedBody,
     /// A header the gateway reads is malformed or repeated.
     BadHeader(&'static str),
     BadOnBehalfOf,
@@ -63,6 +76,31 @@ impl GateError {
                 StatusCode::BAD_REQUEST,
                 "method_override",
                 s("method overrides (_method, X-HTTP-Method-Override) are not allowed"),
+            ),
+            MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                s("this method is not forwarded"),
+            ),
+            HeaderUnderscore => (
+                StatusCode::BAD_REQUEST,
+                "header_underscore",
+                s("header names with _ are not accepted: the upstream reads _ and - as one"),
+            ),
+            RepeatedHeader(name) => (
+                StatusCode::BAD_REQUEST,
+                "header_repeated",
+                Cow::Owned(format!("the {name} header is repeated")),
+            ),
+            ConnectionHeader => (
+                StatusCode::BAD_REQUEST,
+                "connection_header",
+                s("Connection may name only close, keep-alive, upgrade, te and http2-settings"),
+            ),
+            UntypedBody => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "untyped_body",
+                s("a request body needs a Content-Type"),
             ),
             BadHeader(m) => (StatusCode::BAD_REQUEST, "bad_header", s(m)),
             BadOnBehalfOf => (
@@ -191,6 +229,9 @@ impl GateError {
             HeaderValue::from_static("application/json; charset=utf-8"),
         );
         headers.insert("x-qbgate-reason", HeaderValue::from_static(reason));
+        if *self == GateError::MethodNotAllowed {
+            headers.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+        }
         if let GateError::RateLimited { retry_after } = self {
             headers.insert(
                 header::RETRY_AFTER,

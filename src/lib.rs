@@ -8,7 +8,8 @@
 //! # Layout
 //! - [`policy`]: the YAML file ([`policy::file`]) compiled ([`mod@policy::compile`]) into an immutable
 //!   [`policy::Policy`].
-//! - [`normalize`]: the path and method-override checks every request passes first.
+//! - [`request`]: the canonical request every phase after it reads, and the only thing the
+//!   upstream client writes ([`request::Forward`]).
 //! - [`auth`]: `ApiKey` / `On-Behalf-Of` / `QB-Token` -> [`auth::Principal`].
 //! - [`ratelimit`]: per-key and per-user limits.
 //! - [`proxy`]: the phases of a request, in order; [`upstream`]: the pooled rustls client.
@@ -27,12 +28,12 @@ pub mod cli;
 pub mod conn;
 pub mod error;
 pub mod metrics;
-pub mod normalize;
 pub mod params;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
+pub mod request;
 pub mod rules;
 pub mod sandbox;
 pub mod upstream;
@@ -126,6 +127,8 @@ pub struct Gateway {
     ids: proxy::RequestIds,
     /// `/readyz` answers 503 once set (SIGTERM received).
     draining: AtomicBool,
+    /// Shown every request about to be forwarded (tests).
+    observer: std::sync::OnceLock<request::Observer>,
 }
 
 impl Gateway {
@@ -136,6 +139,7 @@ impl Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             ids: proxy::RequestIds::new(),
             draining: AtomicBool::new(false),
+            observer: std::sync::OnceLock::new(),
         })
     }
 
@@ -155,6 +159,13 @@ impl Gateway {
 
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Show `observer` what was judged of every request before it is forwarded (the
+    /// differential test compares it with what the upstream read). Set once; later calls are
+    /// ignored.
+    pub fn observe(&self, observer: request::Observer) {
+        let _ = self.observer.set(observer);
     }
 }
 
@@ -291,7 +302,8 @@ pub async fn serve(
                 // Counted in progress until hyper drops the response body.
                 let token = tracker.request();
                 async move {
-                    let response = proxy::handle(gw.runtime(), &gw.ids, request).await;
+                    let response =
+                        proxy::handle(gw.runtime(), &gw.ids, gw.observer.get(), request).await;
                     Ok::<_, std::convert::Infallible>(
                         response.map(|body| conn::Tracked::new(body, token)),
                     )

@@ -141,8 +141,8 @@ impl Policy {
 }
 
 impl RoutePattern {
-    /// Does this entry allow `method` on the route key of `path` (see [`crate::normalize`])?
-    pub fn matches(&self, method: &Method, path: &crate::normalize::Normalized<'_>) -> bool {
+    /// Does this entry allow `method` on the route key of `path` (see [`crate::request::path`])?
+    pub fn matches(&self, method: &Method, path: &crate::request::CanonicalPath) -> bool {
         if let Some(m) = &self.method {
             if m != method {
                 return false;

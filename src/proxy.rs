@@ -1,8 +1,10 @@
 //! The request path: named phases, in order. [`handle`] never returns an error: every failure
 //! becomes the contract's JSON response, logged once in the access log.
 //!
-//! Phases: request id -> normalize -> authenticate -> route allowlist -> rate limit -> rules ->
-//! upstream request -> forward -> response -> access log.
+//! Phases: request id -> normalize (the [`Canonical`] request: hop-by-hop headers removed,
+//! anything that could be read two ways refused) -> authenticate -> route allowlist -> rate
+//! limit -> body (streamed, or read whole when a rule or the `_method` check needs it) -> rules
+//! -> forward (the [`Canonical`] written as it was judged) -> response -> access log.
 //! Ordering constraints: normalization precedes every decision, so no phase sees a path that could
 //! be read two ways; authentication precedes the allowlist and the limiter, which are per key; the
 //! rate limit precedes the rules, so a flood of checked requests cannot turn into a flood of
@@ -21,10 +23,10 @@ use hyper::body::Incoming;
 
 use crate::auth::{self, Principal};
 use crate::error::GateError;
-use crate::normalize::{self, Normalized};
 use crate::params;
 use crate::policy::RuleMode;
 use crate::ratelimit::{self, Decision};
+use crate::request::{self, Canonical, CanonicalPath, Judged, Media, Observer};
 use crate::rules::lookup::LookupError;
 use crate::rules::{self, Actor, DialogRequest, DialogRoute};
 use crate::upstream::{self, ProxyBody, UpstreamBody};
@@ -83,19 +85,26 @@ struct Access {
     route: &'static str,
     /// Rate-limit fields for the response, once the limiter ran.
     rate: Option<ratelimit::Info>,
+    /// The request's body was read to its end (or it had none).
+    body_done: bool,
 }
 
-/// Serve one request through every phase.
+/// Serve one request through every phase. `observer` (tests) sees what was judged for every
+/// request that is forwarded.
 pub async fn handle(
     runtime: Arc<Runtime>,
     ids: &RequestIds,
+    observer: Option<&Observer>,
     request: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
-    let method = request.method().clone();
+    let (parts, body) = request.into_parts();
+    let method = parts.method.clone();
     // A Uri clone shares its bytes: the log line needs the path after the request is consumed.
-    let uri = request.uri().clone();
-    let request_id = match request.headers().get(&X_REQUEST_ID) {
+    let uri = parts.uri.clone();
+    let version = parts.version;
+    let expects_continue = parts.headers.contains_key(header::EXPECT);
+    let request_id = match parts.headers.get(&X_REQUEST_ID) {
         Some(id) if upstream::valid_request_id(id) => id.clone(),
         _ => ids.next(),
     };
@@ -107,14 +116,40 @@ pub async fn handle(
         upstream: None,
         rate: None,
         route: "other",
+        body_done: body.is_end_stream(),
     };
-    let mut response = match phases(&runtime, request, &request_id, &mut access).await {
+    let mut body = Some(body);
+    let mut response = match phases(
+        &runtime,
+        parts,
+        &mut body,
+        &request_id,
+        observer,
+        &mut access,
+    )
+    .await
+    {
         Ok(response) => response,
         Err(error) => {
             access.reason = error.reason();
             error.to_response()
         }
     };
+    if !access.body_done && version < http::Version::HTTP_2 {
+        // The request's body was not read to its end: hyper cannot keep a connection whose
+        // next request would start somewhere inside it. Read the rest on the side when it is
+        // small and announced, or say that the connection closes, so that no client writes its
+        // next request into a socket about to be closed.
+        match body.take() {
+            Some(rest) if !expects_continue && access.reason != "body_too_large" => {
+                let policy = &runtime.policy;
+                if !discard(rest, policy.max_body_bytes, policy.client.body_timeout) {
+                    close_after(&mut response);
+                }
+            }
+            _ => close_after(&mut response),
+        }
+    }
     let total = started.elapsed();
     crate::metrics::request(
         access.key.as_ref(),
@@ -147,53 +182,94 @@ pub async fn handle(
     response
 }
 
+/// Read and drop the rest of a refused request's body on the side, when its length is announced
+/// and within `limit`; the connection is kept if it all arrives within `timeout` (as nginx
+/// discards a body). `false`: not taken on, the caller closes the connection instead.
+fn discard(body: Incoming, limit: u64, timeout: std::time::Duration) -> bool {
+    if body.size_hint().exact().is_none_or(|n| n > limit) {
+        return false;
+    }
+    tokio::spawn(async move {
+        let drain = async {
+            let mut body = body;
+            while let Some(Ok(_)) = body.frame().await {}
+        };
+        // Past the deadline the body is dropped, and hyper closes the connection.
+        let _ = tokio::time::timeout(timeout, drain).await;
+    });
+    true
+}
+
+/// Mark an answer as the connection's last.
+fn close_after(response: &mut Response<ResponseBody>) {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+}
+
 async fn phases(
     runtime: &Runtime,
-    request: Request<Incoming>,
+    mut parts: http::request::Parts,
+    body: &mut Option<Incoming>,
     request_id: &HeaderValue,
+    observer: Option<&Observer>,
     access: &mut Access,
 ) -> Result<Response<ResponseBody>, GateError> {
     let policy = &runtime.policy;
-    let (mut parts, body) = request.into_parts();
-    let normalized = normalize::normalize(parts.uri.path(), parts.uri.query(), &parts.headers)?;
-    access.route = crate::metrics::route_label(&normalized);
-    let principal = auth::authenticate(policy, &parts.headers, SystemTime::now())?;
+    let body_empty = body.as_ref().is_none_or(Body::is_end_stream);
+    let mut request = request::normalize(&mut parts, body_empty)?;
+    access.route = crate::metrics::route_label(request.path());
+    let principal = auth::authenticate(policy, request.headers(), SystemTime::now())?;
     access.key = Some(principal.key_id.clone());
     access.user = principal.user;
-    allow_route(runtime, &principal, &parts.method, &normalized)?;
+    allow_route(runtime, &principal, &request)?;
     rate_limit(runtime, &principal, access).await?;
 
-    if let Some(length) = content_length(&parts.headers)? {
-        if length > policy.max_body_bytes {
+    let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
+    if let Some(incoming) = body.as_ref() {
+        if incoming.size_hint().lower() > limit {
             return Err(GateError::BodyTooLarge);
         }
     }
     // Most requests stream through unread. Dialog changes are judged and form POSTs read whole,
     // both boxed: their state (body reading, dialog lookups) would otherwise make every
     // request's future kilobytes larger, copied on every request.
-    let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
-    let judged =
-        policy.dialog_rules.mode != RuleMode::Off && is_dialog_change(&parts.method, &normalized);
+    let judged = policy.dialog_rules.mode != RuleMode::Off
+        && is_dialog_change(request.method(), request.path());
     let checked = if judged {
-        Box::pin(rules_phase(runtime, &principal, &parts, &normalized, body)).await?
-    } else if needs_inspection(&parts.method, &parts.headers) {
-        Box::pin(read_form(&parts.headers, body, limit, timeout)).await?
+        Box::pin(rules_phase(runtime, &principal, &mut request, body, access)).await?
+    } else if request::body::may_override(request.method(), request.media()) {
+        let bytes = read_body(body, limit, timeout, access).await?;
+        request::body::check_override(request.media(), &bytes)?;
+        request.set_body(ProxyBody::full(bytes));
+        Checked::unjudged()
     } else {
-        Checked::unjudged(ProxyBody::stream(body, limit, timeout))
+        if let Some(incoming) = body.take() {
+            request.set_body(ProxyBody::stream(incoming, limit, timeout));
+        }
+        Checked::unjudged()
     };
 
-    let uri = upstream::prepare(&policy.upstream, &parts.uri, &mut parts.headers)?;
-    parts
-        .headers
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
-    let mut outgoing = Request::new(checked.body);
-    *outgoing.method_mut() = parts.method;
-    *outgoing.uri_mut() = uri;
-    *outgoing.headers_mut() = parts.headers;
-
+    if let Some(observer) = observer {
+        observer(&judged_view(
+            &request,
+            &principal,
+            request_id,
+            &policy.upstream,
+            &checked,
+        ));
+    }
+    let mut forward = request.forward(
+        &policy.upstream.base_path,
+        policy.upstream.authorization.as_ref(),
+        request_id,
+    );
     let sent = Instant::now();
-    let response = upstream::send(&runtime.client, policy.upstream.timeout, outgoing).await;
+    let response = upstream::send(&runtime.client, policy.upstream.timeout, &mut forward).await;
     access.upstream = Some(sent.elapsed());
+    // An upload the upstream answered before taking whole leaves the client's body unread.
+    access.body_done = access.body_done || forward.request().body().is_end_stream();
+    drop(forward);
     let response = match response {
         Ok(response) => response,
         Err(error) => {
@@ -221,47 +297,56 @@ async fn phases(
     Ok(Response::from_parts(parts, body))
 }
 
-/// What the rules phase hands on: the body to send and what it judged.
+/// What an observer is shown of a request about to be forwarded.
+fn judged_view(
+    request: &Canonical,
+    principal: &Principal,
+    request_id: &HeaderValue,
+    upstream: &crate::policy::Upstream,
+    checked: &Checked,
+) -> Judged {
+    let forwarded = request.path().forwarded(&upstream.base_path);
+    Judged {
+        request_id: request_id.to_str().unwrap_or_default().to_owned(),
+        method: request.method().clone(),
+        path: forwarded.path().to_owned(),
+        query: forwarded.query().map(str::to_owned),
+        route: request.path().route_key().to_owned(),
+        user: principal.user,
+        params: checked.params.clone(),
+    }
+}
+
+/// What the rules phase hands on: what it judged.
 struct Checked {
-    body: ProxyBody,
     /// The dialog route, when the request was judged.
     route: Option<DialogRoute>,
     /// `report` mode: the rejection that `enforce` would have made.
     would_reject: Option<&'static str>,
+    /// The parameter document judged, kept only for an observer.
+    params: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Checked {
-    /// A body sent on without a judgment.
-    fn unjudged(body: ProxyBody) -> Self {
+    /// A request sent on without a judgment.
+    fn unjudged() -> Self {
         Checked {
-            body,
             route: None,
             would_reject: None,
+            params: None,
         }
     }
 }
 
-/// A form POST, read whole to refuse a `_method` field (see [`needs_inspection`]).
-async fn read_form(
-    headers: &http::HeaderMap,
-    body: Incoming,
-    limit: u64,
-    timeout: std::time::Duration,
-) -> Result<Checked, GateError> {
-    let bytes = read_body(body, limit, timeout).await?;
-    check_method_override(headers, &bytes)?;
-    Ok(Checked::unjudged(ProxyBody::full(bytes)))
-}
-
 /// Is this a state-changing request under `/chat/Dialog` (cheap test on the route key; the rules
 /// module's `classify` decides exactly)?
-fn is_dialog_change(method: &Method, normalized: &Normalized<'_>) -> bool {
+fn is_dialog_change(method: &Method, path: &CanonicalPath) -> bool {
     fn stem(s: &str) -> &str {
         s.split('.').next().unwrap_or_default()
     }
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
-        && normalized.route_segment(0).map(stem) == Some("chat")
-        && normalized.route_segment(1).map(stem) == Some("dialog")
+        && path.route_segment(0).map(stem) == Some("chat")
+        && path.route_segment(1).map(stem) == Some("dialog")
 }
 
 /// Rules phase, for state-changing requests under `/chat/Dialog` while the rules are on: dialog
@@ -271,21 +356,29 @@ fn is_dialog_change(method: &Method, normalized: &Normalized<'_>) -> bool {
 async fn rules_phase(
     runtime: &Runtime,
     principal: &Principal,
-    parts: &http::request::Parts,
-    normalized: &Normalized<'_>,
-    body: Incoming,
+    request: &mut Canonical,
+    body: &mut Option<Incoming>,
+    access: &mut Access,
 ) -> Result<Checked, GateError> {
     let policy = &runtime.policy;
     let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
     let mode = policy.dialog_rules.mode;
-    let segments: Vec<&str> = normalized.segments().collect();
-    let Some(route) = rules::classify(&parts.method, &segments) else {
-        return Ok(Checked::unjudged(ProxyBody::stream(body, limit, timeout)));
+    let segments: Vec<&str> = request.path().segments().collect();
+    let Some(route) = rules::classify(request.method(), &segments) else {
+        if let Some(incoming) = body.take() {
+            request.set_body(ProxyBody::stream(incoming, limit, timeout));
+        }
+        return Ok(Checked::unjudged());
     };
     // Reading the body is never skipped, not even in report mode: what is forwarded is exactly
     // what was read.
-    let bytes = read_body(body, limit, timeout).await?;
-    let verdict = judge(runtime, principal, parts, &route, &bytes).await;
+    let bytes = read_body(body, limit, timeout, access).await?;
+    if *request.method() == Method::POST {
+        request::body::check_override(request.media(), &bytes)?;
+    }
+    request.set_body(ProxyBody::full(bytes));
+    let mut params = None;
+    let verdict = judge(runtime, principal, request, &route, &mut params).await;
     let would_reject = match verdict {
         Ok(()) => None,
         Err(GateError::LookupFailed) if policy.dialog_rules.forward_on_lookup_error => {
@@ -304,21 +397,22 @@ async fn rules_phase(
         }
     };
     Ok(Checked {
-        body: ProxyBody::full(bytes),
         route: Some(route),
         would_reject,
+        params,
     })
 }
 
-/// Judge one dialog change against the rule table.
+/// Judge one dialog change against the rule table. The parameter document it read is left in
+/// `read`.
 async fn judge(
     runtime: &Runtime,
     principal: &Principal,
-    parts: &http::request::Parts,
+    request: &Canonical,
     route: &DialogRoute,
-    body: &[u8],
+    read: &mut Option<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<(), GateError> {
-    let headers = &parts.headers;
+    let headers = request.headers();
     if headers.contains_key(header::CONTENT_ENCODING) {
         return Err(GateError::Rejected {
             status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -327,19 +421,11 @@ async fn judge(
             message: "a Content-Encoding on a dialog change cannot be checked".into(),
         });
     }
-    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
-    let content_type = types.next();
-    if types.next().is_some() {
-        return Err(GateError::BadHeader("Content-Type is repeated"));
-    }
-    let content_type = content_type
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| GateError::BadHeader("Content-Type is not ASCII"))
-        })
-        .transpose()?;
-    let params = params::parse(content_type, parts.uri.query(), body)?;
-    let request = rules::read(route, &params, &runtime.rule_options)?;
+    let body = request.body_bytes().map_or(&[][..], |b| &b[..]);
+    let params = params::parse(request.media().map(Media::as_str), request.query(), body)?;
+    let parsed = rules::read(route, &params, &runtime.rule_options);
+    *read = Some(params);
+    let request = parsed?;
     let actor = actor(runtime, principal, headers).await?;
     let lookups = &runtime.lookups;
     let dialog = |id: String| async move {
@@ -448,8 +534,7 @@ async fn learn(
 fn allow_route(
     runtime: &Runtime,
     principal: &Principal,
-    method: &Method,
-    normalized: &Normalized<'_>,
+    request: &Canonical,
 ) -> Result<(), GateError> {
     let Some(index) = principal.key else {
         return Ok(());
@@ -462,7 +547,10 @@ fn allow_route(
     else {
         return Ok(());
     };
-    if routes.iter().any(|r| r.matches(method, normalized)) {
+    if routes
+        .iter()
+        .any(|r| r.matches(request.method(), request.path()))
+    {
         Ok(())
     } else {
         Err(GateError::RouteNotAllowed)
@@ -493,79 +581,26 @@ async fn rate_limit(
     }
 }
 
-/// A form POST is read whole: Rails honours `_method` in it, which would turn it into another
-/// method after the gateway judged it.
-fn needs_inspection(method: &Method, headers: &http::HeaderMap) -> bool {
-    *method == Method::POST
-        && media_type(headers).is_some_and(|t| {
-            t.starts_with("application/x-www-form-urlencoded") || t.starts_with("multipart/")
-        })
-}
-
-/// Lowercased media type of the request, without parameters.
-pub fn media_type(headers: &http::HeaderMap) -> Option<String> {
-    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    Some(
-        value
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase(),
-    )
-}
-
-fn check_method_override(headers: &http::HeaderMap, body: &[u8]) -> Result<(), GateError> {
-    let Some(media) = media_type(headers) else {
-        return Ok(());
-    };
-    if media == "application/x-www-form-urlencoded" {
-        for (key, _) in form_urlencoded::parse(body) {
-            if key
-                .split('[')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .eq_ignore_ascii_case("_method")
-            {
-                return Err(GateError::MethodOverride);
-            }
-        }
-    } else if media.starts_with("multipart/") {
-        let lower = body.to_ascii_lowercase();
-        if lower.windows(14).any(|w| w == b"name=\"_method\"") {
-            return Err(GateError::MethodOverride);
-        }
-    }
-    Ok(())
-}
-
-/// `Content-Length`, if present; a malformed one is refused.
-fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, GateError> {
-    let Some(value) = headers.get(header::CONTENT_LENGTH) else {
-        return Ok(None);
-    };
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Some)
-        .ok_or(GateError::BadHeader("Content-Length is malformed"))
-}
-
-/// Read a whole body within `limit` bytes and `timeout`.
-pub async fn read_body(
-    body: Incoming,
+/// Read the whole body within `limit` bytes and `timeout`; `access` learns that it was read
+/// to its end.
+async fn read_body(
+    body: &mut Option<Incoming>,
     limit: u64,
     timeout: std::time::Duration,
+    access: &mut Access,
 ) -> Result<Bytes, GateError> {
+    let Some(body) = body.take() else {
+        return Ok(Bytes::new());
+    };
     let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match tokio::time::timeout(timeout, limited.collect()).await {
+    let bytes = match tokio::time::timeout(timeout, limited.collect()).await {
         Err(_) => Err(GateError::BodyTimeout),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(GateError::BodyTooLarge),
         Ok(Err(_)) => Err(GateError::BadBody),
-    }
+    }?;
+    access.body_done = true;
+    Ok(bytes)
 }
 
 /// What the gateway answers with: the upstream's body streamed through, or its own bytes.
@@ -664,7 +699,7 @@ mod tests {
     fn the_future_of_a_request_stays_small() {
         let size = future_size(
             |runtime: Arc<Runtime>, ids: &'static RequestIds, request: Request<Incoming>| {
-                handle(runtime, ids, request)
+                handle(runtime, ids, None, request)
             },
         );
         assert!(size <= 8 * 1024, "{size} bytes");

@@ -22,13 +22,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, Uri};
+use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::error::GateError;
 use crate::policy;
+use crate::request::Forward;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -146,61 +147,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Rewrite a request's head for the upstream: URI (origin form; the pool completes it for HTTP/2),
-/// credentials, hop-by-hop headers. The client's `Host` stays in the map: both of the pool's
-/// encoders leave it out and name the upstream instead.
-pub fn prepare(
-    upstream: &policy::Upstream,
-    incoming: &Uri,
-    headers: &mut HeaderMap,
-) -> Result<Uri, GateError> {
-    strip_hop_by_hop(headers);
-    if let Some(authorization) = &upstream.authorization {
-        // One lookup; every value the client sent is replaced.
-        if let header::Entry::Occupied(mut entry) = headers.entry(header::AUTHORIZATION) {
-            entry.insert(authorization.clone());
-        }
-    }
-    let path_and_query = incoming.path_and_query();
-    if upstream.base_path.is_empty() {
-        if let Some(pq) = path_and_query {
-            // The client's path and query as they came: shared bytes, nothing parsed again.
-            return origin_form(pq.clone())
-                .map_err(|_| GateError::BadPath("the path cannot be forwarded"));
-        }
-    }
-    let path_and_query = path_and_query.map_or("/", |pq| pq.as_str());
-    let mut target = String::with_capacity(upstream.base_path.len() + path_and_query.len());
-    target.push_str(&upstream.base_path);
-    target.push_str(path_and_query);
-    Uri::try_from(target).map_err(|_| GateError::BadPath("the path cannot be forwarded"))
-}
-
-/// A URI of only a path and query (`/path?query`), the form an HTTP/1.1 request line carries.
-fn origin_form(path_and_query: http::uri::PathAndQuery) -> Result<Uri, http::uri::InvalidUriParts> {
-    let mut parts = http::uri::Parts::default();
-    parts.path_and_query = Some(path_and_query);
-    Uri::from_parts(parts)
-}
-
-/// Send a prepared request, with the upstream timeout on the response head, one retry for
-/// bodiless idempotent requests, and errors mapped to 502/504 (413/408 for our own body limits).
+/// Send a request as it was judged ([`Forward`]), with the upstream timeout on the response head,
+/// one retry for bodiless idempotent requests, and errors mapped to 502/504 (413/408 for our own
+/// body limits). The request is lent: afterwards its body tells how much of it went out.
 pub async fn send(
     client: &HttpClient,
     timeout: Duration,
-    mut request: Request<ProxyBody>,
+    forward: &mut Forward,
 ) -> Result<Response<UpstreamBody>, GateError> {
+    let request = forward.request_mut();
     // The request's version is the client's and is not looked at: the pool speaks whatever the
     // upstream connection speaks.
     let retry = matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     ) && request.body().is_end_stream();
-    match attempt(client, timeout, &mut request).await {
+    match attempt(client, timeout, request).await {
         // The pool lends the request out, so the same one can go again.
         Err(e) if e != GateError::UpstreamTimeout && retry => {
             tracing::debug!(error = e.reason(), "retrying an idempotent request once");
-            attempt(client, timeout, &mut request).await
+            attempt(client, timeout, request).await
         }
         other => other,
     }
@@ -284,7 +250,7 @@ impl ProxyBody {
     }
 
     /// The bytes of a body the gateway holds whole.
-    fn full_bytes(&self) -> Option<&Bytes> {
+    pub(crate) fn full_bytes(&self) -> Option<&Bytes> {
         match &self.0 {
             Inner::Full(bytes) => bytes.as_ref(),
             _ => None,
@@ -399,49 +365,6 @@ mod tests {
         let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["content-type", "x-kept"]);
-    }
-
-    fn upstream(base_path: &str) -> policy::Upstream {
-        policy::Upstream {
-            origin: http::uri::Authority::from_static("api.quickblox.com"),
-            scheme: http::uri::Scheme::HTTPS,
-            base_path: base_path.to_string(),
-            authorization: Some(HeaderValue::from_static("ApiKey real")),
-            connect_timeout: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
-            extra_ca_file: None,
-        }
-    }
-
-    #[test]
-    fn prepare_sends_the_path_in_origin_form_under_the_base_path_with_our_key() {
-        let cases = [
-            ("", "/chat/Dialog.json?limit=5", "/chat/Dialog.json?limit=5"),
-            ("", "http://gate:8080/chat/Dialog.json", "/chat/Dialog.json"),
-            (
-                "/v2",
-                "/chat/Dialog.json?a=%2F",
-                "/v2/chat/Dialog.json?a=%2F",
-            ),
-            ("/v2", "https://gate/session.json", "/v2/session.json"),
-        ];
-        for (base, incoming, sent) in cases {
-            let mut headers = map(&[
-                ("host", "gate:8080"),
-                ("authorization", "ApiKey scoped"),
-                ("authorization", "ApiKey another"),
-                ("connection", "keep-alive"),
-            ]);
-            let uri = prepare(&upstream(base), &incoming.parse().unwrap(), &mut headers).unwrap();
-            assert_eq!(uri.to_string(), sent, "{base} {incoming}");
-            assert!(uri.authority().is_none());
-            let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-            left.sort_unstable();
-            // `host` is left to the encoders, which name the upstream instead.
-            assert_eq!(left, ["authorization", "host"]);
-            let sent: Vec<_> = headers.get_all("authorization").iter().collect();
-            assert_eq!(sent, ["ApiKey real"]);
-        }
     }
 
     #[test]

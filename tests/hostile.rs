@@ -251,8 +251,9 @@ async fn content_length_and_transfer_encoding_together_smuggle_nothing() {
         assert!(responses.len() <= 1, "{framing:?}: {:?}", raw.text());
         assert!(raw.closed, "{framing:?}: connection kept open");
         if let Some(r) = responses.first() {
+            // 415: a write body with no Content-Type is refused before the key is looked at.
             assert!(
-                matches!(r.status, 400 | 401),
+                matches!(r.status, 400 | 401 | 415),
                 "{framing:?}: {:?}",
                 raw.text()
             );
@@ -720,11 +721,11 @@ async fn duplicate_authorization_or_on_behalf_of_is_400() {
     let cases: [(&[(&str, &str)], &str); 4] = [
         (
             &[("authorization", &app), ("authorization", &app)],
-            "bad_header",
+            "header_repeated",
         ),
         (
             &[("authorization", &any), ("authorization", "ApiKey nope")],
-            "bad_header",
+            "header_repeated",
         ),
         (
             &[
@@ -732,7 +733,7 @@ async fn duplicate_authorization_or_on_behalf_of_is_400() {
                 ("on-behalf-of", &owner),
                 ("on-behalf-of", &owner),
             ],
-            "bad_on_behalf_of",
+            "header_repeated",
         ),
         (
             &[("authorization", &any), ("on-behalf-of", &two_users)],
@@ -748,7 +749,7 @@ async fn duplicate_authorization_or_on_behalf_of_is_400() {
         "GET {LIST} HTTP/1.1\r\nHost: x\r\nauthorization: ApiKey {KEY_APP}\r\nAUTHORIZATION: ApiKey {KEY_APP}\r\n\r\n"
     );
     let raw = raw(gate.addr, request.as_bytes(), WAIT).await;
-    assert_raw_gate_error(&raw, 400, "bad_header");
+    assert_raw_gate_error(&raw, 400, "header_repeated");
     assert_nothing_received(&gate);
 }
 

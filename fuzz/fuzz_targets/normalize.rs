@@ -1,4 +1,4 @@
-//! `path \n query \n header lines` -> `qbgate::normalize::normalize`, then the dialog
+//! `path \n query \n header lines` -> `qbgate::request::normalize`, then the dialog
 //! classification of the accepted route for every method that reaches the rules.
 //! A query line that is exactly `-` means "no query".
 #![no_main]
@@ -24,7 +24,17 @@ fuzz_target!(|data: &[u8]| {
     };
     let query = (query != "-").then_some(query);
     let headers = common::headers(rest);
-    if let Ok(n) = qbgate::normalize::normalize(path, query, &headers) {
+    let target = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let Ok(uri) = target.parse::<http::Uri>() else {
+        return;
+    };
+    let mut parts = http::Request::get(uri).body(()).unwrap().into_parts().0;
+    parts.headers = headers;
+    if let Ok(request) = qbgate::request::normalize(&mut parts, true) {
+        let n = request.path();
         // Invariants: the route key is the lowercased segments, same count.
         assert_eq!(n.route().count(), n.len());
         assert_eq!(n.segments().count(), n.len());
@@ -35,7 +45,17 @@ fuzz_target!(|data: &[u8]| {
                 "segment {s:?} accepted"
             );
             assert!(!s.contains('/'), "segment {s:?} contains a slash");
+            assert!(s.is_ascii() && !s.contains(';'), "segment {s:?} accepted");
         }
+        // No header a decision reads is left twice, none with `_`, none that is hop-by-hop.
+        for name in request.headers().keys() {
+            assert!(!name.as_str().contains('_'), "{name} kept");
+            assert!(name != http::header::CONNECTION && name != http::header::TE, "{name} kept");
+        }
+        // The path that goes out reads back as the same one.
+        let sent = n.forwarded("");
+        let again = qbgate::request::CanonicalPath::parse(&sent).expect("forwarded path reads back");
+        assert_eq!(again.route_key(), n.route_key());
         let segs: Vec<&str> = n.segments().collect();
         for m in &METHODS {
             let _ = qbgate::rules::classify(m, &segs);

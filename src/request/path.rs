@@ -1,0 +1,482 @@
+//! The request path, read once: percent-decoded exactly once, refused when it could be read two
+//! ways, and kept in the forms every later phase needs (segments as written, the route key) and
+//! the one form that is forwarded.
+//!
+//! Refused (400 `bad_path`): dot segments, empty segments (`//`, a trailing `/`), an encoded `/`,
+//! `\` or NUL, control characters, malformed percent-encodings, any byte outside ASCII (raw or
+//! percent-encoded: the upstream matches routes case-insensitively, and a match that folds
+//! Unicode reads `ı` as `i`), and `;` (raw or encoded: Rails reads what follows as part of the
+//! format or a path parameter).
+//!
+//! The *route key* is the decoded segments lowercased, with a trailing `.json` removed: what
+//! route allowlists and rules match, so `/CHAT/dialog/ID` cannot slip past a rule written for
+//! `/chat/Dialog/ID.json`. The *forwarded path* is the decoded segments as written, re-encoded
+//! where a byte is not a plain path character: the upstream's router reads the very words qbgate
+//! matched (`/chat/%44ialog` goes out as `/chat/Dialog`), never a spelling it decodes otherwise.
+
+use std::borrow::Cow;
+
+use http::uri::PathAndQuery;
+use smallvec::SmallVec;
+
+use crate::error::GateError;
+
+/// A request path that passed every check. A plain path (nothing to decode) costs no allocation:
+/// every form borrows the request's own bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalPath {
+    /// The request's path and query as received (shared bytes).
+    raw: PathAndQuery,
+    /// The decoded segments joined by `/`, case kept, when decoding changed anything; `None`: the
+    /// raw path without its leading `/` is the decoded form.
+    decoded: Option<Box<str>>,
+    /// The route key, when it differs from a prefix of the decoded form (upper case somewhere).
+    route: Option<Box<str>>,
+    /// Length of the route key (the decoded form less a trailing `.json`).
+    route_len: u32,
+    /// Where each segment ends in the decoded form; the same in the route key but for the last
+    /// segment, which ends where the route key does.
+    ends: SmallVec<[u32; 6]>,
+}
+
+impl CanonicalPath {
+    /// Check `raw`'s path and build its forms.
+    pub fn parse(raw: &PathAndQuery) -> Result<CanonicalPath, GateError> {
+        let (decoded, ends) = decode_path(raw.path())?;
+        let last_start = match ends.len() {
+            0 | 1 => 0,
+            n => ends[n - 2] as usize + 1,
+        };
+        let last = decoded.get(last_start..).unwrap_or_default();
+        let kept = last_start + strip_json(last).len();
+        let route = decoded[..kept]
+            .bytes()
+            .any(|b| b.is_ascii_uppercase())
+            .then(|| decoded[..kept].to_ascii_lowercase().into_boxed_str());
+        Ok(CanonicalPath {
+            raw: raw.clone(),
+            decoded: match decoded {
+                Cow::Borrowed(_) => None,
+                Cow::Owned(s) => Some(s.into_boxed_str()),
+            },
+            route,
+            route_len: kept as u32,
+            ends,
+        })
+    }
+
+    /// The decoded segments joined by `/` (`""` for `/`), case kept.
+    fn decoded(&self) -> &str {
+        match &self.decoded {
+            Some(decoded) => decoded,
+            None => self.raw.path().get(1..).unwrap_or_default(),
+        }
+    }
+
+    /// Decoded segments, as written (case kept).
+    pub fn segments(&self) -> impl Iterator<Item = &str> + Clone {
+        let decoded = self.decoded();
+        (0..self.len()).filter_map(move |i| decoded.get(self.start(i)..*self.ends.get(i)? as usize))
+    }
+
+    /// Decoded segments lowercased, `.json` removed from the last: what routes match.
+    pub fn route(&self) -> impl Iterator<Item = &str> + Clone {
+        (0..self.len()).filter_map(|i| self.route_segment(i))
+    }
+
+    /// Segment `i` of the route key; `None` past the last.
+    pub fn route_segment(&self, i: usize) -> Option<&str> {
+        let end = if i + 1 == self.len() {
+            self.route_len as usize
+        } else {
+            *self.ends.get(i)? as usize
+        };
+        self.route_key().get(self.start(i)..end)
+    }
+
+    /// The route key's segments joined by `/` (`""` for `/`).
+    pub fn route_key(&self) -> &str {
+        match &self.route {
+            Some(route) => route,
+            None => self
+                .decoded()
+                .get(..self.route_len as usize)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// How many segments the path has.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Is the path `/`?
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The query as received (still percent-encoded), if any.
+    pub fn query(&self) -> Option<&str> {
+        self.raw.query()
+    }
+
+    /// The path and query the upstream is sent, under `base_path` (the upstream URL's path,
+    /// without a trailing `/`). A plain path goes out as the bytes that came in.
+    pub fn forwarded(&self, base_path: &str) -> PathAndQuery {
+        if self.decoded.is_none() && base_path.is_empty() {
+            return self.raw.clone();
+        }
+        let mut out = String::with_capacity(base_path.len() + self.raw.as_str().len() + 8);
+        out.push_str(base_path);
+        match &self.decoded {
+            None => out.push_str(self.raw.path()),
+            Some(_) if self.is_empty() => out.push('/'),
+            Some(_) => {
+                for segment in self.segments() {
+                    out.push('/');
+                    encode_segment(segment, &mut out);
+                }
+            }
+        }
+        if let Some(query) = self.raw.query() {
+            out.push('?');
+            out.push_str(query);
+        }
+        // Every byte written is a path character, `%XX`, or the query as the URI parser took it.
+        PathAndQuery::try_from(out).unwrap_or_else(|_| self.raw.clone())
+    }
+
+    /// Where segment `i` starts (one past the `/` that ends the one before).
+    fn start(&self, i: usize) -> usize {
+        i.checked_sub(1)
+            .and_then(|before| self.ends.get(before))
+            .map_or(0, |&end| end as usize + 1)
+    }
+}
+
+/// `name.json` -> `name` (any letter case); anything else unchanged.
+pub fn strip_json(segment: &str) -> &str {
+    let n = segment.len();
+    if n > 5 && segment.is_char_boundary(n - 5) && segment[n - 5..].eq_ignore_ascii_case(".json") {
+        &segment[..n - 5]
+    } else {
+        segment
+    }
+}
+
+/// Does `b` go out as itself in a path segment (RFC 3986 `pchar` less `;` and `%`)?
+fn is_plain_path_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b'='
+                | b':'
+                | b'@'
+        )
+}
+
+fn encode_segment(segment: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in segment.as_bytes() {
+        if is_plain_path_byte(b) {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xf)] as char);
+        }
+    }
+}
+
+/// The decoded segments joined by `/`, and where each ends. Borrowed when no segment needed
+/// decoding.
+fn decode_path(path: &str) -> Result<(Cow<'_, str>, SmallVec<[u32; 6]>), GateError> {
+    let rest = path
+        .strip_prefix('/')
+        .ok_or(GateError::BadPath("the path must start with /"))?;
+    let mut ends = SmallVec::new();
+    if rest.is_empty() {
+        return Ok((Cow::Borrowed(""), ends));
+    }
+    // A path longer than this never reaches here (the URI parser's limit); refused all the same
+    // rather than have an offset wrap.
+    if u32::try_from(rest.len()).is_err() {
+        return Err(GateError::BadPath("the path is too long"));
+    }
+    // Where the current raw segment starts in `rest`.
+    let mut start = 0;
+    let mut decoded: Option<String> = None;
+    for raw in rest.split('/') {
+        match (&mut decoded, decode_segment(raw)?) {
+            // Every segment so far is as written: `rest` up to here is the decoded form.
+            (None, Cow::Borrowed(_)) => ends.push((start + raw.len()) as u32),
+            (None, Cow::Owned(segment)) => {
+                let mut out = String::with_capacity(rest.len());
+                out.push_str(&rest[..start]);
+                out.push_str(&segment);
+                ends.push(out.len() as u32);
+                decoded = Some(out);
+            }
+            (Some(out), segment) => {
+                out.push('/');
+                out.push_str(&segment);
+                ends.push(out.len() as u32);
+            }
+        }
+        start += raw.len() + 1;
+    }
+    Ok((decoded.map_or(Cow::Borrowed(rest), Cow::Owned), ends))
+}
+
+fn decode_segment(raw: &str) -> Result<Cow<'_, str>, GateError> {
+    if raw.is_empty() {
+        return Err(GateError::BadPath("the path has an empty segment"));
+    }
+    let bytes = raw.as_bytes();
+    // Most segments are plain ASCII words: checked in one pass, nothing to decode.
+    if bytes
+        .iter()
+        .all(|&b| b.is_ascii_graphic() && b != b'%' && b != b'\\' && b != b';')
+    {
+        if raw == "." || raw == ".." {
+            return Err(GateError::BadPath("the path has a dot segment"));
+        }
+        return Ok(Cow::Borrowed(raw));
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let decoded = if b == b'%' {
+            let hi = bytes.get(i + 1).and_then(|c| (*c as char).to_digit(16));
+            let lo = bytes.get(i + 2).and_then(|c| (*c as char).to_digit(16));
+            let (Some(hi), Some(lo)) = (hi, lo) else {
+                return Err(GateError::BadPath(
+                    "the path has a malformed percent-encoding",
+                ));
+            };
+            i += 3;
+            (hi * 16 + lo) as u8
+        } else {
+            i += 1;
+            b
+        };
+        match decoded {
+            b'/' => return Err(GateError::BadPath("the path has an encoded /")),
+            b';' => return Err(GateError::BadPath("the path has a ; parameter")),
+            b'\\' => return Err(GateError::BadPath("the path has a backslash")),
+            0x80.. => return Err(GateError::BadPath("the path has a byte outside ASCII")),
+            b if b.is_ascii_control() => {
+                return Err(GateError::BadPath("the path has a control character"))
+            }
+            b => out.push(b),
+        }
+    }
+    // ASCII only, checked byte by byte above.
+    let segment =
+        String::from_utf8(out).map_err(|_| GateError::BadPath("the path is not ASCII"))?;
+    if segment == "." || segment == ".." {
+        return Err(GateError::BadPath("the path has a dot segment"));
+    }
+    Ok(Cow::Owned(segment))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn n(path: &str) -> Result<CanonicalPath, GateError> {
+        let raw = PathAndQuery::try_from(path).map_err(|_| GateError::BadPath("unparsable"))?;
+        CanonicalPath::parse(&raw)
+    }
+
+    fn route(n: &CanonicalPath) -> Vec<&str> {
+        n.route().collect()
+    }
+
+    fn segments(n: &CanonicalPath) -> Vec<&str> {
+        n.segments().collect()
+    }
+
+    #[test]
+    fn case_and_json_suffix_do_not_change_the_route() {
+        let a = n("/chat/Dialog/5d75.json").unwrap();
+        let b = n("/CHAT/dialog/5D75").unwrap();
+        let c = n("/chat/%44ialog/5d75.JSON").unwrap();
+        assert_eq!(route(&a), ["chat", "dialog", "5d75"]);
+        assert_eq!(route(&b), route(&a));
+        assert_eq!(route(&c), route(&a));
+        assert_eq!(a.route_key(), "chat/dialog/5d75");
+        assert_eq!(segments(&a), ["chat", "Dialog", "5d75.json"]);
+        assert_eq!(segments(&b), ["CHAT", "dialog", "5D75"]);
+        assert_eq!(segments(&c), ["chat", "Dialog", "5d75.JSON"]);
+        assert_eq!(a.len(), 3);
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        for bad in [
+            "/chat/../Dialog",
+            "/chat/./Dialog",
+            "/chat//Dialog",
+            "/chat/Dialog/",
+            "/chat%2FDialog",
+            "/chat%2fDialog",
+            "/chat/%2e%2e/x",
+            "/chat/%2E",
+            "/a%5Cb",
+            "/a\\b",
+            "/a%00b",
+            "/a%0d%0ab",
+            "/a%ff",
+            "/a%zz",
+            "/a%4",
+            "chat",
+            "/a%7f",
+            // Outside ASCII: `ı` folds to `i` in a Unicode-aware case-insensitive match.
+            "/chat/d%C4%B1alog/5d75.json",
+            "/chat/D%C4%B0ALOG/5d75",
+            "/chat/d%c4%b1alog",
+            // Path parameters, raw or encoded.
+            "/chat/Dialog/5d75;x=1.json",
+            "/chat/Dialog/5d75.json;x=1",
+            "/chat/Dialog/5d75%3B.json",
+            "/chat;/Dialog",
+        ] {
+            assert!(n(bad).is_err(), "{bad} was accepted");
+        }
+        let root = n("/").unwrap();
+        assert!(root.is_empty());
+        assert_eq!(route(&root), Vec::<&str>::new());
+        assert_eq!(segments(&root), Vec::<&str>::new());
+        // Decoding happens once: %252e is the three characters "%2e", not a dot segment.
+        assert_eq!(segments(&n("/a/%252e").unwrap()), ["a", "%2e"]);
+    }
+
+    #[test]
+    fn raw_bytes_outside_ascii_are_refused() {
+        for bad in ["/chat/d\u{131}alog/5d75.json", "/caf\u{e9}"] {
+            let raw =
+                PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(bad.as_bytes()));
+            if let Ok(raw) = raw {
+                assert!(CanonicalPath::parse(&raw).is_err(), "{bad} was accepted");
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_path_that_needs_no_change_is_borrowed() {
+        let plain = n("/chat/dialog/5d75").unwrap();
+        assert!(plain.decoded.is_none() && plain.route.is_none());
+        assert_eq!(plain.route_key(), "chat/dialog/5d75");
+        assert_eq!(plain.route_segment(2), Some("5d75"));
+        assert_eq!(plain.route_segment(3), None);
+        let json = n("/chat/dialog.json").unwrap();
+        assert!(json.route.is_none());
+        assert_eq!(json.route_key(), "chat/dialog");
+        let upper = n("/chat/Dialog.json").unwrap();
+        assert!(upper.decoded.is_none());
+        assert_eq!(upper.route_key(), "chat/dialog");
+        // A decoded segment in the middle: the plain ones around it are copied in order.
+        let mixed = n("/a/b%43/d/%65").unwrap();
+        assert_eq!(segments(&mixed), ["a", "bC", "d", "e"]);
+        assert_eq!(mixed.route_key(), "a/bc/d/e");
+    }
+
+    #[test]
+    fn the_forwarded_path_is_the_one_matched() {
+        let cases = [
+            ("", "/chat/Dialog.json?limit=5", "/chat/Dialog.json?limit=5"),
+            ("", "/chat/%44ialog/5d75.json", "/chat/Dialog/5d75.json"),
+            (
+                "",
+                "/chat/%44ialog/5d75.json?a=%2F",
+                "/chat/Dialog/5d75.json?a=%2F",
+            ),
+            ("", "/a/%252e/%20x", "/a/%252e/%20x"),
+            ("", "/a/b%7e%41", "/a/b~A"),
+            (
+                "/v2",
+                "/chat/Dialog.json?a=%2F",
+                "/v2/chat/Dialog.json?a=%2F",
+            ),
+            ("/v2", "/", "/v2/"),
+            ("/v2", "/%41", "/v2/A"),
+            ("", "/", "/"),
+        ];
+        for (base, incoming, sent) in cases {
+            let path = n(incoming).unwrap();
+            assert_eq!(path.forwarded(base).as_str(), sent, "{base} {incoming}");
+            // What goes out reads back as the same path.
+            let again = CanonicalPath::parse(
+                &PathAndQuery::try_from(sent.strip_prefix(base).unwrap()).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(segments(&again), segments(&path));
+        }
+    }
+
+    /// The segments as the path splits them, each decoded on its own: what [`CanonicalPath`]
+    /// must give back, joined or not.
+    fn reference(path: &str) -> Option<Vec<String>> {
+        let rest = path.strip_prefix('/')?;
+        if rest.is_empty() {
+            return Some(Vec::new());
+        }
+        rest.split('/')
+            .map(|raw| decode_segment(raw).ok().map(Cow::into_owned))
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_and_accepted_routes_are_clean(path in "/[ -~]{0,40}") {
+            if let Ok(norm) = n(&path) {
+                for s in norm.segments() {
+                    prop_assert!(!s.is_empty() && s != "." && s != "..");
+                    prop_assert!(!s.contains('/') && !s.contains('\\') && !s.contains(';'));
+                    prop_assert!(s.is_ascii());
+                }
+                // The forwarded path reads back as the same segments.
+                let sent = norm.forwarded("");
+                let again = CanonicalPath::parse(&sent).unwrap();
+                prop_assert_eq!(segments(&again), segments(&norm));
+                prop_assert_eq!(again.route_key(), norm.route_key());
+            }
+        }
+
+        #[test]
+        fn segments_and_route_are_the_segments_decoded_one_by_one(
+            path in "(/([a-zA-Z.]|%[0-9a-fA-F]{2}){1,6}){0,5}(\\.json|\\.JSON)?",
+        ) {
+            let expected = reference(&path);
+            match n(&path) {
+                Ok(norm) => {
+                    let expected = expected.expect("accepted, so every segment decodes");
+                    prop_assert_eq!(norm.len(), expected.len());
+                    prop_assert_eq!(segments(&norm), expected.iter().map(String::as_str).collect::<Vec<_>>());
+                    let mut lower: Vec<String> = expected.iter().map(|s| s.to_ascii_lowercase()).collect();
+                    if let Some(last) = lower.last_mut() {
+                        let kept = strip_json(last).len();
+                        last.truncate(kept);
+                    }
+                    prop_assert_eq!(route(&norm), lower.iter().map(String::as_str).collect::<Vec<_>>());
+                }
+                Err(_) => prop_assert!(expected.is_none() || path.is_empty()),
+            }
+        }
+    }
+}
