@@ -241,7 +241,7 @@ impl Drop for Stack {
 // ---------------------------------------------------------------------------------------------
 // Requests
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Protocol {
     Http1,
     Http2,
@@ -1472,20 +1472,34 @@ mod property {
         h2: bool,
     }
 
+    /// An index into a list of `n` spellings, the first (the plain one) five times in six:
+    /// a case mixes several classes, and with no bias nearly every case would carry some attack
+    /// and be refused, leaving the forwarded side of the property untested.
+    fn mostly_plain(n: usize) -> BoxedStrategy<usize> {
+        prop_oneof![5 => Just(0), 1 => 0..n].boxed()
+    }
+
+    fn rarely() -> BoxedStrategy<bool> {
+        prop_oneof![5 => Just(false), 1 => Just(true)].boxed()
+    }
+
     fn variants() -> impl Strategy<Value = Variant> {
         (
-            (0..OBO_SPELLINGS.len(), any::<bool>()),
-            proptest::collection::vec(0..CONNECTION_TOKENS.len(), 0..3),
+            (mostly_plain(OBO_SPELLINGS.len()), rarely()),
+            prop_oneof![
+                5 => Just(Vec::new()),
+                1 => proptest::collection::vec(0..CONNECTION_TOKENS.len(), 1..3),
+            ],
             (
-                any::<bool>(),
-                0..DIALOG_SPELLINGS.len(),
-                0..SUFFIXES.len(),
-                any::<bool>(),
+                rarely(),
+                mostly_plain(DIALOG_SPELLINGS.len()),
+                mostly_plain(SUFFIXES.len()),
+                prop_oneof![4 => Just(true), 1 => Just(false)],
             ),
             (
-                0..METHODS.len(),
-                0..MEDIA.len(),
-                0..PLACEMENTS.len(),
+                mostly_plain(METHODS.len()),
+                mostly_plain(MEDIA.len()),
+                mostly_plain(PLACEMENTS.len()),
                 any::<bool>(),
             ),
         )
@@ -1591,6 +1605,7 @@ mod property {
             ..Config::default()
         });
         let started = Instant::now();
+        let tally: Mutex<BTreeMap<(Protocol, &str), usize>> = Mutex::default();
         let result = runner.run(&variants(), |v| {
             prop_assume!(started.elapsed() < Duration::from_secs(120));
             let row = build(&v);
@@ -1600,7 +1615,14 @@ mod property {
                 Protocol::Http1
             };
             match rt.block_on(stack.run(&row, protocol)) {
-                Ok(_) => Ok(()),
+                Ok(outcome) => {
+                    let kind = match outcome {
+                        Outcome::Refused(_) | Outcome::CodecRefused(_) => "refused",
+                        _ => "forwarded",
+                    };
+                    *tally.lock().unwrap().entry((protocol, kind)).or_insert(0) += 1;
+                    Ok(())
+                }
                 Err(why) => Err(TestCaseError::fail(format!(
                     "{protocol:?} {:?}:\n{}\n{why}",
                     v,
@@ -1608,8 +1630,19 @@ mod property {
                 ))),
             }
         });
+        let tally = tally.into_inner().unwrap();
+        eprintln!("{test}: {tally:?}");
         if let Err(e) = result {
             panic!("{e}");
         }
+        let forwarded: usize = tally
+            .iter()
+            .filter(|((_, kind), _)| *kind == "forwarded")
+            .map(|(_, n)| n)
+            .sum();
+        assert!(
+            forwarded >= 4,
+            "only {forwarded} generated requests were forwarded: the property checked little"
+        );
     }
 }
