@@ -15,11 +15,14 @@
 //! - `faults`: upstream refused, reset, stalled, 5xx and h2 GOAWAY: JSON errors, no double sends.
 //! - `rate_limit`: 429s and their headers, per-user buckets, reloads, the Redis store.
 //! - `regressions`: inputs the fuzzers and the soak found; `#[ignore]`d while their bug is open.
+//! - `differential`: Rack 2.2 under Puma (the upstream's real parser) behind the gateway: what
+//!   Rack read equals what the gateway judged, or the gateway refused (needs ruby-rack, puma).
 //! - `secrets`: the real binary at trace level leaks no key, token or upstream key anywhere.
 
 mod config_files;
 mod contract;
 mod dialog_rules;
+mod differential;
 mod faults;
 mod hostile;
 mod integrity;
