@@ -18,8 +18,9 @@ pub enum GateError {
     MethodOverride,
     /// A method the gateway does not forward (405, with `Allow`).
     MethodNotAllowed,
-    /// A header name with `_`, which the upstream folds into the name with `-`.
-    HeaderUnderscore,
+    /// A header name with a byte other than a letter, a digit or `-` (`_` above all, which the
+    /// upstream folds into `-`).
+    BadHeaderName,
     /// A second copy of a header a decision reads; names it.
     RepeatedHeader(&'static str),
     /// `Connection` names something other than a hop-by-hop token.
@@ -82,10 +83,10 @@ impl GateError {
                 "method_not_allowed",
                 s("this method is not forwarded"),
             ),
-            HeaderUnderscore => (
+            BadHeaderName => (
                 StatusCode::BAD_REQUEST,
-                "header_underscore",
-                s("header names with _ are not accepted: the upstream reads _ and - as one"),
+                "header_name",
+                s("header names may hold only letters, digits and -: the upstream reads _ and - as one"),
             ),
             RepeatedHeader(name) => (
                 StatusCode::BAD_REQUEST,

@@ -259,7 +259,7 @@ async fn connection_may_name_no_end_to_end_header() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn header_names_with_underscores_are_refused() {
+async fn header_names_other_than_letters_digits_and_dashes_are_refused() {
     let gate = Gate::start("").await;
     let auth = format!("ApiKey {KEY_ANY}");
     let user = RECIPE_USER.to_string();
@@ -270,6 +270,8 @@ async fn header_names_with_underscores_are_refused() {
         ("Content_Type", "application/x-www-form-urlencoded"),
         ("Authorization_", "ApiKey x"),
         ("X_Anything", "1"),
+        ("On.Behalf.Of", "999"),
+        ("On~Behalf~Of", "999"),
     ] {
         let request = head(
             "GET",
@@ -283,7 +285,7 @@ async fn header_names_with_underscores_are_refused() {
         );
         exchange(gate.addr, &request)
             .await
-            .assert_gate_error(400, "header_underscore");
+            .assert_gate_error(400, "header_name");
         let (status, headers) = h2(
             gate.addr,
             "GET",
@@ -301,7 +303,7 @@ async fn header_names_with_underscores_are_refused() {
                 status,
                 headers.get("x-qbgate-reason").and_then(|v| v.to_str().ok())
             ),
-            (400, Some("header_underscore"))
+            (400, Some("header_name"))
         );
         assert_nothing_received(&gate);
     }
@@ -736,7 +738,7 @@ async fn no_refusal_leaves_a_keep_alive_client_writing_into_a_closed_connection(
         ),
         (
             400,
-            "header_underscore",
+            "header_name",
             head_only(
                 "PUT",
                 &update_path(),

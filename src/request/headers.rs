@@ -6,9 +6,10 @@
 //! Refused instead of repaired, each a 400:
 //! - a `Connection` token other than `close`, `keep-alive`, `upgrade`, `te`, `http2-settings`:
 //!   naming an end-to-end header there asks the gateway to drop something it may have judged;
-//! - a header name with `_`: the upstream's CGI-style environment folds `_` and `-` into one
-//!   name (`On_Behalf_Of` and `On-Behalf-Of` are both `HTTP_ON_BEHALF_OF`), so which copy the
-//!   application reads is the server's choice, not ours;
+//! - a header name with anything but letters, digits and `-`: the upstream's CGI-style
+//!   environment folds `_` and `-` into one name (`On_Behalf_Of` and `On-Behalf-Of` are both
+//!   `HTTP_ON_BEHALF_OF`), so which copy the application reads is the server's choice, not ours;
+//!   other punctuation (`On.Behalf.Of`) makes variables no check of ours knows;
 //! - a second copy of a header a decision reads (credentials, the user, the body's type and
 //!   coding): the upstream joins copies with `, ` or picks one;
 //! - a method-override header, in any spelling a framework honours (and the path-override
@@ -72,8 +73,13 @@ pub fn canonical(headers: &mut HeaderMap) -> Result<(), GateError> {
     let mut dropped = false;
     // Every field, repeated names included.
     for (name, _) in headers.iter() {
-        if name.as_str().as_bytes().contains(&b'_') {
-            return Err(GateError::HeaderUnderscore);
+        // Names arrive lower-case.
+        if !name
+            .as_str()
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(GateError::BadHeaderName);
         }
         match kind(name.as_str()) {
             Kind::Plain => {}
@@ -207,10 +213,12 @@ mod tests {
             &[("x_http_method_override", "PUT")],
             &[("content_type", "text/plain")],
             &[("x-any_thing", "1")],
+            &[("on.behalf.of", "999"), ("on-behalf-of", "101")],
+            &[("x~y", "1")],
         ] {
             assert_eq!(
                 canonical(&mut map(pairs)),
-                Err(GateError::HeaderUnderscore),
+                Err(GateError::BadHeaderName),
                 "{pairs:?}"
             );
         }
