@@ -282,9 +282,6 @@ pub async fn serve(
                 return;
             };
             let io = TokioIo::new(stream);
-            if protocol == Protocol::Http2 {
-                shared.set_http2();
-            }
             let tracker = shared.clone();
             let service = service_fn(move |request| {
                 let gw = gw.clone();
@@ -300,10 +297,12 @@ pub async fn serve(
             let (h1, h2) = &*builders;
             let ended = match protocol {
                 Protocol::Http1 => {
-                    conn::Guarded::new(h1.serve_connection(io, service), shared).await
+                    let conn = h1.serve_connection(io, service);
+                    conn::Guarded::new(conn, shared, conn::OnIdle::Cut).await
                 }
                 Protocol::Http2 => {
-                    conn::Guarded::new(h2.serve_connection(io, service), shared).await
+                    let conn = h2.serve_connection(io, service);
+                    conn::Guarded::new(conn, shared, conn::OnIdle::GoAway).await
                 }
             };
             match ended {
