@@ -9,6 +9,8 @@
 //! - `dialog_rules`: the rule matrix, bypass attempts and the dialog cache, through the gateway.
 //! - `operations`: hot reload under load, the directory watch, graceful drain, metrics.
 //! - `hostile`: smuggling, oversized or broken heads, slow clients, hostile bodies and JSON, h2 floods.
+//! - `h2_conn`: HTTP/2 connections under the head deadline and idle timeout; rapid reset,
+//!   CONTINUATION, SETTINGS and PING floods, written frame by frame.
 //! - `pool`: upstream connections reused over HTTP/1.1, shared over h2, stale ones skipped.
 //! - `upstream_h1`: the own HTTP/1.1 client against a hand-written upstream: framing, uploads, refusals.
 //! - `faults`: upstream refused, reset, stalled, 5xx and h2 GOAWAY: JSON errors, no double sends.
@@ -20,6 +22,7 @@ mod config_files;
 mod contract;
 mod dialog_rules;
 mod faults;
+mod h2_conn;
 mod hostile;
 mod operations;
 mod pool;
