@@ -229,11 +229,12 @@ async fn set_up(addr: SocketAddr) -> Conn {
     conn
 }
 
-/// The connection stays open (no GOAWAY, no EOF) for `quiet`; then it is cut by `CUT_BY` from
-/// `since`, and not before `T` (the gateway times the wait from its accept, after `since`).
+/// The connection stays open (no GOAWAY, no EOF) for half the timeout, the client sending nothing
+/// more, not even ACKs; then it is cut by `CUT_BY` from `since`, and not before `T` (the gateway
+/// times the wait from its accept, after `since`).
 async fn assert_cut_by_head_deadline(conn: &mut Conn, since: Instant) -> Seen {
     let quiet = T / 2;
-    let early = conn.watch(since, since + quiet, true, |_| false).await;
+    let early = conn.until_closed(since, since + quiet).await;
     assert!(
         early.closed.is_none() && early.goaways.is_empty(),
         "ended before half the timeout: {early:?}"
