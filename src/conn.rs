@@ -13,13 +13,22 @@
 //! 1.25x the timeout after its last response (or its connection) began the wait, where hyper's
 //! timer would cut it at 1x. A cut closes the socket without an answer, as hyper's timer did.
 //!
+//! HTTP/2 is held to the same deadline: a request is "started" when hyper hands a stream to the
+//! service, which it does once the stream's header block is complete (CONTINUATION included). A
+//! connection that sends the preface and nothing more, a SETTINGS or PING flood with no request,
+//! or a header block that never ends is cut like a silent HTTP/1.1 connection. An HTTP/2
+//! connection that has served requests and gone idle is first asked to close ([`OnIdle::GoAway`]:
+//! GOAWAY, which lets a request already on the wire finish); if it is still open and idle a whole
+//! timeout after that, it is cut, so an idle connection ends 2x-2.5x the timeout after its last
+//! response at worst.
+//!
 //! Graceful shutdown: [`Connections::drain`] flags every connection and wakes it;
 //! [`Guarded`] then calls the connection's own `graceful_shutdown` (HTTP/1.1: finish the request
 //! in progress, then close; HTTP/2: GOAWAY).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -30,6 +39,8 @@ use hyper_util::server::graceful::GracefulConnection;
 
 const CUT: u8 = 1;
 const DRAIN: u8 = 2;
+/// Idle a whole timeout after serving requests: close as [`OnIdle`] says.
+const IDLE: u8 = 4;
 
 /// What one connection shares with the sweep.
 #[derive(Default)]
@@ -38,9 +49,7 @@ pub struct Shared {
     started: AtomicU64,
     /// Requests whose response body is gone (written out, or dropped with the connection).
     finished: AtomicU64,
-    /// HTTP/2: streams are not request heads on a quiet line, so no head deadline applies.
-    no_head_deadline: AtomicBool,
-    /// `CUT` or `DRAIN`, set by the sweep or the drain.
+    /// `CUT`, `IDLE` or `DRAIN`, set by the sweep or the drain.
     signal: AtomicU8,
     waker: AtomicWaker,
 }
@@ -51,11 +60,6 @@ impl Shared {
     pub fn request(self: &Arc<Self>) -> RequestToken {
         self.started.fetch_add(1, Ordering::Relaxed);
         RequestToken(self.clone())
-    }
-
-    /// The connection speaks HTTP/2: exempt it from the head deadline.
-    pub fn set_http2(&self) {
-        self.no_head_deadline.store(true, Ordering::Relaxed);
     }
 
     fn raise(&self, signal: u8) {
@@ -79,6 +83,8 @@ struct Entry {
     /// `finished` when the connection was last seen idle, and since when it has been idle.
     finished: u64,
     idle_since: Option<Instant>,
+    /// Raised `IDLE` already: the next whole idle timeout cuts it.
+    asked_to_close: bool,
 }
 
 /// Every open client connection of the proxy listener.
@@ -109,21 +115,20 @@ impl Connections {
             conn: Arc::downgrade(&shared),
             finished: 0,
             idle_since: Some(accepted),
+            asked_to_close: false,
         });
         shared
     }
 
-    /// Cut the connections idle for `timeout` or more at `now`; forget the ones that ended.
-    /// Returns how many were cut.
+    /// Act on the connections idle for `timeout` or more at `now`: cut the ones that never
+    /// started a request or were asked to close a timeout ago; ask the others to close (`IDLE`),
+    /// and time a new wait. Forget the ones that ended. Returns how many were signalled.
     pub fn sweep(&self, now: Instant, timeout: Duration) -> usize {
-        let mut cut = 0;
+        let mut signalled = 0;
         self.lock().list.retain_mut(|entry| {
             let Some(conn) = entry.conn.upgrade() else {
                 return false;
             };
-            if conn.no_head_deadline.load(Ordering::Relaxed) {
-                return true;
-            }
             // `finished` first: a request counted in it was counted in `started` before.
             let finished = conn.finished.load(Ordering::Relaxed);
             let started = conn.started.load(Ordering::Relaxed);
@@ -134,9 +139,14 @@ impl Connections {
             match entry.idle_since {
                 Some(since) if entry.finished == finished => {
                     if now.saturating_duration_since(since) >= timeout {
-                        conn.raise(CUT);
-                        cut += 1;
-                        return false;
+                        signalled += 1;
+                        if started == 0 || entry.asked_to_close {
+                            conn.raise(CUT);
+                            return false;
+                        }
+                        conn.raise(IDLE);
+                        entry.asked_to_close = true;
+                        entry.idle_since = Some(now);
                     }
                 }
                 // Went idle after the last sweep that looked: time the wait from now.
@@ -147,7 +157,7 @@ impl Connections {
             }
             true
         });
-        cut
+        signalled
     }
 
     /// Ask every connection to finish what it is doing and close.
@@ -183,23 +193,35 @@ pub fn sweep_interval(timeout: Duration) -> Duration {
     (timeout / 4).max(Duration::from_millis(10))
 }
 
+/// What a connection that served requests does when it has been idle for the head timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnIdle {
+    /// Close the socket (HTTP/1.1: an idle keep-alive connection has nothing to announce).
+    Cut,
+    /// Shut down gracefully (HTTP/2: GOAWAY, so the client knows not to send on it); the sweep
+    /// cuts the connection if it is still idle a timeout later.
+    GoAway,
+}
+
 pin_project_lite::pin_project! {
     /// A hyper connection that obeys its [`Shared`]'s signals: dropped (socket closed) when cut,
-    /// shut down gracefully when drained.
+    /// shut down gracefully when drained, and either when idle ([`OnIdle`]).
     pub struct Guarded<C> {
         #[pin]
         conn: C,
         shared: Arc<Shared>,
-        draining: bool,
+        on_idle: OnIdle,
+        closing: bool,
     }
 }
 
 impl<C> Guarded<C> {
-    pub fn new(conn: C, shared: Arc<Shared>) -> Self {
+    pub fn new(conn: C, shared: Arc<Shared>, on_idle: OnIdle) -> Self {
         Guarded {
             conn,
             shared,
-            draining: false,
+            on_idle,
+            closing: false,
         }
     }
 }
@@ -221,11 +243,11 @@ impl<C: GracefulConnection> Future for Guarded<C> {
         // Registered before the signal is read, so a signal raised after the read wakes us.
         this.shared.waker.register(cx.waker());
         let signal = this.shared.signal.load(Ordering::Acquire);
-        if signal & CUT != 0 {
+        if signal & CUT != 0 || (signal & IDLE != 0 && *this.on_idle == OnIdle::Cut) {
             return Poll::Ready(Ended::HeadTimeout);
         }
-        if signal & DRAIN != 0 && !*this.draining {
-            *this.draining = true;
+        if signal & (DRAIN | IDLE) != 0 && !*this.closing {
+            *this.closing = true;
             this.conn.as_mut().graceful_shutdown();
         }
         this.conn.poll(cx).map(Ended::Closed)
@@ -302,12 +324,18 @@ mod tests {
         }
         assert_eq!(signal(&conn), 0);
         drop(token);
-        // Idle again from the first sweep that sees it so, and cut a whole timeout after.
+        // Idle again from the first sweep that sees it so, and asked to close a whole timeout
+        // after; it served a request, so it may say goodbye (HTTP/2 GOAWAY).
         let seen = t0 + 10 * T;
         assert_eq!(all.sweep(seen, T), 0);
         assert_eq!(all.sweep(seen + T - Duration::from_millis(1), T), 0);
         assert_eq!(all.sweep(seen + T, T), 1);
-        assert_eq!(signal(&conn), CUT);
+        assert_eq!(signal(&conn), IDLE);
+        // Still there a timeout later: cut.
+        assert_eq!(all.sweep(seen + 2 * T - Duration::from_millis(1), T), 0);
+        assert_eq!(all.sweep(seen + 2 * T, T), 1);
+        assert_eq!(signal(&conn), IDLE | CUT);
+        assert!(all.is_empty());
     }
 
     #[test]
@@ -325,17 +353,28 @@ mod tests {
         );
         assert_eq!(all.sweep(t0 + 2 * T - Duration::from_millis(1), T), 0);
         assert_eq!(all.sweep(t0 + 2 * T, T), 1);
+        assert_eq!(signal(&conn), IDLE);
     }
 
     #[test]
-    fn http2_connections_have_no_head_deadline() {
+    fn a_connection_asked_to_close_may_finish_a_request_and_is_then_cut() {
         let all = Connections::default();
         let t0 = Instant::now();
         let conn = all.add(t0);
-        conn.set_http2();
-        assert_eq!(all.sweep(t0 + 100 * T, T), 0);
-        assert_eq!(signal(&conn), 0);
-        assert_eq!(all.len(), 1);
+        drop(conn.request());
+        assert_eq!(all.sweep(t0, T), 0);
+        assert_eq!(all.sweep(t0 + T, T), 1);
+        assert_eq!(signal(&conn), IDLE);
+        // A request that was on the wire when the GOAWAY went out: never cut while in progress.
+        let token = conn.request();
+        assert_eq!(all.sweep(t0 + 5 * T, T), 0);
+        drop(token);
+        // Then one whole timeout idle, and cut without being asked again.
+        let seen = t0 + 6 * T;
+        assert_eq!(all.sweep(seen, T), 0);
+        assert_eq!(all.sweep(seen + T - Duration::from_millis(1), T), 0);
+        assert_eq!(all.sweep(seen + T, T), 1);
+        assert_eq!(signal(&conn), IDLE | CUT);
     }
 
     #[test]

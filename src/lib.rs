@@ -242,13 +242,32 @@ pub async fn serve(
     h1.header_read_timeout(None)
         .max_buf_size(64 * 1024)
         .max_header_size(64 * 1024);
+    // HTTP/2 gets the same head deadline and idle timeout as HTTP/1.1 from the sweep (`conn`).
+    // The flood limits below are h2's defaults today, set here so that they stay what they are.
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(256)
-        // An idle HTTP/2 connection is pinged, and closed when the ping goes unanswered.
+        // A connection whose ping goes unanswered is closed (a dead peer holding streams).
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10))
-        .max_header_list_size(64 * 1024);
+        // Rapid reset (CVE-2023-44487; the limit itself came with CVE-2023-26964): streams the
+        // client resets before hyper took them off the accept queue do not count against
+        // max_concurrent_streams; the 21st such stream is answered with GOAWAY ENHANCE_YOUR_CALM.
+        .max_pending_accept_reset_streams(20)
+        // Streams h2 itself must reset because the client broke the protocol on them (malformed
+        // headers, flow-control errors; RUSTSEC-2024-0003, and the "MadeYouReset" variant of rapid
+        // reset, CVE-2025-8671): past 1024 on one connection, GOAWAY ENHANCE_YOUR_CALM.
+        .max_local_error_reset_streams(1024)
+        // CONTINUATION flood (CVE-2024-27316): h2 decodes each header block as it arrives and
+        // refuses a list over this size; it also bounds the CONTINUATION frames of one block by
+        // it (64 KiB / 16 KiB frames + 25%, at least 5), then GOAWAY ENHANCE_YOUR_CALM. A block
+        // that stops arriving is the head deadline's.
+        .max_header_list_size(64 * 1024)
+        .max_frame_size(16 * 1024);
+    // SETTINGS and PING floods have no knob: h2 holds one received SETTINGS and one pending pong,
+    // writes the ACK before it reads the next frame, and stops reading while its send buffer is
+    // full; a client that does not read its ACKs stalls itself. With no request started, the head
+    // deadline ends such a connection.
     let builders = Arc::new((h1, h2));
     // Every connection task holds a sender; the receiver sees the channel close when the last
     // one has ended.
@@ -293,9 +312,6 @@ pub async fn serve(
                 return;
             };
             let io = TokioIo::new(stream);
-            if protocol == Protocol::Http2 {
-                shared.set_http2();
-            }
             let tracker = shared.clone();
             let service = service_fn(move |request| {
                 let gw = gw.clone();
@@ -312,10 +328,12 @@ pub async fn serve(
             let (h1, h2) = &*builders;
             let ended = match protocol {
                 Protocol::Http1 => {
-                    conn::Guarded::new(h1.serve_connection(io, service), shared).await
+                    let conn = h1.serve_connection(io, service);
+                    conn::Guarded::new(conn, shared, conn::OnIdle::Cut).await
                 }
                 Protocol::Http2 => {
-                    conn::Guarded::new(h2.serve_connection(io, service), shared).await
+                    let conn = h2.serve_connection(io, service);
+                    conn::Guarded::new(conn, shared, conn::OnIdle::GoAway).await
                 }
             };
             match ended {

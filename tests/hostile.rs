@@ -930,7 +930,7 @@ async fn numbers_beyond_64_bits_are_422() {
 // ---------------------------------------------------------------------------------------------
 
 /// Just enough HTTP/2 to misbehave on purpose.
-mod h2raw {
+pub(crate) mod h2raw {
     pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     pub const DATA: u8 = 0;
     pub const HEADERS: u8 = 1;

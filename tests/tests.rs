@@ -10,6 +10,8 @@
 //! - `operations`: hot reload under load, the directory watch, graceful drain, metrics.
 //! - `integrity`: every way found to make the upstream read another request than the one judged.
 //! - `hostile`: smuggling, oversized or broken heads, slow clients, hostile bodies and JSON, h2 floods.
+//! - `h2_conn`: HTTP/2 connections under the head deadline and idle timeout; rapid reset,
+//!   CONTINUATION, SETTINGS and PING floods, written frame by frame.
 //! - `pool`: upstream connections reused over HTTP/1.1, shared over h2, stale ones skipped.
 //! - `upstream_h1`: the own HTTP/1.1 client against a hand-written upstream: framing, uploads, refusals.
 //! - `faults`: upstream refused, reset, stalled, 5xx and h2 GOAWAY: JSON errors, no double sends.
@@ -24,6 +26,7 @@ mod contract;
 mod dialog_rules;
 mod differential;
 mod faults;
+mod h2_conn;
 mod hostile;
 mod integrity;
 mod operations;
