@@ -16,21 +16,25 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::auth::{self, Principal};
 use crate::error::GateError;
-use crate::params;
 use crate::policy::RuleMode;
 use crate::ratelimit::{self, Decision};
-use crate::request::{self, Canonical, CanonicalPath, Judged, Media, Observer};
-use crate::rules::lookup::LookupError;
-use crate::rules::{self, Actor, DialogRequest, DialogRoute};
+use crate::request::{self, Canonical, Judged, Observer};
 use crate::upstream::{self, ProxyBody, UpstreamBody};
-use crate::Runtime;
+
+mod judge;
+pub mod lookup;
+mod runtime;
+
+pub use runtime::Runtime;
+
+use judge::Checked;
 
 // Header names made once: a lookup or insert by `&str` parses and hashes the name every time.
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -235,9 +239,16 @@ async fn phases(
     // both boxed: their state (body reading, dialog lookups) would otherwise make every
     // request's future kilobytes larger, copied on every request.
     let judged = policy.dialog_rules.mode != RuleMode::Off
-        && is_dialog_change(request.method(), request.path());
+        && judge::is_dialog_change(request.method(), request.path());
     let checked = if judged {
-        Box::pin(rules_phase(runtime, &principal, &mut request, body, access)).await?
+        Box::pin(judge::rules_phase(
+            runtime,
+            &principal,
+            &mut request,
+            body,
+            access,
+        ))
+        .await?
     } else if request::body::may_override(request.method(), request.media()) {
         let bytes = read_body(body, limit, timeout, access).await?;
         request::body::check_override(request.media(), &bytes)?;
@@ -277,7 +288,7 @@ async fn phases(
             // The upstream may have applied a judged change without our hearing of it: the cached
             // dialog can no longer be trusted.
             if let Some(route) = &checked.route {
-                Box::pin(forget(runtime, route)).await;
+                Box::pin(judge::forget(runtime, route)).await;
             }
             return Err(error);
         }
@@ -291,7 +302,7 @@ async fn phases(
             .insert(WOULD_REJECT.clone(), HeaderValue::from_static(reason));
     }
     let body = match &checked.route {
-        Some(route) => Box::pin(learn(runtime, route, parts.status, body)).await?,
+        Some(route) => Box::pin(judge::learn(runtime, route, parts.status, body)).await?,
         None => ResponseBody::upstream(body),
     };
     Ok(Response::from_parts(parts, body))
@@ -314,219 +325,6 @@ fn judged_view(
         route: request.path().route_key().to_owned(),
         user: principal.user,
         params: checked.params.clone(),
-    }
-}
-
-/// What the rules phase hands on: what it judged.
-struct Checked {
-    /// The dialog route, when the request was judged.
-    route: Option<DialogRoute>,
-    /// `report` mode: the rejection that `enforce` would have made.
-    would_reject: Option<&'static str>,
-    /// The parameter document judged, kept only for an observer.
-    params: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
-impl Checked {
-    /// A request sent on without a judgment.
-    fn unjudged() -> Self {
-        Checked {
-            route: None,
-            would_reject: None,
-            params: None,
-        }
-    }
-}
-
-/// Is this a state-changing request under `/chat/Dialog` (cheap test on the route key; the rules
-/// module's `classify` decides exactly)?
-fn is_dialog_change(method: &Method, path: &CanonicalPath) -> bool {
-    fn stem(s: &str) -> &str {
-        s.split('.').next().unwrap_or_default()
-    }
-    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
-        && path.route_segment(0).map(stem) == Some("chat")
-        && path.route_segment(1).map(stem) == Some("dialog")
-}
-
-/// Rules phase, for state-changing requests under `/chat/Dialog` while the rules are on: dialog
-/// changes are read whole, parsed as the upstream would read them, and judged against the rule
-/// table. Short-circuits with 400/403/404/413/415/422/503 in `enforce` mode; `report` forwards and
-/// marks the response. A request `classify` does not take for a dialog change streams through.
-async fn rules_phase(
-    runtime: &Runtime,
-    principal: &Principal,
-    request: &mut Canonical,
-    body: &mut Option<Incoming>,
-    access: &mut Access,
-) -> Result<Checked, GateError> {
-    let policy = &runtime.policy;
-    let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
-    let mode = policy.dialog_rules.mode;
-    let segments: Vec<&str> = request.path().segments().collect();
-    let Some(route) = rules::classify(request.method(), &segments) else {
-        if let Some(incoming) = body.take() {
-            request.set_body(ProxyBody::stream(incoming, limit, timeout));
-        }
-        return Ok(Checked::unjudged());
-    };
-    // Reading the body is never skipped, not even in report mode: what is forwarded is exactly
-    // what was read.
-    let bytes = read_body(body, limit, timeout, access).await?;
-    if *request.method() == Method::POST {
-        request::body::check_override(request.media(), &bytes)?;
-    }
-    request.set_body(ProxyBody::full(bytes));
-    let mut params = None;
-    let verdict = judge(runtime, principal, request, &route, &mut params).await;
-    let would_reject = match verdict {
-        Ok(()) => None,
-        Err(GateError::LookupFailed) if policy.dialog_rules.forward_on_lookup_error => {
-            tracing::warn!(key = %principal.key_id, "dialog lookup failed: forwarding unchecked (on_lookup_error: forward)");
-            None
-        }
-        Err(error) if mode == RuleMode::Report => {
-            crate::metrics::rule_violation(error.reason(), "report");
-            tracing::warn!(key = %principal.key_id, rule = error.reason(), "dialog rule would reject (report mode)");
-            Some(error.reason())
-        }
-        Err(error) => {
-            crate::metrics::rule_violation(error.reason(), "enforce");
-            tracing::info!(key = %principal.key_id, rule = error.reason(), "dialog rule rejected a request");
-            return Err(error);
-        }
-    };
-    Ok(Checked {
-        route: Some(route),
-        would_reject,
-        params,
-    })
-}
-
-/// Judge one dialog change against the rule table. The parameter document it read is left in
-/// `read`.
-async fn judge(
-    runtime: &Runtime,
-    principal: &Principal,
-    request: &Canonical,
-    route: &DialogRoute,
-    read: &mut Option<serde_json::Map<String, serde_json::Value>>,
-) -> Result<(), GateError> {
-    let headers = request.headers();
-    if headers.contains_key(header::CONTENT_ENCODING) {
-        return Err(GateError::Rejected {
-            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            reason: "content_encoding",
-            field: None,
-            message: "a Content-Encoding on a dialog change cannot be checked".into(),
-        });
-    }
-    let body = request.body_bytes().map_or(&[][..], |b| &b[..]);
-    let params = params::parse(request.media().map(Media::as_str), request.query(), body)?;
-    let parsed = rules::read(route, &params, &runtime.rule_options);
-    *read = Some(params);
-    let request = parsed?;
-    let actor = actor(runtime, principal, headers).await?;
-    let lookups = &runtime.lookups;
-    let dialog = |id: String| async move {
-        lookups
-            .dialog(&runtime.client, &runtime.policy, headers, &id)
-            .await
-            .map_err(|e| match e {
-                LookupError::NotFound => GateError::DialogNotFound,
-                LookupError::Failed => GateError::LookupFailed,
-            })
-    };
-    match request {
-        DialogRequest::Create(doc) => rules::check_create(&doc, actor)?,
-        DialogRequest::Update(doc) => {
-            let DialogRoute::Update { id } = route else {
-                return Err(GateError::BadPath("not an update route"));
-            };
-            let found = dialog(id.clone()).await?;
-            rules::check_update(&doc, &found, actor)?;
-        }
-        DialogRequest::Delete { ids, force } => {
-            if force {
-                let mut found = Vec::with_capacity(ids.len());
-                for id in ids {
-                    found.push((*dialog(id).await?).clone());
-                }
-                rules::check_delete(true, &found, actor)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The acting user: `On-Behalf-Of`, the application, or the user behind a QB-Token.
-async fn actor(
-    runtime: &Runtime,
-    principal: &Principal,
-    headers: &http::HeaderMap,
-) -> Result<Actor, GateError> {
-    if let Some(digest) = principal.token {
-        return match runtime
-            .lookups
-            .session_user(&runtime.client, &runtime.policy, headers, digest)
-            .await
-        {
-            Ok(Some(user)) => Ok(Actor::User(user)),
-            Ok(None) => Ok(Actor::Application),
-            Err(LookupError::NotFound) => Err(GateError::Rejected {
-                status: StatusCode::UNAUTHORIZED,
-                reason: "qb_token_invalid",
-                field: None,
-                message: "Required session does not exist".into(),
-            }),
-            Err(LookupError::Failed) => Err(GateError::LookupFailed),
-        };
-    }
-    Ok(principal.user.map_or(Actor::Application, Actor::User))
-}
-
-/// Evict the dialogs a judged request named: its outcome is unknown or changed them.
-async fn forget(runtime: &Runtime, route: &DialogRoute) {
-    match route {
-        DialogRoute::Update { id } => runtime.lookups.evict(std::slice::from_ref(id)).await,
-        DialogRoute::Delete { ids } => runtime.lookups.evict(ids).await,
-        _ => {}
-    }
-}
-
-/// After the upstream answered a judged request: a successful update's dialog replaces the cached
-/// one; a refusal or a force delete evicts what the cache knew.
-async fn learn(
-    runtime: &Runtime,
-    route: &DialogRoute,
-    status: StatusCode,
-    body: UpstreamBody,
-) -> Result<ResponseBody, GateError> {
-    match route {
-        DialogRoute::Update { id } if status == StatusCode::OK => {
-            let bytes = match http_body_util::Limited::new(body, 1 << 20).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(_) => {
-                    // Applied or not, we cannot tell: forget the dialog.
-                    forget(runtime, route).await;
-                    return Err(GateError::UpstreamFailed);
-                }
-            };
-            match rules::Dialog::from_slice(&bytes) {
-                Some(dialog) if &dialog.id == id => runtime.lookups.replace(dialog).await,
-                _ => runtime.lookups.evict(std::slice::from_ref(id)).await,
-            }
-            Ok(ResponseBody::from(bytes))
-        }
-        DialogRoute::Update { id } => {
-            runtime.lookups.evict(std::slice::from_ref(id)).await;
-            Ok(ResponseBody::upstream(body))
-        }
-        DialogRoute::Delete { ids } => {
-            runtime.lookups.evict(ids).await;
-            Ok(ResponseBody::upstream(body))
-        }
-        _ => Ok(ResponseBody::upstream(body)),
     }
 }
 
@@ -654,20 +452,6 @@ impl Body for ResponseBody {
             }
         }
     }
-}
-
-/// A response the gateway makes itself (admin endpoints, demo).
-pub fn text(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::from(body.into()));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
 }
 
 #[cfg(test)]

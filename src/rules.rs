@@ -14,7 +14,6 @@
 
 pub mod dialog;
 pub mod document;
-pub mod lookup;
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! Upstream state the rules need: dialogs (`GET /chat/Dialog.json?_id=<id>`) and the user behind a
+//! Upstream state the rules need, fetched by the proxy (rules judge, they never fetch): dialogs (`GET /chat/Dialog.json?_id=<id>`) and the user behind a
 //! QB-Token (`GET /session.json`), each in a bounded TTL cache.
 //!
 //! moka's `try_get_with` makes concurrent requests for one dialog share one lookup; failures are
@@ -15,8 +15,8 @@ use http::{header, HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use moka::future::Cache;
 
-use super::Dialog;
 use crate::policy::Policy;
+use crate::rules::Dialog;
 use crate::upstream::{HttpClient, ProxyBody};
 
 /// Largest lookup answer read: a dialog list of one.

@@ -1,0 +1,231 @@
+//! The rules phase: a dialog change read whole, parsed as the upstream would read it, and
+//! judged against QuickBlox's rule table, with the dialogs it needs looked up through the proxy's
+//! caches; after the upstream answered, what the answer teaches the cache.
+
+use http::header;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::lookup::LookupError;
+use super::{read_body, Access, ResponseBody, Runtime};
+use crate::auth::Principal;
+use crate::error::GateError;
+use crate::params;
+use crate::policy::RuleMode;
+use crate::request::{self, Canonical, CanonicalPath, Media};
+use crate::rules::{self, Actor, DialogRequest, DialogRoute};
+use crate::upstream::{ProxyBody, UpstreamBody};
+
+/// What the rules phase hands on: what it judged.
+pub(super) struct Checked {
+    /// The dialog route, when the request was judged.
+    pub(super) route: Option<DialogRoute>,
+    /// `report` mode: the rejection that `enforce` would have made.
+    pub(super) would_reject: Option<&'static str>,
+    /// The parameter document judged, kept only for an observer.
+    pub(super) params: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Checked {
+    /// A request sent on without a judgment.
+    pub(super) fn unjudged() -> Self {
+        Checked {
+            route: None,
+            would_reject: None,
+            params: None,
+        }
+    }
+}
+
+/// Is this a state-changing request under `/chat/Dialog` (cheap test on the route key; the rules
+/// module's `classify` decides exactly)?
+pub(super) fn is_dialog_change(method: &Method, path: &CanonicalPath) -> bool {
+    fn stem(s: &str) -> &str {
+        s.split('.').next().unwrap_or_default()
+    }
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+        && path.route_segment(0).map(stem) == Some("chat")
+        && path.route_segment(1).map(stem) == Some("dialog")
+}
+
+/// Rules phase, for state-changing requests under `/chat/Dialog` while the rules are on: dialog
+/// changes are read whole, parsed as the upstream would read them, and judged against the rule
+/// table. Short-circuits with 400/403/404/413/415/422/503 in `enforce` mode; `report` forwards and
+/// marks the response. A request `classify` does not take for a dialog change streams through.
+pub(super) async fn rules_phase(
+    runtime: &Runtime,
+    principal: &Principal,
+    request: &mut Canonical,
+    body: &mut Option<Incoming>,
+    access: &mut Access,
+) -> Result<Checked, GateError> {
+    let policy = &runtime.policy;
+    let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
+    let mode = policy.dialog_rules.mode;
+    let segments: Vec<&str> = request.path().segments().collect();
+    let Some(route) = rules::classify(request.method(), &segments) else {
+        if let Some(incoming) = body.take() {
+            request.set_body(ProxyBody::stream(incoming, limit, timeout));
+        }
+        return Ok(Checked::unjudged());
+    };
+    // Reading the body is never skipped, not even in report mode: what is forwarded is exactly
+    // what was read.
+    let bytes = read_body(body, limit, timeout, access).await?;
+    if *request.method() == Method::POST {
+        request::body::check_override(request.media(), &bytes)?;
+    }
+    request.set_body(ProxyBody::full(bytes));
+    let mut params = None;
+    let verdict = judge(runtime, principal, request, &route, &mut params).await;
+    let would_reject = match verdict {
+        Ok(()) => None,
+        Err(GateError::LookupFailed) if policy.dialog_rules.forward_on_lookup_error => {
+            tracing::warn!(key = %principal.key_id, "dialog lookup failed: forwarding unchecked (on_lookup_error: forward)");
+            None
+        }
+        Err(error) if mode == RuleMode::Report => {
+            crate::metrics::rule_violation(error.reason(), "report");
+            tracing::warn!(key = %principal.key_id, rule = error.reason(), "dialog rule would reject (report mode)");
+            Some(error.reason())
+        }
+        Err(error) => {
+            crate::metrics::rule_violation(error.reason(), "enforce");
+            tracing::info!(key = %principal.key_id, rule = error.reason(), "dialog rule rejected a request");
+            return Err(error);
+        }
+    };
+    Ok(Checked {
+        route: Some(route),
+        would_reject,
+        params,
+    })
+}
+
+/// Judge one dialog change against the rule table. The parameter document it read is left in
+/// `read`.
+async fn judge(
+    runtime: &Runtime,
+    principal: &Principal,
+    request: &Canonical,
+    route: &DialogRoute,
+    read: &mut Option<serde_json::Map<String, serde_json::Value>>,
+) -> Result<(), GateError> {
+    let headers = request.headers();
+    if headers.contains_key(header::CONTENT_ENCODING) {
+        return Err(GateError::Rejected {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            reason: "content_encoding",
+            field: None,
+            message: "a Content-Encoding on a dialog change cannot be checked".into(),
+        });
+    }
+    let body = request.body_bytes().map_or(&[][..], |b| &b[..]);
+    let params = params::parse(request.media().map(Media::as_str), request.query(), body)?;
+    let parsed = rules::read(route, &params, &runtime.rule_options);
+    *read = Some(params);
+    let request = parsed?;
+    let actor = actor(runtime, principal, headers).await?;
+    let lookups = &runtime.lookups;
+    let dialog = |id: String| async move {
+        lookups
+            .dialog(&runtime.client, &runtime.policy, headers, &id)
+            .await
+            .map_err(|e| match e {
+                LookupError::NotFound => GateError::DialogNotFound,
+                LookupError::Failed => GateError::LookupFailed,
+            })
+    };
+    match request {
+        DialogRequest::Create(doc) => rules::check_create(&doc, actor)?,
+        DialogRequest::Update(doc) => {
+            let DialogRoute::Update { id } = route else {
+                return Err(GateError::BadPath("not an update route"));
+            };
+            let found = dialog(id.clone()).await?;
+            rules::check_update(&doc, &found, actor)?;
+        }
+        DialogRequest::Delete { ids, force } => {
+            if force {
+                let mut found = Vec::with_capacity(ids.len());
+                for id in ids {
+                    found.push((*dialog(id).await?).clone());
+                }
+                rules::check_delete(true, &found, actor)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The acting user: `On-Behalf-Of`, the application, or the user behind a QB-Token.
+async fn actor(
+    runtime: &Runtime,
+    principal: &Principal,
+    headers: &http::HeaderMap,
+) -> Result<Actor, GateError> {
+    if let Some(digest) = principal.token {
+        return match runtime
+            .lookups
+            .session_user(&runtime.client, &runtime.policy, headers, digest)
+            .await
+        {
+            Ok(Some(user)) => Ok(Actor::User(user)),
+            Ok(None) => Ok(Actor::Application),
+            Err(LookupError::NotFound) => Err(GateError::Rejected {
+                status: StatusCode::UNAUTHORIZED,
+                reason: "qb_token_invalid",
+                field: None,
+                message: "Required session does not exist".into(),
+            }),
+            Err(LookupError::Failed) => Err(GateError::LookupFailed),
+        };
+    }
+    Ok(principal.user.map_or(Actor::Application, Actor::User))
+}
+
+/// Evict the dialogs a judged request named: its outcome is unknown or changed them.
+pub(super) async fn forget(runtime: &Runtime, route: &DialogRoute) {
+    match route {
+        DialogRoute::Update { id } => runtime.lookups.evict(std::slice::from_ref(id)).await,
+        DialogRoute::Delete { ids } => runtime.lookups.evict(ids).await,
+        _ => {}
+    }
+}
+
+/// After the upstream answered a judged request: a successful update's dialog replaces the cached
+/// one; a refusal or a force delete evicts what the cache knew.
+pub(super) async fn learn(
+    runtime: &Runtime,
+    route: &DialogRoute,
+    status: StatusCode,
+    body: UpstreamBody,
+) -> Result<ResponseBody, GateError> {
+    match route {
+        DialogRoute::Update { id } if status == StatusCode::OK => {
+            let bytes = match http_body_util::Limited::new(body, 1 << 20).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => {
+                    // Applied or not, we cannot tell: forget the dialog.
+                    forget(runtime, route).await;
+                    return Err(GateError::UpstreamFailed);
+                }
+            };
+            match rules::Dialog::from_slice(&bytes) {
+                Some(dialog) if &dialog.id == id => runtime.lookups.replace(dialog).await,
+                _ => runtime.lookups.evict(std::slice::from_ref(id)).await,
+            }
+            Ok(ResponseBody::from(bytes))
+        }
+        DialogRoute::Update { id } => {
+            runtime.lookups.evict(std::slice::from_ref(id)).await;
+            Ok(ResponseBody::upstream(body))
+        }
+        DialogRoute::Delete { ids } => {
+            runtime.lookups.evict(ids).await;
+            Ok(ResponseBody::upstream(body))
+        }
+        _ => Ok(ResponseBody::upstream(body)),
+    }
+}
