@@ -62,6 +62,13 @@
 //! Sessions: [`seed::GROUP_TOKEN`] (the group recipes' token) is user 123;
 //! [`seed::DATA_TOKEN`] (the data recipe's token) is user 96754523.
 //!
+//! # Layout
+//! This file serves connections, records requests and injects faults. `sandbox/rack.rs` (with
+//! `rack/multipart.rs`) reads a request as Rack and Rails do, `sandbox/routing.rs` picks its
+//! route, `sandbox/sessions.rs` finds who is acting and answers `GET /session.json`,
+//! `sandbox/dialogs.rs` holds the dialogs and their endpoints, `sandbox/reply.rs` shapes the
+//! answers (faulty bodies included); the tests are in `sandbox/tests.rs` and `sandbox/tests/`.
+//!
 //! # Faults
 //! A fault set with [`Sandbox::set_fault`] applies to every request received afterwards, session
 //! and dialog lookups included, until `Fault::None`. The request is recorded (and counted as a

@@ -16,8 +16,10 @@
 //!   `,`, downcased. Multipart needs a `boundary=` and a non-empty body, else the body is read as
 //!   url-encoded, as Rack falls back; a url-encoded body loses one trailing NUL (Safari).
 //! - Rails' `request_parameters`: JSON for `application/json`, `text/x-json` and
-//!   `application/jsonrequest` with a non-empty body (a non-object becomes `{"_json": value}`, a
-//!   parse error is a 400); otherwise `req.POST`; any other body is ignored.
+//!   `application/jsonrequest` (the Content-Type up to `;` or `,`, trimmed, downcased) with a
+//!   non-empty body (a non-object becomes `{"_json": value}`, a parse error is a 400); otherwise
+//!   `req.POST`; any other body is ignored. The body's length stands for `CONTENT_LENGTH`, which
+//!   Puma sets for a chunked body too.
 //! - `parse_nested_query`: the query splits on `&` and `;`, a form body on `&` (spaces after a
 //!   separator are dropped); `+` and `%XX` unescaped, a `%` without two hex digits is a 400
 //!   ("invalid %-encoding"); `normalize_params` as Rack 2.2 writes it (`[x]`, `x]`, `]x` all name
@@ -26,7 +28,8 @@
 //! - Multipart as Rack 2.2's parser reads it: preamble skipped up to the first boundary line, part
 //!   heads up to a blank line, bodies up to the next `(CRLF)?--boundary`, done at the closing
 //!   boundary; the part's name from `Content-Disposition` (quoted with `\` escapes, or unquoted up
-//!   to `;`), else `Content-ID`, else its filename or `<content type>[]`. A part without a
+//!   to `;`, as the scanner Rack 2.2 has had since 2.2.6.1 reads it; older 2.2 releases cut an
+//!   unquoted name at `[`), else `Content-ID`, else its filename or `<content type>[]`. A part without a
 //!   filename is a string; one with a filename is an upload, here an object of `filename`, `type`
 //!   and `name` (its content is not kept); an empty filename drops the part. A body that ends
 //!   before the closing boundary is Rack's `EOFError`, which Rails answers by ignoring the body.
@@ -35,8 +38,10 @@
 //!   value that is not UTF-8 is Rails' 400 "Invalid encoding for parameter".
 //!
 //! What it deliberately leaves out: Rack's key-space limit (the gateway bounds bodies), the
-//! `multipart_part_limit` on uploads, `filename*` charsets, a text part's declared charset, and
-//! the JSON extensions of Ruby's parser (comments, `NaN`); big JSON numbers are `f64` here.
+//! `multipart_part_limit` on uploads, `filename*` charsets, a text part's declared charset, the
+//! JSON extensions of Ruby's parser (comments, `NaN`; big JSON numbers are `f64` here), the
+//! `controller` and `action` path parameters, and Rails routing HEAD as GET (a HEAD is a 404).
+//! A nesting deeper than Rack's limit is a 400 here (Rack 2.2 raises a `RangeError`).
 
 use std::collections::BTreeMap;
 
@@ -48,7 +53,7 @@ use super::routing::{self, Route};
 /// How deep `normalize_params` may recurse (Rack's `param_depth_limit`).
 const DEPTH_LIMIT: usize = 100;
 /// Rack's limits on a part's `Content-Disposition`: longer ones are ignored, extra params dropped.
-const DISPOSITION_MAX_BYTES: usize = 1500;
+const DISPOSITION_MAX_BYTES: usize = 1536;
 const DISPOSITION_MAX_PARAMS: usize = 16;
 const OVERRIDE_METHODS: [&str; 9] = [
     "GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH", "LINK", "UNLINK",

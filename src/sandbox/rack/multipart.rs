@@ -197,6 +197,7 @@ fn content_id(head: &[u8]) -> Option<Vec<u8>> {
 /// an unquoted one at `;` (or the end of the line, trimmed).
 fn disposition_params(disposition: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
+    // Without a `;` Rack fails (`nil + 1`, a 500); here the part simply has no parameters.
     let Some(semi) = disposition.iter().position(|b| *b == b';') else {
         return out;
     };
