@@ -479,3 +479,26 @@ async fn delete_for_self_and_for_everyone() {
     let all = call(addr, "GET", "/chat/Dialog.json", APP, "").await;
     assert_eq!(all.json["total_entries"], 0);
 }
+
+#[test]
+fn user_ids_in_every_client_spelling() {
+    assert_eq!(user_ids(&json!([1, 2])), Some(vec![1, 2]));
+    assert_eq!(user_ids(&json!(["1", "2"])), Some(vec![1, 2]));
+    assert_eq!(
+        user_ids(&json!("91375295, 96705448")),
+        Some(vec![91_375_295, 96_705_448])
+    );
+    assert_eq!(user_ids(&json!("1,2")), Some(vec![1, 2]));
+    assert_eq!(user_ids(&json!(7)), Some(vec![7]));
+    assert_eq!(user_ids(&json!("")), Some(vec![]));
+    for bad in [
+        json!("1,x"),
+        json!(-1),
+        json!(1.5),
+        json!([[1]]),
+        json!({"a": 1}),
+        json!("+1"),
+    ] {
+        assert_eq!(user_ids(&bad), None, "{bad}");
+    }
+}

@@ -556,3 +556,29 @@ async fn an_overridden_post_is_routed_as_its_override() {
     );
     assert_eq!(sandbox.dialog(GROUP_ID), None);
 }
+
+#[tokio::test]
+async fn a_multipart_post_creates_a_dialog() {
+    let (sandbox, addr) = start().await;
+    let body = multipart(&[
+        ("Content-Disposition: form-data; name=type", "2"),
+        (r#"Content-Disposition: form-data; name="name""#, "Uploaded"),
+        (
+            r#"Content-Disposition: form-data; name="occupants_ids""#,
+            "7,8",
+        ),
+        (
+            r#"Content-Disposition: form-data; name="data[kind]""#,
+            "multipart",
+        ),
+    ]);
+    let content_type = multipart_type();
+    let headers = with(USER_123, ("content-type", &content_type));
+    let created = call(addr, "POST", "/chat/Dialog.json", &headers, &body).await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.json);
+    assert_eq!(created.json["name"], "Uploaded");
+    assert_eq!(occupants(&created.json), [RECIPE_USER, 7, 8]);
+    assert_eq!(created.json["data"], json!({"kind": "multipart"}));
+    let id = created.json["_id"].as_str().unwrap();
+    assert_eq!(sandbox.dialog(id).unwrap()["name"], "Uploaded");
+}

@@ -1,5 +1,5 @@
 //! Serving and recording: unknown routes, what is recorded, both protocols on one connection,
-//! shutdown, and the small value helpers.
+//! shutdown, and QuickBlox's timestamps.
 
 use super::*;
 
@@ -158,27 +158,4 @@ fn timestamps_are_rfc3339_utc() {
     assert_eq!(at(1_567_971_414), "2019-09-08T19:36:54Z");
     assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
     assert_eq!(at(4_107_542_399), "2100-02-28T23:59:59Z");
-}
-
-#[test]
-fn user_ids_in_every_client_spelling() {
-    assert_eq!(user_ids(&json!([1, 2])), Some(vec![1, 2]));
-    assert_eq!(user_ids(&json!(["1", "2"])), Some(vec![1, 2]));
-    assert_eq!(
-        user_ids(&json!("91375295, 96705448")),
-        Some(vec![91_375_295, 96_705_448])
-    );
-    assert_eq!(user_ids(&json!("1,2")), Some(vec![1, 2]));
-    assert_eq!(user_ids(&json!(7)), Some(vec![7]));
-    assert_eq!(user_ids(&json!("")), Some(vec![]));
-    for bad in [
-        json!("1,x"),
-        json!(-1),
-        json!(1.5),
-        json!([[1]]),
-        json!({"a": 1}),
-        json!("+1"),
-    ] {
-        assert_eq!(user_ids(&bad), None, "{bad}");
-    }
 }
