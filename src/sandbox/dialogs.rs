@@ -10,6 +10,7 @@ use super::reply::{base_error, field_error, rfc3339, Reply};
 use super::sessions::Actor;
 use super::{lock, seed, Sandbox};
 
+/// One dialog as QuickBlox stores it.
 pub(super) struct Dialog {
     pub id: String,
     kind: u8,

@@ -34,6 +34,7 @@ enum BodyKind {
 
 /// What `BigBody` sends, shared so that a large body costs no allocation.
 pub(super) static CHUNK: [u8; 64 * 1024] = [b'a'; 64 * 1024];
+
 impl hyper::body::Body for ReplyBody {
     type Data = Bytes;
     type Error = io::Error;
