@@ -1,5 +1,6 @@
-//! Regressions found by the fuzzers and the soak (issue 7). A test marked `#[ignore = "bug: .."]`
-//! fails today and passes once the bug it names is fixed; remove the `ignore` then.
+//! Regressions found by the fuzzers and the soak (issue 7), and by the sandbox's own request
+//! reader acting as the upstream does. A test marked `#[ignore = "bug: .."]` fails today and
+//! passes once the bug it names is fixed; remove the `ignore` then.
 
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -209,4 +210,56 @@ fn an_idle_gateway_does_not_keep_reading_its_policy() {
         read < 256 * 1024,
         "an idle gateway read {read} bytes in 2 s: the policy file again and again"
     );
+}
+
+/// Found by the sandbox's own request reader, which routes as QuickBlox does: a path word matches
+/// in any case under Unicode folding, so `/chat/d%C4%B1alog/<id>` (`ı`) and `D%C4%B0ALOG` (`İ`)
+/// are the dialog update upstream. The gateway's `classify` compares the decoded words
+/// ASCII-case-insensitively, found no dialog route and forwarded the request unjudged: an
+/// outsider renamed a group he is not in. Fixed: a path outside ASCII is refused (`bad_path`).
+#[tokio::test]
+async fn a_unicode_folded_dialog_path_is_judged() {
+    use crate::support::{Gate, KEY_ANY};
+    use qbgate::sandbox::seed::{GROUP_ID, OUTSIDER};
+    let gate = Gate::start("").await;
+    for word in ["d%C4%B1alog", "D%C4%B0ALOG"] {
+        let path = format!("/chat/{word}/{GROUP_ID}.json");
+        let body = Some(r#"{"name":"renamed by an outsider"}"#);
+        let reply = gate
+            .as_user(KEY_ANY, Some(OUTSIDER), "PUT", &path, body)
+            .await;
+        assert_ne!(reply.status, 200, "{path}: {:?}", reply.body);
+    }
+    assert_eq!(
+        gate.sandbox.dialog(GROUP_ID).unwrap()["name"],
+        "Party planning"
+    );
+}
+
+/// Found by the sandbox's own request reader: Puma folds `_` and `-` in header names, so
+/// `X_HTTP_Method_Override` is Rack's `HTTP_X_HTTP_METHOD_OVERRIDE` and turns a POST into its
+/// value. The gateway refused only the dashed spelling; a POST judged as a dialog create reached
+/// the upstream, which ran a listing instead. Fixed: a header name with `_` is refused
+/// (`header_name`).
+#[tokio::test]
+async fn the_method_override_header_with_underscores_is_refused() {
+    use crate::support::{Gate, KEY_ANY};
+    let gate = Gate::start("").await;
+    let auth = format!("ApiKey {KEY_ANY}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("on-behalf-of", "55500001"),
+        ("content-type", "application/json"),
+        ("x_http_method_override", "GET"),
+    ];
+    let reply = gate
+        .send(
+            "POST",
+            "/chat/Dialog.json",
+            &headers,
+            r#"{"type":2,"name":"x"}"#,
+        )
+        .await;
+    reply.assert_gate_error(400, "header_name", "base");
+    assert!(gate.sandbox.received().is_empty());
 }

@@ -16,7 +16,7 @@
 //! - `upstream_h1`: the own HTTP/1.1 client against a hand-written upstream: framing, uploads, refusals.
 //! - `faults`: upstream refused, reset, stalled, 5xx and h2 GOAWAY: JSON errors, no double sends.
 //! - `rate_limit`: 429s and their headers, per-user buckets, reloads, the Redis store.
-//! - `regressions`: inputs the fuzzers and the soak found; `#[ignore]`d while their bug is open.
+//! - `regressions`: inputs the fuzzers, the soak and the sandbox's reader found; `#[ignore]`d while their bug is open.
 //! - `differential`: Rack 2.2 under Puma (the upstream's real parser) behind the gateway: what
 //!   Rack read equals what the gateway judged, or the gateway refused (needs ruby-rack, puma).
 //! - `secrets`: the real binary at trace level leaks no key, token or upstream key anywhere.
