@@ -1,5 +1,5 @@
 //! Prometheus metrics, rendered on the admin listener. Labels are bounded: `key` is a key id from
-//! the policy, `route` a template from [`route_label`], never a raw path.
+//! the policy, `route` a template from [`crate::request::CanonicalPath::route_label`], never a raw path.
 //!
 //! Histograms have real buckets (summaries do not add up across replicas). The recorder is
 //! process-global, installed once.
@@ -42,27 +42,6 @@ pub fn upkeep() {
 /// The Prometheus text exposition.
 pub fn render() -> String {
     handle().map(PrometheusHandle::render).unwrap_or_default()
-}
-
-/// A bounded route template for a normalized path's route key.
-pub fn route_label(path: &crate::request::CanonicalPath) -> &'static str {
-    let stem = |i: usize| {
-        path.route_segment(i)
-            .map(|s| s.split('.').next().unwrap_or_default())
-    };
-    match (stem(0), stem(1), path.len()) {
-        (None, _, _) => "/",
-        (Some("chat"), Some("dialog"), 2) => "/chat/Dialog",
-        (Some("chat"), Some("dialog"), 3) => "/chat/Dialog/:id",
-        (Some("chat"), Some("message"), 2) => "/chat/Message",
-        (Some("chat"), Some("message"), 3) => "/chat/Message/:id",
-        (Some("session"), _, 1) => "/session",
-        (Some("users"), _, 1) => "/users",
-        (Some("users"), _, 2) => "/users/:id",
-        (Some("blobs"), _, 1) => "/blobs",
-        (Some("blobs"), _, _) => "/blobs/:id",
-        _ => "other",
-    }
 }
 
 /// Status codes as shared label values, made once: no string is formatted per request.
@@ -230,34 +209,4 @@ pub fn policy_info(old: &str, new: &str) {
         metrics::gauge!("qbgate_policy_info", "digest" => old.to_string()).set(0.0);
     }
     metrics::gauge!("qbgate_policy_info", "digest" => new.to_string()).set(1.0);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn route_labels_are_templates_of_the_route_key() {
-        for (path, label) in [
-            ("/", "/"),
-            ("/chat/Dialog.json", "/chat/Dialog"),
-            ("/chat/dialog/5d75", "/chat/Dialog/:id"),
-            ("/chat/Message.json", "/chat/Message"),
-            ("/chat/Message/5d75.json", "/chat/Message/:id"),
-            ("/chat/Dialog/5d75/x", "other"),
-            ("/session.json", "/session"),
-            ("/users.json", "/users"),
-            ("/users/7.json", "/users/:id"),
-            ("/blobs", "/blobs"),
-            ("/blobs/1/complete", "/blobs/:id"),
-            ("/users/7/x", "other"),
-            ("/anything", "other"),
-        ] {
-            let key = crate::request::CanonicalPath::parse(
-                &http::uri::PathAndQuery::try_from(path).unwrap(),
-            )
-            .unwrap();
-            assert_eq!(route_label(&key), label, "{path}");
-        }
-    }
 }

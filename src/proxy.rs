@@ -222,7 +222,7 @@ async fn phases(
     let policy = &runtime.policy;
     let body_empty = body.as_ref().is_none_or(Body::is_end_stream);
     let mut request = request::normalize(&mut parts, body_empty)?;
-    access.route = crate::metrics::route_label(request.path());
+    access.route = request.path().route_label();
     let principal = auth::authenticate(policy, request.headers(), SystemTime::now())?;
     access.key = Some(principal.key_id.clone());
     access.user = principal.user;

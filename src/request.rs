@@ -26,9 +26,8 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Uri};
 
 use crate::error::GateError;
-use crate::upstream::ProxyBody;
 
-pub use body::{Media, MediaKind};
+pub use body::{Media, MediaKind, ProxyBody};
 pub use path::CanonicalPath;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -13,25 +13,19 @@ pub use h1::decode as decode_h1_answer;
 pub use pool::UpstreamBody;
 
 use std::error::Error as StdError;
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+use http_body::Body;
 use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::error::GateError;
 use crate::policy;
 use crate::request::Forward;
 
-pub type BoxError = Box<dyn StdError + Send + Sync>;
+pub use crate::request::body::{BodyError, BoxError, ProxyBody};
 
 /// The pooled client to the upstream origin.
 pub type HttpClient = Arc<pool::Pool>;
@@ -200,133 +194,6 @@ fn classify(error: &pool::Error) -> GateError {
         source = e.source();
     }
     GateError::UpstreamFailed
-}
-
-/// Why a streamed request body was cut.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyError {
-    TooLarge,
-    Timeout,
-    Client,
-}
-
-impl fmt::Display for BodyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BodyError::TooLarge => "request body over the limit",
-            BodyError::Timeout => "request body timeout",
-            BodyError::Client => "request body read error",
-        })
-    }
-}
-
-impl StdError for BodyError {}
-
-/// The body sent upstream: nothing, bytes the gateway read (and checked), or the client's stream
-/// passed through with the size limit and the body deadline enforced as it flows.
-pub struct ProxyBody(Inner);
-
-enum Inner {
-    Empty,
-    Full(Option<Bytes>),
-    Stream {
-        body: Incoming,
-        remaining: u64,
-        deadline: Pin<Box<tokio::time::Sleep>>,
-    },
-}
-
-impl ProxyBody {
-    pub fn empty() -> Self {
-        ProxyBody(Inner::Empty)
-    }
-
-    pub fn full(bytes: Bytes) -> Self {
-        if bytes.is_empty() {
-            Self::empty()
-        } else {
-            ProxyBody(Inner::Full(Some(bytes)))
-        }
-    }
-
-    /// The bytes of a body the gateway holds whole.
-    pub(crate) fn full_bytes(&self) -> Option<&Bytes> {
-        match &self.0 {
-            Inner::Full(bytes) => bytes.as_ref(),
-            _ => None,
-        }
-    }
-
-    /// Stream `body` through, failing once more than `limit` bytes pass or `timeout` elapses.
-    pub fn stream(body: Incoming, limit: u64, timeout: Duration) -> Self {
-        if body.is_end_stream() {
-            return Self::empty();
-        }
-        ProxyBody(Inner::Stream {
-            body,
-            remaining: limit,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
-        })
-    }
-}
-
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.get_mut().0 {
-            Inner::Empty => Poll::Ready(None),
-            Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Stream {
-                body,
-                remaining,
-                deadline,
-            } => {
-                if deadline.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Some(Err(BodyError::Timeout.into())));
-                }
-                match Pin::new(body).poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        // Trailers come last and are not forwarded: the upstream's stack
-                        // ignores them, and nothing judged them.
-                        let Some(data) = frame.data_ref() else {
-                            return Poll::Ready(None);
-                        };
-                        let n = data.len() as u64;
-                        if n > *remaining {
-                            return Poll::Ready(Some(Err(BodyError::TooLarge.into())));
-                        }
-                        *remaining -= n;
-                        Poll::Ready(Some(Ok(frame)))
-                    }
-                    Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(BodyError::Client.into()))),
-                    other => other.map_err(Into::into),
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.0 {
-            Inner::Empty => true,
-            Inner::Full(bytes) => bytes.is_none(),
-            Inner::Stream { body, .. } => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.0 {
-            Inner::Empty => SizeHint::with_exact(0),
-            Inner::Full(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
-            Inner::Stream { body, .. } => body.size_hint(),
-        }
-    }
 }
 
 /// Mark a header value as `X-Request-Id`-safe: visible ASCII, at most 128 bytes.

@@ -146,6 +146,29 @@ impl CanonicalPath {
         PathAndQuery::try_from(out).unwrap_or_else(|_| self.raw.clone())
     }
 
+    /// A bounded route template of the route key, for metrics and the access log: never the
+    /// raw path, whose values are unbounded.
+    pub fn route_label(&self) -> &'static str {
+        let path = self;
+        let stem = |i: usize| {
+            path.route_segment(i)
+                .map(|s| s.split('.').next().unwrap_or_default())
+        };
+        match (stem(0), stem(1), path.len()) {
+            (None, _, _) => "/",
+            (Some("chat"), Some("dialog"), 2) => "/chat/Dialog",
+            (Some("chat"), Some("dialog"), 3) => "/chat/Dialog/:id",
+            (Some("chat"), Some("message"), 2) => "/chat/Message",
+            (Some("chat"), Some("message"), 3) => "/chat/Message/:id",
+            (Some("session"), _, 1) => "/session",
+            (Some("users"), _, 1) => "/users",
+            (Some("users"), _, 2) => "/users/:id",
+            (Some("blobs"), _, 1) => "/blobs",
+            (Some("blobs"), _, _) => "/blobs/:id",
+            _ => "other",
+        }
+    }
+
     /// Where segment `i` starts (one past the `/` that ends the one before).
     fn start(&self, i: usize) -> usize {
         i.checked_sub(1)
@@ -426,6 +449,27 @@ mod tests {
             )
             .unwrap();
             assert_eq!(segments(&again), segments(&path));
+        }
+    }
+
+    #[test]
+    fn route_labels_are_templates_of_the_route_key() {
+        for (path, label) in [
+            ("/", "/"),
+            ("/chat/Dialog.json", "/chat/Dialog"),
+            ("/chat/dialog/5d75", "/chat/Dialog/:id"),
+            ("/chat/Message.json", "/chat/Message"),
+            ("/chat/Message/5d75.json", "/chat/Message/:id"),
+            ("/chat/Dialog/5d75/x", "other"),
+            ("/session.json", "/session"),
+            ("/users.json", "/users"),
+            ("/users/7.json", "/users/:id"),
+            ("/blobs", "/blobs"),
+            ("/blobs/1/complete", "/blobs/:id"),
+            ("/users/7/x", "other"),
+            ("/anything", "other"),
+        ] {
+            assert_eq!(n(path).unwrap().route_label(), label, "{path}");
         }
     }
 
