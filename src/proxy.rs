@@ -17,7 +17,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -303,7 +303,7 @@ async fn phases(
     }
     let body = match &checked.route {
         Some(route) => Box::pin(judge::learn(runtime, route, parts.status, body)).await?,
-        None => ResponseBody::upstream(body),
+        None => body,
     };
     Ok(Response::from_parts(parts, body))
 }
@@ -401,58 +401,9 @@ async fn read_body(
     Ok(bytes)
 }
 
-/// What the gateway answers with: the upstream's body streamed through, or its own bytes.
-pub struct ResponseBody(RespInner);
-
-enum RespInner {
-    Upstream(UpstreamBody),
-    Full(Option<Bytes>),
-}
-
-impl ResponseBody {
-    pub fn upstream(body: UpstreamBody) -> Self {
-        ResponseBody(RespInner::Upstream(body))
-    }
-}
-
-impl From<Bytes> for ResponseBody {
-    fn from(bytes: Bytes) -> Self {
-        ResponseBody(RespInner::Full(Some(bytes)))
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = upstream::BoxError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, upstream::BoxError>>> {
-        match &mut self.get_mut().0 {
-            RespInner::Upstream(body) => std::pin::Pin::new(body).poll_frame(cx),
-            RespInner::Full(bytes) => {
-                std::task::Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.0 {
-            RespInner::Upstream(body) => body.is_end_stream(),
-            RespInner::Full(bytes) => bytes.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.0 {
-            RespInner::Upstream(body) => body.size_hint(),
-            RespInner::Full(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
-        }
-    }
-}
+/// What the gateway answers with: the upstream's body streamed through, or its own bytes (an
+/// error, or an answer it read whole); the upstream's body type already holds both.
+pub type ResponseBody = UpstreamBody;
 
 #[cfg(test)]
 mod tests {

@@ -216,16 +216,16 @@ pub(super) async fn learn(
                 Some(dialog) if &dialog.id == id => runtime.lookups.replace(dialog).await,
                 _ => runtime.lookups.evict(std::slice::from_ref(id)).await,
             }
-            Ok(ResponseBody::from(bytes))
+            Ok(UpstreamBody::from(bytes))
         }
         DialogRoute::Update { id } => {
             runtime.lookups.evict(std::slice::from_ref(id)).await;
-            Ok(ResponseBody::upstream(body))
+            Ok(body)
         }
         DialogRoute::Delete { ids } => {
             runtime.lookups.evict(ids).await;
-            Ok(ResponseBody::upstream(body))
+            Ok(body)
         }
-        _ => Ok(ResponseBody::upstream(body)),
+        _ => Ok(body),
     }
 }

@@ -266,6 +266,13 @@ impl UpstreamBody {
     }
 }
 
+/// Bytes the gateway holds whole: its own answers, or an upstream answer it read.
+impl From<Bytes> for UpstreamBody {
+    fn from(bytes: Bytes) -> Self {
+        UpstreamBody::whole(bytes)
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
