@@ -29,8 +29,10 @@ enum Kind {
     /// Forwarded as it came.
     Plain,
     /// Ends at this hop: hop-by-hop (RFC 9110 section 7.6.1, plus `proxy-connection` and
-    /// HTTP/2's `http2-settings`), or a framing or routing field the next hop writes itself
-    /// (`host`, `content-length`, `transfer-encoding`).
+    /// HTTP/2's `http2-settings`, and `transfer-encoding`, whose chunks were undone here).
+    /// `Host` and `Content-Length` are left in the map for no decision to read: the upstream
+    /// client writes its own (the upstream's host, the length of the body it sends), and
+    /// removing them from every request would cost more than skipping them once.
     Dropped,
     /// Read by a decision: at most one copy. The bit marks it seen.
     Deciding(u8),
@@ -45,7 +47,6 @@ fn kind(name: &str) -> Kind {
     let is = |s: &str| name == s;
     match name.len() {
         2 if is("te") => Dropped,
-        4 if is("host") => Dropped,
         7 if is("trailer") || is("upgrade") => Dropped,
         8 if is("qb-token") => Deciding(1),
         10 if is("connection") || is("keep-alive") => Dropped,
@@ -53,7 +54,7 @@ fn kind(name: &str) -> Kind {
         12 if is("content-type") => Deciding(4),
         13 if is("authorization") => Deciding(8),
         13 if is("x-http-method") || is("x-rewrite-url") => Override,
-        14 if is("content-length") || is("http2-settings") => Dropped,
+        14 if is("http2-settings") => Dropped,
         14 if is("x-original-url") => Override,
         16 if is("proxy-connection") => Dropped,
         16 if is("content-encoding") => Deciding(16),
