@@ -160,6 +160,35 @@ impl RoutePattern {
     }
 }
 
+/// Command-line values that override the policy file, on start-up and on every reload.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub upstream: Option<String>,
+}
+
+impl Overrides {
+    /// Sets the overridden fields of a compiled `policy`; an `--upstream` that is not a valid
+    /// upstream URL is the error.
+    pub fn apply(&self, policy: &mut Policy) -> Result<(), String> {
+        if let Some(listen) = self.listen {
+            policy.listen = listen;
+        }
+        if let Some(admin) = self.admin_listen {
+            policy.admin_listen = admin;
+        }
+        if let Some(url) = &self.upstream {
+            let (scheme, origin, base_path) =
+                compile::split_url(url).map_err(|e| format!("--upstream {url}: {e}"))?;
+            policy.upstream.scheme = scheme;
+            policy.upstream.origin = origin;
+            policy.upstream.base_path = base_path;
+        }
+        Ok(())
+    }
+}
+
 /// The JSON Schema of the policy file, for editors (`qbgate schema`).
 pub fn schema() -> String {
     let schema = schemars::schema_for!(file::PolicyFile);
