@@ -8,13 +8,12 @@ pub mod file;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method};
-
-use crate::ratelimit::Quota;
 
 pub use compile::{compile, compile_with_env, load, PolicyErrors};
 
@@ -114,6 +113,18 @@ pub struct Key {
     pub quota: Option<Quota>,
     pub expires_at: Option<SystemTime>,
     pub disabled: bool,
+}
+
+/// The limits of one key, as compiled from the policy's `rate_limit` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Quota {
+    pub per_second: Option<NonZeroU32>,
+    /// Bucket size of `per_second`; defaults to `per_second`. Ignored without `per_second`.
+    pub burst: Option<NonZeroU32>,
+    pub per_minute: Option<NonZeroU32>,
+    pub per_hour: Option<NonZeroU32>,
+    pub per_day: Option<NonZeroU32>,
+    pub per_user_per_second: Option<NonZeroU32>,
 }
 
 /// One `METHOD PATH` allowlist entry. Segments are lowercase, a trailing `.json` removed, so that

@@ -89,19 +89,9 @@ use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
-pub use self::redis::{COMMAND_TIMEOUT, REDIS_RETRY_PAUSE};
+use crate::policy::Quota;
 
-/// The limits of one key, as compiled from the policy's `rate_limit` section.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Quota {
-    pub per_second: Option<NonZeroU32>,
-    /// Bucket size of `per_second`; defaults to `per_second`. Ignored without `per_second`.
-    pub burst: Option<NonZeroU32>,
-    pub per_minute: Option<NonZeroU32>,
-    pub per_hour: Option<NonZeroU32>,
-    pub per_day: Option<NonZeroU32>,
-    pub per_user_per_second: Option<NonZeroU32>,
-}
+pub use self::redis::{COMMAND_TIMEOUT, REDIS_RETRY_PAUSE};
 
 /// What the Redis store answers while Redis is unreachable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

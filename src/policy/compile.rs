@@ -15,10 +15,9 @@ use http::{HeaderValue, Method};
 
 use super::file::{self, At};
 use super::{
-    ClientLimits, DialogRules, Key, OnBehalfOf, Policy, QbTokenMode, RateLimitStore, RoutePattern,
-    RuleMode, Segment, ShutdownTiming, Upstream,
+    ClientLimits, DialogRules, Key, OnBehalfOf, Policy, QbTokenMode, Quota, RateLimitStore,
+    RoutePattern, RuleMode, Segment, ShutdownTiming, Upstream,
 };
-use crate::ratelimit::Quota;
 
 /// One thing wrong with a policy, with its place when known.
 #[derive(Debug, Clone, PartialEq, Eq)]
