@@ -22,11 +22,15 @@
 //! Form and query values are strings; a form key without `=` has the value `null`, as Rack gives
 //! `nil`. JSON values keep their types.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 
+use http::StatusCode;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+
+use crate::error::GateError;
 
 /// Deepest nesting accepted, in containers: `{"a":{"b":1}}` and `a[b]=1` are depth 2.
 pub const MAX_DEPTH: usize = 32;
@@ -62,6 +66,17 @@ impl ParamsError {
             ParamsError::Duplicate(_) => "params_duplicate",
             ParamsError::UnsupportedMediaType(_) => "params_unsupported_media_type",
             ParamsError::MethodOverride => "params_method_override",
+        }
+    }
+}
+
+impl From<ParamsError> for GateError {
+    fn from(e: ParamsError) -> Self {
+        GateError::Rejected {
+            status: StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            reason: e.reason(),
+            field: None,
+            message: Cow::Owned(e.to_string()),
         }
     }
 }

@@ -89,6 +89,7 @@ use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
+use crate::error::ceil_secs;
 use crate::policy::Quota;
 
 pub use self::redis::{COMMAND_TIMEOUT, REDIS_RETRY_PAUSE};
@@ -639,15 +640,6 @@ fn decide(policy: &HeaderValue, reports: &[Report]) -> Decision {
     }
 }
 
-fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-/// `Retry-After` for a wait: whole seconds, rounded up, at least 1.
-pub fn retry_after_secs(d: Duration) -> u64 {
-    ceil_secs(d).max(1)
-}
-
 impl Info {
     /// `RateLimit-Policy`: every window of the key. A shared, prebuilt value: cloning is a
     /// reference-count increment.
@@ -706,6 +698,7 @@ impl std::error::Error for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::retry_after_secs;
     use proptest::prelude::*;
 
     const SEC: u64 = NANOS_PER_SEC;
@@ -904,15 +897,6 @@ mod tests {
             panic!("allowed expected")
         };
         assert_eq!(info.remaining(), 5);
-    }
-
-    #[test]
-    fn retry_after_secs_rounds_up_to_at_least_one() {
-        assert_eq!(retry_after_secs(Duration::ZERO), 1);
-        assert_eq!(retry_after_secs(Duration::from_nanos(1)), 1);
-        assert_eq!(retry_after_secs(Duration::from_secs(1)), 1);
-        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
-        assert_eq!(retry_after_secs(Duration::from_secs(3600)), 3600);
     }
 
     #[test]
