@@ -142,6 +142,36 @@ impl Compiler<'_> {
         });
     }
 
+    /// A field that is one of a fixed set of words: the value paired with the word given, or
+    /// `default` when the field is absent or names none of them (an error, listing the words in
+    /// `choices` order).
+    fn keyword<T, const N: usize>(
+        &mut self,
+        path: &str,
+        raw: Option<&At<String>>,
+        default: T,
+        choices: [(&str, T); N],
+    ) -> T {
+        let Some(at) = raw else {
+            return default;
+        };
+        let mut words = Vec::with_capacity(N);
+        for (word, value) in choices {
+            if word == at.value {
+                return value;
+            }
+            words.push(format!("`{word}`"));
+        }
+        let message = match words.split_last() {
+            Some((last, rest)) if !rest.is_empty() => {
+                format!("must be {} or {last}", rest.join(", "))
+            }
+            _ => format!("must be {}", words.concat()),
+        };
+        self.error(path, at, message);
+        default
+    }
+
     fn policy(&mut self, raw: file::PolicyFile, text: &str) -> Policy {
         if raw.version.value != 1 {
             self.error("version", &raw.version, "must be 1");
@@ -182,17 +212,15 @@ impl Compiler<'_> {
             }
             Some(at) => at.value,
         };
-        let qb_token = match raw.qb_token.as_ref() {
-            None => QbTokenMode::Forward,
-            Some(at) => match at.value.as_str() {
-                "forward" => QbTokenMode::Forward,
-                "reject" => QbTokenMode::Reject,
-                _ => {
-                    self.error("qb_token", at, "must be `forward` or `reject`");
-                    QbTokenMode::Forward
-                }
-            },
-        };
+        let qb_token = self.keyword(
+            "qb_token",
+            raw.qb_token.as_ref(),
+            QbTokenMode::Forward,
+            [
+                ("forward", QbTokenMode::Forward),
+                ("reject", QbTokenMode::Reject),
+            ],
+        );
         let rate_limit = self.store(raw.rate_limit.unwrap_or_default());
         let dialog_rules = self.dialog_rules(raw.dialog_rules.unwrap_or_default());
         let keys = self.keys(raw.keys);
@@ -352,17 +380,12 @@ impl Compiler<'_> {
 
     fn store(&mut self, raw: file::RateLimitStore) -> RateLimitStore {
         let redis = raw.redis.unwrap_or_default();
-        let on_error_allow = match redis.on_error.as_ref() {
-            None => true,
-            Some(at) => match at.value.as_str() {
-                "allow" => true,
-                "deny" => false,
-                _ => {
-                    self.error("rate_limit.redis.on_error", at, "must be `allow` or `deny`");
-                    true
-                }
-            },
-        };
+        let on_error_allow = self.keyword(
+            "rate_limit.redis.on_error",
+            redis.on_error.as_ref(),
+            true,
+            [("allow", true), ("deny", false)],
+        );
         let url = match redis.url.as_ref() {
             None => "redis://127.0.0.1:6379".to_string(),
             Some(at) => {
@@ -376,54 +399,40 @@ impl Compiler<'_> {
                 at.value.clone()
             }
         };
-        match raw.store.as_ref() {
-            None => RateLimitStore::Memory,
-            Some(at) => match at.value.as_str() {
-                "memory" => RateLimitStore::Memory,
-                "redis" => RateLimitStore::Redis {
-                    url,
-                    on_error_allow,
-                },
-                _ => {
-                    self.error("rate_limit.store", at, "must be `memory` or `redis`");
-                    RateLimitStore::Memory
-                }
-            },
-        }
+        self.keyword(
+            "rate_limit.store",
+            raw.store.as_ref(),
+            RateLimitStore::Memory,
+            [
+                ("memory", RateLimitStore::Memory),
+                (
+                    "redis",
+                    RateLimitStore::Redis {
+                        url,
+                        on_error_allow,
+                    },
+                ),
+            ],
+        )
     }
 
     fn dialog_rules(&mut self, raw: file::DialogRules) -> DialogRules {
-        let mode = match raw.mode.as_ref() {
-            None => RuleMode::Enforce,
-            Some(at) => match at.value.as_str() {
-                "enforce" => RuleMode::Enforce,
-                "report" => RuleMode::Report,
-                "off" => RuleMode::Off,
-                _ => {
-                    self.error(
-                        "dialog_rules.mode",
-                        at,
-                        "must be `enforce`, `report` or `off`",
-                    );
-                    RuleMode::Enforce
-                }
-            },
-        };
-        let forward_on_lookup_error = match raw.on_lookup_error.as_ref() {
-            None => false,
-            Some(at) => match at.value.as_str() {
-                "reject" => false,
-                "forward" => true,
-                _ => {
-                    self.error(
-                        "dialog_rules.on_lookup_error",
-                        at,
-                        "must be `reject` or `forward`",
-                    );
-                    false
-                }
-            },
-        };
+        let mode = self.keyword(
+            "dialog_rules.mode",
+            raw.mode.as_ref(),
+            RuleMode::Enforce,
+            [
+                ("enforce", RuleMode::Enforce),
+                ("report", RuleMode::Report),
+                ("off", RuleMode::Off),
+            ],
+        );
+        let forward_on_lookup_error = self.keyword(
+            "dialog_rules.on_lookup_error",
+            raw.on_lookup_error.as_ref(),
+            false,
+            [("reject", false), ("forward", true)],
+        );
         let mut allow_fields = Vec::new();
         for (i, at) in raw.allow_fields.unwrap_or_default().iter().enumerate() {
             let name = at.value.trim();
@@ -825,5 +834,43 @@ mod tests {
         assert!(parse_route("put /x").is_err());
         assert!(parse_route("GET chat").is_err());
         assert!(parse_route("GET /a//b").is_err());
+    }
+
+    #[test]
+    fn keyword_fields_list_their_words_and_map_each_word() {
+        let text = format!(
+            "version: 1\nrate_limit:\n  store: disk\n  redis:\n    on_error: maybe\ndialog_rules:\n  mode: on\n  on_lookup_error: retry\nkeys:\n  - id: a\n    sha256: {DIGEST}\n"
+        );
+        assert_eq!(
+            errors(&text),
+            vec![
+                "rate_limit.redis.on_error: must be `allow` or `deny` (line 5, column 15)",
+                "rate_limit.store: must be `memory` or `redis` (line 3, column 10)",
+                "dialog_rules.mode: must be `enforce`, `report` or `off` (line 7, column 9)",
+                "dialog_rules.on_lookup_error: must be `reject` or `forward` (line 8, column 20)",
+            ]
+        );
+        let p = compile(&format!(
+            "version: 1\nqb_token: reject\nrate_limit:\n  store: redis\n  redis:\n    on_error: deny\ndialog_rules:\n  mode: off\n  on_lookup_error: forward\nkeys:\n  - id: a\n    sha256: {DIGEST}\n"
+        ))
+        .unwrap();
+        assert_eq!(p.qb_token, QbTokenMode::Reject);
+        assert_eq!(
+            p.rate_limit,
+            RateLimitStore::Redis {
+                url: "redis://127.0.0.1:6379".into(),
+                on_error_allow: false,
+            }
+        );
+        assert_eq!(p.dialog_rules.mode, RuleMode::Off);
+        assert!(p.dialog_rules.forward_on_lookup_error);
+        let p = compile(&format!(
+            "version: 1\nqb_token: forward\nrate_limit:\n  store: memory\n  redis:\n    on_error: allow\ndialog_rules:\n  mode: report\n  on_lookup_error: reject\nkeys:\n  - id: a\n    sha256: {DIGEST}\n"
+        ))
+        .unwrap();
+        assert_eq!(p.qb_token, QbTokenMode::Forward);
+        assert_eq!(p.rate_limit, RateLimitStore::Memory);
+        assert_eq!(p.dialog_rules.mode, RuleMode::Report);
+        assert!(!p.dialog_rules.forward_on_lookup_error);
     }
 }
