@@ -1,5 +1,8 @@
 //! One error type for every answer the gateway makes itself, mapped in one place to a status, an
 //! `X-Qbgate-Reason` code and a QuickBlox-shaped JSON body. Internals never reach the client.
+//!
+//! Also [`retry_after_secs`]: the whole seconds a wait is reported in. A leaf: it imports no
+//! phase; phases convert their own refusals into [`GateError`] next to their types.
 
 use std::borrow::Cow;
 use std::time::Duration;

@@ -1,7 +1,8 @@
 //! The compiled, immutable policy that the request path reads.
 //!
 //! A [`Policy`] is built once from the file by [`compile()`] (every error collected with its
-//! place), then shared behind an `ArcSwap` and never mutated: a reload builds a new one.
+//! place), then shared behind an `ArcSwap` and never mutated: a reload builds a new one. The
+//! command-line [`Overrides`] are applied to it before it serves, on start-up and on every reload.
 
 pub mod compile;
 pub mod file;
