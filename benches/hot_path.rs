@@ -159,7 +159,7 @@ fn rules_update(c: &mut Criterion) {
 
 fn limiter(c: &mut Criterion) {
     let policy = bench_policy();
-    let keys: Vec<(Arc<str>, Option<qbgate::ratelimit::Quota>)> = policy
+    let keys: Vec<(Arc<str>, Option<qbgate::policy::Quota>)> = policy
         .keys
         .iter()
         .map(|k| (k.id.clone(), k.quota.clone()))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::policy::{self, Policy, PolicyErrors};
+use crate::policy::{self, Overrides, Policy, PolicyErrors};
 use crate::sandbox::Sandbox;
 use crate::{Gateway, Runtime};
 
@@ -15,33 +15,6 @@ use crate::{Gateway, Runtime};
 pub enum Failure {
     Policy(PolicyErrors),
     Other(String),
-}
-
-/// Command-line values that override the policy file, on start-up and on every reload.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    pub listen: Option<SocketAddr>,
-    pub admin_listen: Option<SocketAddr>,
-    pub upstream: Option<String>,
-}
-
-impl Overrides {
-    pub fn apply(&self, policy: &mut Policy) -> Result<(), String> {
-        if let Some(listen) = self.listen {
-            policy.listen = listen;
-        }
-        if let Some(admin) = self.admin_listen {
-            policy.admin_listen = admin;
-        }
-        if let Some(url) = &self.upstream {
-            let (scheme, origin, base_path) =
-                policy::compile::split_url(url).map_err(|e| format!("--upstream {url}: {e}"))?;
-            policy.upstream.scheme = scheme;
-            policy.upstream.origin = origin;
-            policy.upstream.base_path = base_path;
-        }
-        Ok(())
-    }
 }
 
 /// `qbgate run`: serve until SIGTERM or Ctrl-C, then drain.

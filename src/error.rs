@@ -1,5 +1,8 @@
 //! One error type for every answer the gateway makes itself, mapped in one place to a status, an
 //! `X-Qbgate-Reason` code and a QuickBlox-shaped JSON body. Internals never reach the client.
+//!
+//! Also [`retry_after_secs`]: the whole seconds a wait is reported in. A leaf: it imports no
+//! phase; phases convert their own refusals into [`GateError`] next to their types.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -236,33 +239,21 @@ impl GateError {
         if let GateError::RateLimited { retry_after } = self {
             headers.insert(
                 header::RETRY_AFTER,
-                HeaderValue::from(crate::ratelimit::retry_after_secs(*retry_after)),
+                HeaderValue::from(retry_after_secs(*retry_after)),
             );
         }
         response
     }
 }
 
-impl From<crate::rules::Rejection> for GateError {
-    fn from(r: crate::rules::Rejection) -> Self {
-        GateError::Rejected {
-            status: StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN),
-            reason: r.reason,
-            field: r.field,
-            message: Cow::Owned(r.message),
-        }
-    }
+/// A duration in whole seconds, rounded up: how the rate-limit fields count seconds.
+pub fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-impl From<crate::params::ParamsError> for GateError {
-    fn from(e: crate::params::ParamsError) -> Self {
-        GateError::Rejected {
-            status: StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
-            reason: e.reason(),
-            field: None,
-            message: Cow::Owned(e.to_string()),
-        }
-    }
+/// `Retry-After` for a wait: whole seconds, rounded up, at least 1.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    ceil_secs(d).max(1)
 }
 
 #[cfg(test)]
@@ -311,5 +302,14 @@ mod tests {
         }
         .to_response();
         assert_eq!(r.headers()["retry-after"], "2");
+    }
+
+    #[test]
+    fn retry_after_secs_rounds_up_to_at_least_one() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_nanos(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(3600)), 3600);
     }
 }

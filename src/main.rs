@@ -121,7 +121,7 @@ fn main() -> ExitCode {
             upstream,
         } => {
             let _logs = init_logging();
-            let overrides = qbgate::cli::Overrides {
+            let overrides = qbgate::policy::Overrides {
                 listen,
                 admin_listen,
                 upstream,

@@ -1,20 +1,20 @@
 //! The compiled, immutable policy that the request path reads.
 //!
 //! A [`Policy`] is built once from the file by [`compile()`] (every error collected with its
-//! place), then shared behind an `ArcSwap` and never mutated: a reload builds a new one.
+//! place), then shared behind an `ArcSwap` and never mutated: a reload builds a new one. The
+//! command-line [`Overrides`] are applied to it before it serves, on start-up and on every reload.
 
 pub mod compile;
 pub mod file;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method};
-
-use crate::ratelimit::Quota;
 
 pub use compile::{compile, compile_with_env, load, PolicyErrors};
 
@@ -116,6 +116,18 @@ pub struct Key {
     pub disabled: bool,
 }
 
+/// The limits of one key, as compiled from the policy's `rate_limit` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Quota {
+    pub per_second: Option<NonZeroU32>,
+    /// Bucket size of `per_second`; defaults to `per_second`. Ignored without `per_second`.
+    pub burst: Option<NonZeroU32>,
+    pub per_minute: Option<NonZeroU32>,
+    pub per_hour: Option<NonZeroU32>,
+    pub per_day: Option<NonZeroU32>,
+    pub per_user_per_second: Option<NonZeroU32>,
+}
+
 /// One `METHOD PATH` allowlist entry. Segments are lowercase, a trailing `.json` removed, so that
 /// `/CHAT/dialog/ID` and `/chat/Dialog/ID.json` match the same entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +169,35 @@ impl RoutePattern {
                     Segment::Any => true,
                     Segment::Literal(literal) => literal == segment,
                 })
+    }
+}
+
+/// Command-line values that override the policy file, on start-up and on every reload.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub upstream: Option<String>,
+}
+
+impl Overrides {
+    /// Sets the overridden fields of a compiled `policy`; an `--upstream` that is not a valid
+    /// upstream URL is the error.
+    pub fn apply(&self, policy: &mut Policy) -> Result<(), String> {
+        if let Some(listen) = self.listen {
+            policy.listen = listen;
+        }
+        if let Some(admin) = self.admin_listen {
+            policy.admin_listen = admin;
+        }
+        if let Some(url) = &self.upstream {
+            let (scheme, origin, base_path) =
+                compile::split_url(url).map_err(|e| format!("--upstream {url}: {e}"))?;
+            policy.upstream.scheme = scheme;
+            policy.upstream.origin = origin;
+            policy.upstream.base_path = base_path;
+        }
+        Ok(())
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::cli::Overrides;
+use crate::policy::Overrides;
 use crate::{metrics, policy, Gateway, Runtime};
 
 /// How often the policy is re-read even without an event.

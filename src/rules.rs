@@ -15,10 +15,13 @@
 pub mod dialog;
 pub mod document;
 
+use std::borrow::Cow;
 use std::fmt;
 
-use http::Method;
+use http::{Method, StatusCode};
 use serde_json::{json, Value};
+
+use crate::error::GateError;
 
 pub use dialog::{check_create, check_delete, check_update};
 pub use document::{read, CreateDoc, CustomData, IdChanges, UpdateDoc};
@@ -267,6 +270,17 @@ impl Rejection {
     pub fn body(&self) -> Value {
         let key = self.field.as_deref().unwrap_or("base");
         json!({ "errors": { key: [self.message] } })
+    }
+}
+
+impl From<Rejection> for GateError {
+    fn from(r: Rejection) -> Self {
+        GateError::Rejected {
+            status: StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN),
+            reason: r.reason,
+            field: r.field,
+            message: Cow::Owned(r.message),
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use qbgate::cli::Overrides;
+use qbgate::policy::Overrides;
 use qbgate::sandbox::{Fault, Sandbox};
 use qbgate::{Gateway, Runtime};
 use tokio::net::TcpListener;

@@ -15,10 +15,9 @@ use http::{HeaderValue, Method};
 
 use super::file::{self, At};
 use super::{
-    ClientLimits, DialogRules, Key, OnBehalfOf, Policy, QbTokenMode, RateLimitStore, RoutePattern,
-    RuleMode, Segment, ShutdownTiming, Upstream,
+    ClientLimits, DialogRules, Key, OnBehalfOf, Policy, QbTokenMode, Quota, RateLimitStore,
+    RoutePattern, RuleMode, Segment, ShutdownTiming, Upstream,
 };
-use crate::ratelimit::Quota;
 
 /// One thing wrong with a policy, with its place when known.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +142,36 @@ impl Compiler<'_> {
         });
     }
 
+    /// A field that is one of a fixed set of words: the value paired with the word given, or
+    /// `default` when the field is absent or names none of them (an error, listing the words in
+    /// `choices` order).
+    fn keyword<T, const N: usize>(
+        &mut self,
+        path: &str,
+        raw: Option<&At<String>>,
+        default: T,
+        choices: [(&str, T); N],
+    ) -> T {
+        let Some(at) = raw else {
+            return default;
+        };
+        let mut words = Vec::with_capacity(N);
+        for (word, value) in choices {
+            if word == at.value {
+                return value;
+            }
+            words.push(format!("`{word}`"));
+        }
+        let message = match words.split_last() {
+            Some((last, rest)) if !rest.is_empty() => {
+                format!("must be {} or {last}", rest.join(", "))
+            }
+            _ => format!("must be {}", words.concat()),
+        };
+        self.error(path, at, message);
+        default
+    }
+
     fn policy(&mut self, raw: file::PolicyFile, text: &str) -> Policy {
         if raw.version.value != 1 {
             self.error("version", &raw.version, "must be 1");
@@ -183,17 +212,15 @@ impl Compiler<'_> {
             }
             Some(at) => at.value,
         };
-        let qb_token = match raw.qb_token.as_ref() {
-            None => QbTokenMode::Forward,
-            Some(at) => match at.value.as_str() {
-                "forward" => QbTokenMode::Forward,
-                "reject" => QbTokenMode::Reject,
-                _ => {
-                    self.error("qb_token", at, "must be `forward` or `reject`");
-                    QbTokenMode::Forward
-                }
-            },
-        };
+        let qb_token = self.keyword(
+            "qb_token",
+            raw.qb_token.as_ref(),
+            QbTokenMode::Forward,
+            [
+                ("forward", QbTokenMode::Forward),
+                ("reject", QbTokenMode::Reject),
+            ],
+        );
         let rate_limit = self.store(raw.rate_limit.unwrap_or_default());
         let dialog_rules = self.dialog_rules(raw.dialog_rules.unwrap_or_default());
         let keys = self.keys(raw.keys);
@@ -353,17 +380,12 @@ impl Compiler<'_> {
 
     fn store(&mut self, raw: file::RateLimitStore) -> RateLimitStore {
         let redis = raw.redis.unwrap_or_default();
-        let on_error_allow = match redis.on_error.as_ref() {
-            None => true,
-            Some(at) => match at.value.as_str() {
-                "allow" => true,
-                "deny" => false,
-                _ => {
-                    self.error("rate_limit.redis.on_error", at, "must be `allow` or `deny`");
-                    true
-                }
-            },
-        };
+        let on_error_allow = self.keyword(
+            "rate_limit.redis.on_error",
+            redis.on_error.as_ref(),
+            true,
+            [("allow", true), ("deny", false)],
+        );
         let url = match redis.url.as_ref() {
             None => "redis://127.0.0.1:6379".to_string(),
             Some(at) => {
@@ -377,54 +399,35 @@ impl Compiler<'_> {
                 at.value.clone()
             }
         };
-        match raw.store.as_ref() {
-            None => RateLimitStore::Memory,
-            Some(at) => match at.value.as_str() {
-                "memory" => RateLimitStore::Memory,
-                "redis" => RateLimitStore::Redis {
-                    url,
-                    on_error_allow,
-                },
-                _ => {
-                    self.error("rate_limit.store", at, "must be `memory` or `redis`");
-                    RateLimitStore::Memory
-                }
-            },
-        }
+        let redis = RateLimitStore::Redis {
+            url,
+            on_error_allow,
+        };
+        self.keyword(
+            "rate_limit.store",
+            raw.store.as_ref(),
+            RateLimitStore::Memory,
+            [("memory", RateLimitStore::Memory), ("redis", redis)],
+        )
     }
 
     fn dialog_rules(&mut self, raw: file::DialogRules) -> DialogRules {
-        let mode = match raw.mode.as_ref() {
-            None => RuleMode::Enforce,
-            Some(at) => match at.value.as_str() {
-                "enforce" => RuleMode::Enforce,
-                "report" => RuleMode::Report,
-                "off" => RuleMode::Off,
-                _ => {
-                    self.error(
-                        "dialog_rules.mode",
-                        at,
-                        "must be `enforce`, `report` or `off`",
-                    );
-                    RuleMode::Enforce
-                }
-            },
-        };
-        let forward_on_lookup_error = match raw.on_lookup_error.as_ref() {
-            None => false,
-            Some(at) => match at.value.as_str() {
-                "reject" => false,
-                "forward" => true,
-                _ => {
-                    self.error(
-                        "dialog_rules.on_lookup_error",
-                        at,
-                        "must be `reject` or `forward`",
-                    );
-                    false
-                }
-            },
-        };
+        let mode = self.keyword(
+            "dialog_rules.mode",
+            raw.mode.as_ref(),
+            RuleMode::Enforce,
+            [
+                ("enforce", RuleMode::Enforce),
+                ("report", RuleMode::Report),
+                ("off", RuleMode::Off),
+            ],
+        );
+        let forward_on_lookup_error = self.keyword(
+            "dialog_rules.on_lookup_error",
+            raw.on_lookup_error.as_ref(),
+            false,
+            [("reject", false), ("forward", true)],
+        );
         let mut allow_fields = Vec::new();
         for (i, at) in raw.allow_fields.unwrap_or_default().iter().enumerate() {
             let name = at.value.trim();
@@ -663,168 +666,4 @@ pub fn parse_route(text: &str) -> Result<RoutePattern, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const DIGEST: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
-
-    fn errors(text: &str) -> Vec<String> {
-        match compile(text) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.0.iter().map(ToString::to_string).collect(),
-        }
-    }
-
-    #[test]
-    fn minimal_policy_gets_the_contract_defaults() {
-        let p = compile(&format!(
-            "version: 1\nkeys:\n  - id: a\n    sha256: {DIGEST}\n"
-        ))
-        .unwrap();
-        assert_eq!(p.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(p.admin_listen.to_string(), "0.0.0.0:9090");
-        assert_eq!(p.upstream.origin.as_str(), "api.quickblox.com");
-        assert_eq!(p.upstream.timeout, Duration::from_secs(15));
-        assert_eq!(p.upstream.connect_timeout, Duration::from_secs(2));
-        assert_eq!(p.client.header_timeout, Duration::from_secs(10));
-        assert_eq!(p.client.body_timeout, Duration::from_secs(30));
-        assert_eq!(p.shutdown.drain_delay, Duration::from_secs(5));
-        assert_eq!(p.max_body_bytes, 1_048_576);
-        assert_eq!(p.qb_token, QbTokenMode::Forward);
-        assert_eq!(p.rate_limit, RateLimitStore::Memory);
-        assert_eq!(p.dialog_rules.mode, RuleMode::Enforce);
-        assert!(!p.dialog_rules.forward_on_lookup_error);
-        assert!(p.upstream.authorization.is_none());
-        assert_eq!(p.keys[0].on_behalf_of, OnBehalfOf::Any);
-        let mut d = [0u8; 32];
-        hex::decode_to_slice(DIGEST, &mut d).unwrap();
-        assert_eq!(p.key_by_digest(&d).unwrap().1.id.as_ref(), "a");
-    }
-
-    /// What a policy compiles to, minus the digest of its text.
-    fn summary(p: &Policy) -> String {
-        format!(
-            "{} {} {:?} {:?} {:?} {} {:?} {:?} {:?}",
-            p.listen,
-            p.admin_listen,
-            p.upstream,
-            p.client,
-            p.shutdown,
-            p.max_body_bytes,
-            p.rate_limit,
-            p.dialog_rules,
-            p.keys
-        )
-    }
-
-    #[test]
-    fn a_policy_in_json_form_compiles_as_its_yaml_form_does() {
-        let yaml = format!(
-            "version: 1\nlisten: 127.0.0.1:8181\nupstream:\n  url: https://api.example.com/v1\n  timeout: 3s\n\
-             dialog_rules:\n  mode: report\nkeys:\n  - id: a\n    sha256: {DIGEST}\n    on_behalf_of: [5, 6]\n\
-             \x20   routes: [GET /chat/Dialog.json]\n    rate_limit: {{ per_second: 5, burst: 10 }}\n"
-        );
-        let json = format!(
-            r#" {{"version": 1, "listen": "127.0.0.1:8181",
-                "upstream": {{"url": "https://api.example.com/v1", "timeout": "3s"}},
-                "dialog_rules": {{"mode": "report"}},
-                "keys": [{{"id": "a", "sha256": "{DIGEST}", "on_behalf_of": [5, 6],
-                          "routes": ["GET /chat/Dialog.json"],
-                          "rate_limit": {{"per_second": 5, "burst": 10}}}}]}}"#
-        );
-        let (from_yaml, from_json) = (compile(&yaml).unwrap(), compile(&json).unwrap());
-        assert_eq!(summary(&from_json), summary(&from_yaml));
-        // YAML's flow style also starts with `{` but is not JSON: the YAML parse takes it.
-        let flow = format!("{{version: 1, keys: [{{id: a, sha256: {DIGEST}}}]}}");
-        assert_eq!(compile(&flow).unwrap().keys[0].id.as_ref(), "a");
-    }
-
-    #[test]
-    fn errors_in_a_json_policy_still_say_where() {
-        let json = format!(
-            "{{\n  \"version\": 1,\n  \"keys\": [\n    {{\"id\": \"a\", \"sha256\": \"{DIGEST}\",\n     \"rate_limit\": {{\"per_second\": 5, \"burst\": 0}}}}\n  ]\n}}\n"
-        );
-        assert_eq!(
-            errors(&json),
-            ["keys[0].rate_limit.burst: must be at least 1 (line 5, column 47)"]
-        );
-        let unknown = format!("{{\"version\": 1, \"keys\": [{{\"id\": \"a\", \"sha256\": \"{DIGEST}\", \"rout\": []}}]}}");
-        let errs = errors(&unknown);
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(
-            errs[0].contains("rout") && errs[0].contains("line 1"),
-            "{errs:?}"
-        );
-    }
-
-    #[test]
-    fn every_value_error_is_reported_with_its_place() {
-        let text = format!(
-            "version: 1\nqb_token: maybe\nkeys:\n  - id: a\n    sha256: {DIGEST}\n    rate_limit:\n      per_second: 5\n      burst: 0\n  - id: a\n    sha256: xyz\n    on_behalf_of: [0]\n"
-        );
-        let errs = errors(&text);
-        assert_eq!(
-            errs,
-            vec![
-                "qb_token: must be `forward` or `reject` (line 2, column 11)".to_string(),
-                "keys[0].rate_limit.burst: must be at least 1 (line 8, column 14)".to_string(),
-                "keys[1].id: duplicate key id `a` (line 9, column 9)".to_string(),
-                "keys[1].sha256: must be 64 hex characters: the SHA-256 of the key (`qbgate hash-key`) (line 10, column 13)".to_string(),
-                "keys[1].on_behalf_of[0]: user ids must be positive (line 11, column 19)".to_string(),
-            ]
-        );
-    }
-
-    #[test]
-    fn unknown_fields_are_errors_with_a_place() {
-        let errs = errors(&format!(
-            "version: 1\nkeys:\n  - id: a\n    sha256: {DIGEST}\n    rout: []\n"
-        ));
-        assert_eq!(errs.len(), 1);
-        assert!(errs[0].contains("unknown field `rout`"), "{errs:?}");
-        assert!(errs[0].ends_with("(line 5, column 5)"), "{errs:?}");
-    }
-
-    #[test]
-    fn missing_secret_names_the_reference_not_a_value() {
-        let errs = errors(&format!(
-            "version: 1\nupstream:\n  api_key: {{ env: QBGATE_TEST_SURELY_UNSET }}\nkeys:\n  - id: a\n    sha256: {DIGEST}\n"
-        ));
-        assert_eq!(
-            errs,
-            vec!["upstream.api_key: environment variable QBGATE_TEST_SURELY_UNSET is not set (line 3, column 12)"]
-        );
-    }
-
-    #[test]
-    fn secret_from_file_is_trimmed_and_sensitive() {
-        let dir = std::env::temp_dir().join(format!("qbgate-secret-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("key");
-        std::fs::write(&file, "s3cret\n").unwrap();
-        let p = compile(&format!(
-            "version: 1\nupstream:\n  api_key: {{ file: {} }}\nkeys:\n  - id: a\n    sha256: {DIGEST}\n",
-            file.display()
-        ))
-        .unwrap();
-        let auth = p.upstream.authorization.unwrap();
-        assert_eq!(auth, "ApiKey s3cret");
-        assert!(auth.is_sensitive());
-    }
-
-    #[test]
-    fn routes_are_case_and_suffix_insensitive() {
-        let r = parse_route("PUT /chat/Dialog/*.json").unwrap();
-        assert_eq!(
-            r.segments,
-            vec![
-                Segment::Literal("chat".into()),
-                Segment::Literal("dialog".into()),
-                Segment::Any
-            ]
-        );
-        assert!(parse_route("put /x").is_err());
-        assert!(parse_route("GET chat").is_err());
-        assert!(parse_route("GET /a//b").is_err());
-    }
-}
+mod tests;

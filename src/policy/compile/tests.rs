@@ -1,0 +1,205 @@
+//! The policy compiler's tests: defaults, every error with its place, JSON and YAML alike.
+
+use super::*;
+
+const DIGEST: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+fn errors(text: &str) -> Vec<String> {
+    match compile(text) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn minimal_policy_gets_the_contract_defaults() {
+    let p = compile(&format!(
+        "version: 1\nkeys:\n  - id: a\n    sha256: {DIGEST}\n"
+    ))
+    .unwrap();
+    assert_eq!(p.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(p.admin_listen.to_string(), "0.0.0.0:9090");
+    assert_eq!(p.upstream.origin.as_str(), "api.quickblox.com");
+    assert_eq!(p.upstream.timeout, Duration::from_secs(15));
+    assert_eq!(p.upstream.connect_timeout, Duration::from_secs(2));
+    assert_eq!(p.client.header_timeout, Duration::from_secs(10));
+    assert_eq!(p.client.body_timeout, Duration::from_secs(30));
+    assert_eq!(p.shutdown.drain_delay, Duration::from_secs(5));
+    assert_eq!(p.max_body_bytes, 1_048_576);
+    assert_eq!(p.qb_token, QbTokenMode::Forward);
+    assert_eq!(p.rate_limit, RateLimitStore::Memory);
+    assert_eq!(p.dialog_rules.mode, RuleMode::Enforce);
+    assert!(!p.dialog_rules.forward_on_lookup_error);
+    assert!(p.upstream.authorization.is_none());
+    assert_eq!(p.keys[0].on_behalf_of, OnBehalfOf::Any);
+    let mut d = [0u8; 32];
+    hex::decode_to_slice(DIGEST, &mut d).unwrap();
+    assert_eq!(p.key_by_digest(&d).unwrap().1.id.as_ref(), "a");
+}
+
+/// What a policy compiles to, minus the digest of its text.
+fn summary(p: &Policy) -> String {
+    format!(
+        "{} {} {:?} {:?} {:?} {} {:?} {:?} {:?}",
+        p.listen,
+        p.admin_listen,
+        p.upstream,
+        p.client,
+        p.shutdown,
+        p.max_body_bytes,
+        p.rate_limit,
+        p.dialog_rules,
+        p.keys
+    )
+}
+
+#[test]
+fn a_policy_in_json_form_compiles_as_its_yaml_form_does() {
+    let yaml = format!(
+        "version: 1\nlisten: 127.0.0.1:8181\nupstream:\n  url: https://api.example.com/v1\n  timeout: 3s\n\
+         dialog_rules:\n  mode: report\nkeys:\n  - id: a\n    sha256: {DIGEST}\n    on_behalf_of: [5, 6]\n\
+         \x20   routes: [GET /chat/Dialog.json]\n    rate_limit: {{ per_second: 5, burst: 10 }}\n"
+    );
+    let json = format!(
+        r#" {{"version": 1, "listen": "127.0.0.1:8181",
+                "upstream": {{"url": "https://api.example.com/v1", "timeout": "3s"}},
+                "dialog_rules": {{"mode": "report"}},
+                "keys": [{{"id": "a", "sha256": "{DIGEST}", "on_behalf_of": [5, 6],
+                          "routes": ["GET /chat/Dialog.json"],
+                          "rate_limit": {{"per_second": 5, "burst": 10}}}}]}}"#
+    );
+    let (from_yaml, from_json) = (compile(&yaml).unwrap(), compile(&json).unwrap());
+    assert_eq!(summary(&from_json), summary(&from_yaml));
+    // YAML's flow style also starts with `{` but is not JSON: the YAML parse takes it.
+    let flow = format!("{{version: 1, keys: [{{id: a, sha256: {DIGEST}}}]}}");
+    assert_eq!(compile(&flow).unwrap().keys[0].id.as_ref(), "a");
+}
+
+#[test]
+fn errors_in_a_json_policy_still_say_where() {
+    let json = format!(
+        "{{\n  \"version\": 1,\n  \"keys\": [\n    {{\"id\": \"a\", \"sha256\": \"{DIGEST}\",\n     \"rate_limit\": {{\"per_second\": 5, \"burst\": 0}}}}\n  ]\n}}\n"
+    );
+    assert_eq!(
+        errors(&json),
+        ["keys[0].rate_limit.burst: must be at least 1 (line 5, column 47)"]
+    );
+    let unknown = format!(
+        "{{\"version\": 1, \"keys\": [{{\"id\": \"a\", \"sha256\": \"{DIGEST}\", \"rout\": []}}]}}"
+    );
+    let errs = errors(&unknown);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("rout") && errs[0].contains("line 1"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn every_value_error_is_reported_with_its_place() {
+    let text = format!(
+        "version: 1\nqb_token: maybe\nkeys:\n  - id: a\n    sha256: {DIGEST}\n    rate_limit:\n      per_second: 5\n      burst: 0\n  - id: a\n    sha256: xyz\n    on_behalf_of: [0]\n"
+    );
+    let errs = errors(&text);
+    assert_eq!(
+        errs,
+        vec![
+            "qb_token: must be `forward` or `reject` (line 2, column 11)".to_string(),
+            "keys[0].rate_limit.burst: must be at least 1 (line 8, column 14)".to_string(),
+            "keys[1].id: duplicate key id `a` (line 9, column 9)".to_string(),
+            "keys[1].sha256: must be 64 hex characters: the SHA-256 of the key (`qbgate hash-key`) (line 10, column 13)".to_string(),
+            "keys[1].on_behalf_of[0]: user ids must be positive (line 11, column 19)".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn unknown_fields_are_errors_with_a_place() {
+    let errs = errors(&format!(
+        "version: 1\nkeys:\n  - id: a\n    sha256: {DIGEST}\n    rout: []\n"
+    ));
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].contains("unknown field `rout`"), "{errs:?}");
+    assert!(errs[0].ends_with("(line 5, column 5)"), "{errs:?}");
+}
+
+#[test]
+fn missing_secret_names_the_reference_not_a_value() {
+    let errs = errors(&format!(
+        "version: 1\nupstream:\n  api_key: {{ env: QBGATE_TEST_SURELY_UNSET }}\nkeys:\n  - id: a\n    sha256: {DIGEST}\n"
+    ));
+    assert_eq!(
+        errs,
+        vec!["upstream.api_key: environment variable QBGATE_TEST_SURELY_UNSET is not set (line 3, column 12)"]
+    );
+}
+
+#[test]
+fn secret_from_file_is_trimmed_and_sensitive() {
+    let dir = std::env::temp_dir().join(format!("qbgate-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("key");
+    std::fs::write(&file, "s3cret\n").unwrap();
+    let p = compile(&format!(
+        "version: 1\nupstream:\n  api_key: {{ file: {} }}\nkeys:\n  - id: a\n    sha256: {DIGEST}\n",
+        file.display()
+    ))
+    .unwrap();
+    let auth = p.upstream.authorization.unwrap();
+    assert_eq!(auth, "ApiKey s3cret");
+    assert!(auth.is_sensitive());
+}
+
+#[test]
+fn routes_are_case_and_suffix_insensitive() {
+    let r = parse_route("PUT /chat/Dialog/*.json").unwrap();
+    assert_eq!(
+        r.segments,
+        vec![
+            Segment::Literal("chat".into()),
+            Segment::Literal("dialog".into()),
+            Segment::Any
+        ]
+    );
+    assert!(parse_route("put /x").is_err());
+    assert!(parse_route("GET chat").is_err());
+    assert!(parse_route("GET /a//b").is_err());
+}
+
+#[test]
+fn keyword_fields_list_their_words_and_map_each_word() {
+    let text = format!(
+        "version: 1\nrate_limit:\n  store: disk\n  redis:\n    on_error: maybe\ndialog_rules:\n  mode: on\n  on_lookup_error: retry\nkeys:\n  - id: a\n    sha256: {DIGEST}\n"
+    );
+    assert_eq!(
+        errors(&text),
+        vec![
+            "rate_limit.redis.on_error: must be `allow` or `deny` (line 5, column 15)",
+            "rate_limit.store: must be `memory` or `redis` (line 3, column 10)",
+            "dialog_rules.mode: must be `enforce`, `report` or `off` (line 7, column 9)",
+            "dialog_rules.on_lookup_error: must be `reject` or `forward` (line 8, column 20)",
+        ]
+    );
+    let p = compile(&format!(
+        "version: 1\nqb_token: reject\nrate_limit:\n  store: redis\n  redis:\n    on_error: deny\ndialog_rules:\n  mode: off\n  on_lookup_error: forward\nkeys:\n  - id: a\n    sha256: {DIGEST}\n"
+    ))
+    .unwrap();
+    assert_eq!(p.qb_token, QbTokenMode::Reject);
+    assert_eq!(
+        p.rate_limit,
+        RateLimitStore::Redis {
+            url: "redis://127.0.0.1:6379".into(),
+            on_error_allow: false,
+        }
+    );
+    assert_eq!(p.dialog_rules.mode, RuleMode::Off);
+    assert!(p.dialog_rules.forward_on_lookup_error);
+    let p = compile(&format!(
+        "version: 1\nqb_token: forward\nrate_limit:\n  store: memory\n  redis:\n    on_error: allow\ndialog_rules:\n  mode: report\n  on_lookup_error: reject\nkeys:\n  - id: a\n    sha256: {DIGEST}\n"
+    ))
+    .unwrap();
+    assert_eq!(p.qb_token, QbTokenMode::Forward);
+    assert_eq!(p.rate_limit, RateLimitStore::Memory);
+    assert_eq!(p.dialog_rules.mode, RuleMode::Report);
+    assert!(!p.dialog_rules.forward_on_lookup_error);
+}
