@@ -153,22 +153,38 @@ impl Policy {
 }
 
 impl RoutePattern {
-    /// Does this entry allow `method` on the route key of `path` (see [`crate::request::path`])?
-    pub fn matches(&self, method: &Method, path: &crate::request::CanonicalPath) -> bool {
+    /// Does this entry allow `method` on a path whose route key has these `segments` (decoded,
+    /// lowercased, the last without `.json`: the request phase's reading)?
+    pub fn matches<'a>(
+        &self,
+        method: &Method,
+        segments: impl ExactSizeIterator<Item = &'a str>,
+    ) -> bool {
         if let Some(m) = &self.method {
             if m != method {
                 return false;
             }
         }
-        self.segments.len() == path.len()
+        self.segments.len() == segments.len()
             && self
                 .segments
                 .iter()
-                .zip(path.route())
+                .zip(segments)
                 .all(|(pattern, segment)| match pattern {
                     Segment::Any => true,
                     Segment::Literal(literal) => literal == segment,
                 })
+    }
+}
+
+/// `name.json` -> `name` (any letter case); anything else unchanged: how a route key's last
+/// segment reads, in a policy's `routes` and in a request's path alike.
+pub fn strip_json(segment: &str) -> &str {
+    let n = segment.len();
+    if n > 5 && segment.is_char_boundary(n - 5) && segment[n - 5..].eq_ignore_ascii_case(".json") {
+        &segment[..n - 5]
+    } else {
+        segment
     }
 }
 

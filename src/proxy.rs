@@ -347,7 +347,7 @@ fn allow_route(
     };
     if routes
         .iter()
-        .any(|r| r.matches(request.method(), request.path()))
+        .any(|r| r.matches(request.method(), request.path().route()))
     {
         Ok(())
     } else {

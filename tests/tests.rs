@@ -8,6 +8,7 @@
 //! - `config_files`: the example policies load.
 //! - `dialog_rules`: the rule matrix, bypass attempts and the dialog cache, through the gateway.
 //! - `operations`: hot reload under load, the directory watch, graceful drain, metrics.
+//! - `layers`: the import graph of `src/` against the layers and the "never" list; no cycles.
 //! - `integrity`: every way found to make the upstream read another request than the one judged.
 //! - `hostile`: smuggling, oversized or broken heads, slow clients, hostile bodies and JSON, h2 floods.
 //! - `h2_conn`: HTTP/2 connections under the head deadline and idle timeout; rapid reset,
@@ -29,6 +30,7 @@ mod faults;
 mod h2_conn;
 mod hostile;
 mod integrity;
+mod layers;
 mod operations;
 mod pool;
 mod rate_limit;

@@ -650,7 +650,7 @@ pub fn parse_route(text: &str) -> Result<RoutePattern, String> {
         return Err(format!("path `{path}` has an empty segment"));
     }
     if let Some(last) = raw.last_mut() {
-        *last = crate::request::path::strip_json(last);
+        *last = super::strip_json(last);
     }
     let segments = raw
         .iter()

@@ -20,6 +20,7 @@ use http::uri::PathAndQuery;
 use smallvec::SmallVec;
 
 use crate::error::GateError;
+use crate::policy::strip_json;
 
 /// A request path that passed every check. A plain path (nothing to decode) costs no allocation:
 /// every form borrows the request's own bytes.
@@ -80,8 +81,9 @@ impl CanonicalPath {
     }
 
     /// Decoded segments lowercased, `.json` removed from the last: what routes match.
-    pub fn route(&self) -> impl Iterator<Item = &str> + Clone {
-        (0..self.len()).filter_map(|i| self.route_segment(i))
+    pub fn route(&self) -> impl ExactSizeIterator<Item = &str> + Clone {
+        // Every index below `len` has a segment.
+        (0..self.len()).map(|i| self.route_segment(i).unwrap_or_default())
     }
 
     /// Segment `i` of the route key; `None` past the last.
@@ -174,16 +176,6 @@ impl CanonicalPath {
         i.checked_sub(1)
             .and_then(|before| self.ends.get(before))
             .map_or(0, |&end| end as usize + 1)
-    }
-}
-
-/// `name.json` -> `name` (any letter case); anything else unchanged.
-pub fn strip_json(segment: &str) -> &str {
-    let n = segment.len();
-    if n > 5 && segment.is_char_boundary(n - 5) && segment[n - 5..].eq_ignore_ascii_case(".json") {
-        &segment[..n - 5]
-    } else {
-        segment
     }
 }
 
