@@ -306,4 +306,4 @@ pub(crate) fn distinct(ids: &[u64]) -> BTreeSet<u64> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

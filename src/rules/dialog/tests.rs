@@ -492,35 +492,7 @@ fn actors() -> impl Strategy<Value = Actor> {
 }
 
 fn updates() -> impl Strategy<Value = UpdateDoc> {
-    let list = || prop::option::of(prop::collection::vec(1u64..=7, 1..4));
-    let changes = move || {
-        prop::option::of((list(), list()).prop_map(|(o, a)| IdChanges {
-            occupants_ids: o,
-            admin_ids: a,
-        }))
-    };
-    (
-        prop::option::of(Just("n".to_string())),
-        prop::option::of(Just("p".to_string())),
-        prop::option::of(Just(crate::rules::CustomData {
-            class_name: "C".into(),
-        })),
-        prop::option::of(1u64..=7),
-        changes(),
-        changes(),
-        prop::option::of(Just(vec!["color".to_string()])),
-    )
-        .prop_map(
-            |(name, photo, data, owner, push_all, pull_all, extra)| UpdateDoc {
-                name,
-                photo,
-                data,
-                owner,
-                push_all,
-                pull_all,
-                extra: extra.unwrap_or_default(),
-            },
-        )
+    crate::rules::document::tests::update_docs_with(1..=7, ["n", "p", "C"], true, true)
 }
 
 proptest! {

@@ -513,34 +513,60 @@ fn unsupported_route_is_400() {
     );
 }
 
-/// An update document and the JSON and form texts that spell it.
-fn update_docs() -> impl Strategy<Value = UpdateDoc> {
-    let ids = || prop::option::of(prop::collection::vec(1u64..=u64::MAX, 1..4));
+/// Update documents for property tests, the one strategy of both rule test files: ids drawn from
+/// `ids`, text fields from the regexes, `extra` (fields the policy lets through) when asked, and
+/// `push_all`/`pull_all` with neither list only when `empty_changes` allows it.
+pub(crate) fn update_docs_with(
+    ids: std::ops::RangeInclusive<u64>,
+    [names, photos, classes]: [&'static str; 3],
+    extra: bool,
+    empty_changes: bool,
+) -> impl Strategy<Value = UpdateDoc> {
+    let owners = ids.clone();
+    let list = move || prop::option::of(prop::collection::vec(ids.clone(), 1..4));
     let changes = move || {
-        (ids(), ids()).prop_filter_map("one list", |(o, a)| {
-            (o.is_some() || a.is_some()).then_some(IdChanges {
+        (list(), list()).prop_filter_map("one list", move |(o, a)| {
+            (empty_changes || o.is_some() || a.is_some()).then_some(IdChanges {
                 occupants_ids: o,
                 admin_ids: a,
             })
         })
     };
+    let extra = if extra {
+        prop::option::of(Just(vec!["color".to_string()])).boxed()
+    } else {
+        Just(None).boxed()
+    };
     (
-        prop::option::of("\\PC{0,200}"),
-        prop::option::of("[ -~]{0,10}"),
-        prop::option::of("[A-Za-z]{1,10}".prop_map(|c| CustomData { class_name: c })),
-        prop::option::of(1u64..=u64::MAX),
+        prop::option::of(names),
+        prop::option::of(photos),
+        prop::option::of(classes.prop_map(|c| CustomData { class_name: c })),
+        prop::option::of(owners),
         prop::option::of(changes()),
         prop::option::of(changes()),
+        extra,
     )
-        .prop_map(|(name, photo, data, owner, push_all, pull_all)| UpdateDoc {
-            name,
-            photo,
-            data,
-            owner,
-            push_all,
-            pull_all,
-            extra: vec![],
-        })
+        .prop_map(
+            |(name, photo, data, owner, push_all, pull_all, extra)| UpdateDoc {
+                name,
+                photo,
+                data,
+                owner,
+                push_all,
+                pull_all,
+                extra: extra.unwrap_or_default(),
+            },
+        )
+}
+
+/// An update document as the JSON and form texts must spell it.
+fn update_docs() -> impl Strategy<Value = UpdateDoc> {
+    update_docs_with(
+        1..=u64::MAX,
+        ["\\PC{0,200}", "[ -~]{0,10}", "[A-Za-z]{1,10}"],
+        false,
+        false,
+    )
 }
 
 fn to_json(doc: &UpdateDoc) -> Value {
