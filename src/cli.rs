@@ -117,18 +117,22 @@ pub async fn demo(listen: SocketAddr) -> Result<(), Failure> {
 
     let env = |name: &str| (name == "QB_API_KEY").then(|| DEMO_UPSTREAM_KEY.to_string());
     let mut policy = policy::compile_with_env(EXAMPLE_POLICY, &env).map_err(Failure::Policy)?;
+    // A free loopback port, known before serving so that it can be printed.
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| Failure::Other(format!("cannot find a port for the admin listener: {e}")))?;
     let overrides = Overrides {
         listen: Some(listen),
-        admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        admin_listen: Some(admin),
         upstream: Some(format!("http://{sandbox_addr}")),
     };
     overrides.apply(&mut policy).map_err(Failure::Other)?;
-    print_demo(listen);
+    print_demo(listen, admin);
     let _keep = Arc::new(sandbox);
     serve_policy(policy, None, std::future::pending()).await
 }
 
-fn print_demo(listen: SocketAddr) {
+fn print_demo(listen: SocketAddr, admin: SocketAddr) {
     use crate::sandbox::seed;
     let (_, key) = DEMO_KEYS[0];
     let base = format!("http://{listen}");
@@ -144,7 +148,9 @@ fn print_demo(listen: SocketAddr) {
          # an occupant removing someone else from a group dialog: rejected (403)\n\
          curl -s -i -X PUT -H 'Authorization: ApiKey {key}' -H 'On-Behalf-Of: {occupant}' -H 'Content-Type: application/json' \\\n  -d '{{\"pull_all\":{{\"occupants_ids\":[{owner}]}}}}' '{base}/chat/Dialog/{group}.json'\n\n\
          # a wrong key (401)\n\
-         curl -s -i -H 'Authorization: ApiKey wrong' -H 'On-Behalf-Of: {owner}' '{base}/chat/Dialog.json'\n",
+         curl -s -i -H 'Authorization: ApiKey wrong' -H 'On-Behalf-Of: {owner}' '{base}/chat/Dialog.json'\n\n\
+         # admin listener on http://{admin} (/healthz, /readyz, /metrics): the counters of the requests above\n\
+         curl -s 'http://{admin}/metrics'\n",
         owner = seed::RECIPE_USER,
         occupant = seed::OCCUPANT,
         group = seed::GROUP_ID,

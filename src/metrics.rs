@@ -2,16 +2,30 @@
 //! the policy, `route` a template from [`crate::request::CanonicalPath::route_label`], never a raw path.
 //!
 //! Histograms have real buckets (summaries do not add up across replicas). The recorder is
-//! process-global, installed once.
+//! process-global, installed once. Every family has HELP and TYPE lines (`describe`), names in
+//! base units (`_seconds`, `_bytes`, `_total` on counters): the exposition passes
+//! `promtool check metrics`. Beside qbgate's own families: `qbgate_build_info{version,revision}`
+//! and the standard `process_*` families (from `metrics-process`, refreshed on each scrape).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, OnceLock};
 
-use metrics::{Counter, Histogram};
+use metrics::{Counter, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The `process_*` families (CPU, memory, file descriptors, threads, start time).
+static PROCESS: LazyLock<metrics_process::Collector> =
+    LazyLock::new(metrics_process::Collector::default);
+
+/// The crate's version, for `qbgate_build_info{version}`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The git revision the binary was built from (`build.rs`; "unknown" without git), for
+/// `qbgate_build_info{revision}`.
+pub const REVISION: &str = env!("QBGATE_REVISION");
 
 /// Seconds: 0.5 ms to 15 s, covering a local check and a slow upstream.
 const BUCKETS: [f64; 14] = [
@@ -27,8 +41,62 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                 .ok()?
                 .install_recorder()
                 .ok()
+                .inspect(|_| {
+                    describe();
+                    metrics::gauge!("qbgate_build_info", "version" => VERSION, "revision" => REVISION)
+                        .set(1.0);
+                })
         })
         .as_ref()
+}
+
+/// HELP (and so TYPE) for every family, including those not yet seen: without a description the
+/// exposition has no HELP line, which `promtool check metrics` reports.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "qbgate_build_info",
+        "Always 1; the version and git revision of the running binary."
+    );
+    describe_counter!(
+        "qbgate_requests_total",
+        "Requests answered, by key id, route template, status and the gateway's reason."
+    );
+    describe_histogram!(
+        "qbgate_request_duration_seconds",
+        Unit::Seconds,
+        "Time the gateway took to answer a request (to the answer's head), by route template."
+    );
+    describe_histogram!(
+        "qbgate_upstream_duration_seconds",
+        Unit::Seconds,
+        "Time the upstream took to answer a forwarded request."
+    );
+    describe_counter!(
+        "qbgate_upstream_errors_total",
+        "Forwarded requests that got no answer from the upstream, by kind."
+    );
+    describe_counter!(
+        "qbgate_rate_limited_total",
+        "Requests refused with 429 by a rate limit, by key id."
+    );
+    describe_counter!(
+        "qbgate_rule_violations_total",
+        "Dialog updates that broke a dialog rule, by rule and mode (enforce refuses, report counts)."
+    );
+    describe_counter!(
+        "qbgate_dialog_cache_requests_total",
+        "Dialog lookups for the rules, by result (hit or miss)."
+    );
+    describe_counter!(
+        "qbgate_policy_reloads_total",
+        "Policy reloads, by result (success or failure; a failure keeps the last good policy)."
+    );
+    describe_gauge!(
+        "qbgate_policy_info",
+        "1 for the serving policy's digest, 0 for the one it replaced."
+    );
+    PROCESS.describe();
 }
 
 /// Drain histogram samples into their buckets. The recorder does this only on `render` unless
@@ -39,9 +107,13 @@ pub fn upkeep() {
     }
 }
 
-/// The Prometheus text exposition.
+/// The Prometheus text exposition, with the `process_*` families read now.
 pub fn render() -> String {
-    handle().map(PrometheusHandle::render).unwrap_or_default()
+    let Some(handle) = handle() else {
+        return String::new();
+    };
+    PROCESS.collect();
+    handle.render()
 }
 
 /// Status codes as shared label values, made once: no string is formatted per request.

@@ -350,3 +350,148 @@ fn compile_friendly(path: &std::path::Path, text: &str) -> String {
         "{ env: QB_API_KEY }",
     )
 }
+
+/// A gateway with an admin listener (and a key limited to one request an hour), in front of a
+/// fresh sandbox: `(proxy, admin)` addresses. The gateway serves until the test's runtime ends.
+async fn gate_with_admin() -> (std::net::SocketAddr, std::net::SocketAddr) {
+    let (_sandbox, addr) = sandbox().await;
+    let limited = format!(
+        "- {{ id: limited, sha256: {}, on_behalf_of: none, rate_limit: {{ per_hour: 1 }} }}\n",
+        digest("test-key-limited-metrics")
+    );
+    let policy = compile(&policy_text(&format!("http://{addr}"), "", &limited));
+    let gateway: Arc<Gateway> = Gateway::new(Runtime::new(policy, None).await.unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = listener.local_addr().unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    tokio::spawn(qbgate::serve(
+        gateway,
+        listener,
+        Some(admin),
+        std::future::pending(),
+    ));
+    (proxy_addr, admin_addr)
+}
+
+/// GET `uri` (with `Authorization: ApiKey key` when given): status and body.
+async fn get(uri: String, key: Option<&str>) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let mut request = http::Request::get(uri);
+    if let Some(key) = key {
+        request = request.header("authorization", format!("ApiKey {key}"));
+    }
+    let response = client
+        .request(request.body(http_body_util::Full::default()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// `/metrics` from the admin listener after one allowed, one refused (401) and one rate-limited
+/// (429) request.
+async fn scrape_after_traffic() -> String {
+    let (proxy, admin) = gate_with_admin().await;
+    let list = format!("http://{proxy}/chat/Dialog.json");
+    assert_eq!(get(list.clone(), Some(KEY_APP)).await.0, 200);
+    assert_eq!(get(list.clone(), Some("not-a-key")).await.0, 401);
+    assert_eq!(
+        get(list.clone(), Some("test-key-limited-metrics")).await.0,
+        200
+    );
+    assert_eq!(get(list, Some("test-key-limited-metrics")).await.0, 429);
+    let (status, text) = get(format!("http://{admin}/metrics"), None).await;
+    assert_eq!(status, 200);
+    text
+}
+
+#[tokio::test]
+async fn metrics_have_help_build_info_and_process_families() {
+    let text = scrape_after_traffic().await;
+    let build_info = format!(
+        "qbgate_build_info{{version=\"{}\",revision=\"",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.contains(&build_info), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("qbgate_build_info{") && l.ends_with("\"} 1")),
+        "{text}"
+    );
+    for family in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(family)),
+            "{family} missing: {text}"
+        );
+    }
+    assert!(
+        text.contains("qbgate_rate_limited_total{key=\"limited\"}"),
+        "{text}"
+    );
+    // Every family has HELP and TYPE.
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split(' ').nth(2).unwrap();
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} has no HELP: {text}"
+        );
+    }
+}
+
+/// Whether `promtool` runs; `false` (and a notice) when it is not installed, unless
+/// `QBGATE_REQUIRE_PROMTOOL` is set: then that is a failure.
+fn promtool_installed(test: &str) -> bool {
+    let installed = std::process::Command::new("promtool")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        assert!(
+            std::env::var_os("QBGATE_REQUIRE_PROMTOOL").is_none(),
+            "{test}: promtool not found and QBGATE_REQUIRE_PROMTOOL is set"
+        );
+        eprintln!("SKIPPED {test}: promtool not found (Debian package prometheus)");
+    }
+    installed
+}
+
+#[tokio::test]
+#[ignore = "needs promtool (Debian prometheus); .ci/run installs it and runs it"]
+async fn metrics_pass_promtool_check_metrics() {
+    use std::io::Write;
+    if !promtool_installed("metrics_pass_promtool_check_metrics") {
+        return;
+    }
+    let text = scrape_after_traffic().await;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}\n---\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -312,6 +312,7 @@ async fn until_reconnected(gate: &Gate, key: &str) -> Reply {
 }
 
 #[tokio::test]
+#[ignore = "needs redis-server (Debian); .ci/run installs it and runs it"]
 async fn redis_two_gateways_share_one_limit() {
     let Some(server) = Server::start("redis_two_gateways_share_one_limit") else {
         return;
@@ -365,6 +366,7 @@ async fn redis_two_gateways_share_one_limit() {
 }
 
 #[tokio::test]
+#[ignore = "needs redis-server (Debian); .ci/run installs it and runs it"]
 async fn redis_down_on_error_allow_then_back() {
     let Some(server) = Server::start("redis_down_on_error_allow_then_back") else {
         return;
@@ -396,6 +398,7 @@ async fn redis_down_on_error_allow_then_back() {
 }
 
 #[tokio::test]
+#[ignore = "needs redis-server (Debian); .ci/run installs it and runs it"]
 async fn redis_down_on_error_deny_then_back() {
     let Some(server) = Server::start("redis_down_on_error_deny_then_back") else {
         return;
@@ -440,6 +443,7 @@ async fn redis_down_on_error_deny_then_back() {
 }
 
 #[tokio::test]
+#[ignore = "needs redis-server (Debian); .ci/run installs it and runs it"]
 async fn redis_reload_keeps_state_and_resets_changed_keys() {
     let Some(server) = Server::start("redis_reload_keeps_state_and_resets_changed_keys") else {
         return;

@@ -492,6 +492,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs redis-server (Debian); .ci/run installs it and runs it"]
     async fn two_limiters_share_one_limit() {
         let Some(server) = Server::start("two_limiters_share_one_limit") else {
             return;
@@ -532,6 +533,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs redis-server (Debian); .ci/run installs it and runs it"]
     async fn all_or_nothing_and_headers() {
         let Some(server) = Server::start("all_or_nothing_and_headers") else {
             return;
@@ -606,6 +608,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs redis-server (Debian); .ci/run installs it and runs it"]
     async fn rate_over_real_time() {
         let Some(server) = Server::start("rate_over_real_time") else {
             return;
@@ -640,6 +643,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs redis-server (Debian); .ci/run installs it and runs it"]
     async fn redis_down_up_and_back() {
         let Some(server) = Server::start("redis_down_up_and_back") else {
             return;
@@ -705,6 +709,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs redis-server (Debian); .ci/run installs it and runs it"]
     async fn start_with_redis_down() {
         let Some(server) = Server::start("start_with_redis_down") else {
             return;
@@ -732,6 +737,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs redis-server (Debian); .ci/run installs it and runs it"]
     async fn stalled_redis_is_bounded_by_the_timeout() {
         let Some(server) = Server::start("stalled_redis_is_bounded_by_the_timeout") else {
             return;
