@@ -314,9 +314,7 @@ async fn until_reconnected(gate: &Gate, key: &str) -> Reply {
 #[tokio::test]
 #[ignore = "needs redis-server (Debian); .ci/run installs it and runs it"]
 async fn redis_two_gateways_share_one_limit() {
-    let Some(server) = Server::start("redis_two_gateways_share_one_limit") else {
-        return;
-    };
+    let server = Server::start("redis_two_gateways_share_one_limit");
     let section = redis_section(server.port, "deny");
     let keys = key_entry("rl", KEY_RL, "per_hour: 10");
     let a = Gate::start_with_keys(&section, &keys).await;
@@ -368,9 +366,7 @@ async fn redis_two_gateways_share_one_limit() {
 #[tokio::test]
 #[ignore = "needs redis-server (Debian); .ci/run installs it and runs it"]
 async fn redis_down_on_error_allow_then_back() {
-    let Some(server) = Server::start("redis_down_on_error_allow_then_back") else {
-        return;
-    };
+    let server = Server::start("redis_down_on_error_allow_then_back");
     let keys = key_entry("rl", KEY_RL, "per_hour: 3");
     let gate = Gate::start_with_keys(&redis_section(server.port, "allow"), &keys).await;
     assert_eq!(count_allowed(&gate, KEY_RL, Some(OWNER), 5).await, 3);
@@ -400,9 +396,7 @@ async fn redis_down_on_error_allow_then_back() {
 #[tokio::test]
 #[ignore = "needs redis-server (Debian); .ci/run installs it and runs it"]
 async fn redis_down_on_error_deny_then_back() {
-    let Some(server) = Server::start("redis_down_on_error_deny_then_back") else {
-        return;
-    };
+    let server = Server::start("redis_down_on_error_deny_then_back");
     let keys = key_entry("rl", KEY_RL, "per_hour: 3");
     let gate = Gate::start_with_keys(&redis_section(server.port, "deny"), &keys).await;
     assert_eq!(count_allowed(&gate, KEY_RL, Some(OWNER), 1).await, 1);
@@ -445,9 +439,7 @@ async fn redis_down_on_error_deny_then_back() {
 #[tokio::test]
 #[ignore = "needs redis-server (Debian); .ci/run installs it and runs it"]
 async fn redis_reload_keeps_state_and_resets_changed_keys() {
-    let Some(server) = Server::start("redis_reload_keeps_state_and_resets_changed_keys") else {
-        return;
-    };
+    let server = Server::start("redis_reload_keeps_state_and_resets_changed_keys");
     let section = redis_section(server.port, "deny");
     let before = format!(
         "{}{}",
