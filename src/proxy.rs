@@ -228,6 +228,7 @@ async fn phases(
     access.user = principal.user;
     allow_route(runtime, &principal, &request)?;
     rate_limit(runtime, &principal, access).await?;
+    judge::check_query_token(&principal, &request)?;
 
     let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
     if let Some(incoming) = body.as_ref() {
@@ -249,9 +250,24 @@ async fn phases(
             access,
         ))
         .await?
+    } else if principal.key.is_some() && judge::is_users_change(request.method(), request.path()) {
+        Box::pin(judge::users_phase(
+            runtime,
+            &principal,
+            &mut request,
+            body,
+            access,
+        ))
+        .await?
     } else if request::body::may_override(request.method(), request.media()) {
         let bytes = read_body(body, limit, timeout, access).await?;
         request::body::check_override(request.media(), &bytes)?;
+        if principal.key.is_some()
+            && request.media().map(request::Media::kind) == Some(request::MediaKind::Form)
+            && request::body::form_names(&bytes, b"token")?
+        {
+            return Err(judge::token_param());
+        }
         request.set_body(ProxyBody::full(bytes));
         Checked::unjudged()
     } else {
