@@ -495,3 +495,42 @@ async fn the_token_parameter_is_refused_in_report_mode_too() {
         .await;
     assert_refused(&gate, &reply, 400, "token_param", "base");
 }
+
+#[test]
+fn check_warns_about_a_key_for_any_user_that_mints_tokens() {
+    let dir = std::env::temp_dir().join(format!("qbgate-lp-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |text: String| {
+        let path = dir.join("policy.yaml");
+        std::fs::write(&path, text).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_qbgate"))
+            .args(["check", "--policy"])
+            .arg(&path)
+            .env("QB_API_KEY", "k")
+            .output()
+            .unwrap()
+    };
+    let policy = |on_behalf_of: &str| {
+        format!(
+            "version: 1\nupstream:\n  api_key: {{ env: QB_API_KEY }}\nkeys:\n  - id: risky\n    sha256: {}\n    on_behalf_of: {on_behalf_of}\n    powers: [mint_tokens]\n",
+            digest(KEY_ME)
+        )
+    };
+    let out = run(policy("any"));
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: key `risky`") && stderr.contains("mint_tokens"),
+        "{stderr}"
+    );
+    for quiet in ["none", "[123]"] {
+        let out = run(policy(quiet));
+        assert!(out.status.success());
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
