@@ -3,7 +3,8 @@
 //!
 //! Phases: request id -> normalize (the [`Canonical`] request: hop-by-hop headers removed,
 //! anything that could be read two ways refused) -> authenticate -> route allowlist -> rate
-//! limit -> body (streamed, or read whole when a rule or the `_method` check needs it) -> rules
+//! limit -> the query's `token` check (API keys) -> body (streamed, or read whole when a rule or
+//! the `_method` check needs it) -> rules (dialog changes; writes under `/users` on an API key)
 //! -> forward (the [`Canonical`] written as it was judged) -> response -> access log.
 //! Ordering constraints: normalization precedes every decision, so no phase sees a path that could
 //! be read two ways; authentication precedes the allowlist and the limiter, which are per key; the
@@ -236,8 +237,9 @@ async fn phases(
             return Err(GateError::BodyTooLarge);
         }
     }
-    // Most requests stream through unread. Dialog changes are judged and form POSTs read whole,
-    // both boxed: their state (body reading, dialog lookups) would otherwise make every
+    // Most requests stream through unread. Dialog changes and API-key writes under `/users` are
+    // judged and form POSTs read whole (a `token` field refused on an API key), the judged ones
+    // boxed: their state (body reading, dialog lookups) would otherwise make every
     // request's future kilobytes larger, copied on every request.
     let judged = policy.dialog_rules.mode != RuleMode::Off
         && judge::is_dialog_change(request.method(), request.path());

@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | `method` | [`normalize`]: one of GET HEAD POST PUT PATCH DELETE OPTIONS, else 405 | allowlist, rules, forward | nobody |
 //! | `path` | [`path::CanonicalPath::parse`]: decoded once; ambiguity, non-ASCII and `;` refused | allowlist, rules, metrics, forward (the matched path is the one sent) | nobody |
-//! | query | kept raw in `path`; a `_method` key refused | rules (parameters), forward (as received) | nobody |
+//! | query | kept raw in `path`; a `_method` key refused, a `token` key noted ([`Canonical::query_names_token`]) | rules (parameters), forward (as received) | nobody |
 //! | `headers` | [`headers::canonical`]: hop-by-hop and `Connection`-named fields removed (`Host` and `Content-Length` are left for the upstream client, which writes its own); names other than `[a-z0-9-]`, repeated deciding headers, override headers refused | authenticate, rules, lookups (credentials), forward | [`Canonical::forward`]: `Authorization` swapped, `X-Request-Id` set |
 //! | `media` | [`body::Media::read`]: the one `Content-Type`, read as the upstream reads it | body phase, rules | nobody |
 //! | `body` | the body phase: streamed with its limits, or read whole (rules, `_method` check) | rules, forward | nobody once set |
