@@ -69,6 +69,16 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { policy } => match policy::load(&policy) {
             Ok(p) => {
+                for key in p.keys.iter().filter(|k| {
+                    k.on_behalf_of == policy::OnBehalfOf::Any
+                        && k.powers.contains(policy::Power::MintTokens)
+                }) {
+                    eprintln!(
+                        "{}: warning: key `{}` has on_behalf_of: any and mint_tokens: it can mint a session token for any user, outside every rule",
+                        policy.display(),
+                        key.id
+                    );
+                }
                 println!(
                     "{}: ok: {} keys, policy digest {}",
                     policy.display(),

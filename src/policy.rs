@@ -114,6 +114,48 @@ pub struct Key {
     pub quota: Option<Quota>,
     pub expires_at: Option<SystemTime>,
     pub disabled: bool,
+    /// Account-owner powers (`powers`); empty by default.
+    pub powers: Powers,
+}
+
+/// One account-owner power: what a key may do to user accounts beyond acting as its user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    /// `create_users`: `POST /users`.
+    CreateUsers = 1,
+    /// `mint_tokens`: `POST /users/{id}/tokens`, a session token for any user.
+    MintTokens = 2,
+    /// `manage_users`: update or delete a user other than the acting one.
+    ManageUsers = 4,
+}
+
+impl Power {
+    /// The word the policy file uses.
+    pub fn word(self) -> &'static str {
+        match self {
+            Power::CreateUsers => "create_users",
+            Power::MintTokens => "mint_tokens",
+            Power::ManageUsers => "manage_users",
+        }
+    }
+}
+
+/// A set of [`Power`]s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Powers(u8);
+
+impl Powers {
+    /// No power at all: the default.
+    pub const NONE: Powers = Powers(0);
+
+    /// This set with `power` added.
+    pub fn with(self, power: Power) -> Powers {
+        Powers(self.0 | power as u8)
+    }
+
+    pub fn contains(self, power: Power) -> bool {
+        self.0 & power as u8 != 0
+    }
 }
 
 /// The limits of one key, as compiled from the policy's `rate_limit` section.

@@ -3,7 +3,8 @@
 //!
 //! Phases: request id -> normalize (the [`Canonical`] request: hop-by-hop headers removed,
 //! anything that could be read two ways refused) -> authenticate -> route allowlist -> rate
-//! limit -> body (streamed, or read whole when a rule or the `_method` check needs it) -> rules
+//! limit -> the query's `token` check (API keys) -> body (streamed, or read whole when a rule or
+//! the `_method` check needs it) -> rules (dialog changes; writes under `/users` on an API key)
 //! -> forward (the [`Canonical`] written as it was judged) -> response -> access log.
 //! Ordering constraints: normalization precedes every decision, so no phase sees a path that could
 //! be read two ways; authentication precedes the allowlist and the limiter, which are per key; the
@@ -228,6 +229,7 @@ async fn phases(
     access.user = principal.user;
     allow_route(runtime, &principal, &request)?;
     rate_limit(runtime, &principal, access).await?;
+    judge::check_query_token(&principal, &request)?;
 
     let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
     if let Some(incoming) = body.as_ref() {
@@ -235,8 +237,9 @@ async fn phases(
             return Err(GateError::BodyTooLarge);
         }
     }
-    // Most requests stream through unread. Dialog changes are judged and form POSTs read whole,
-    // both boxed: their state (body reading, dialog lookups) would otherwise make every
+    // Most requests stream through unread. Dialog changes and API-key writes under `/users` are
+    // judged and form POSTs read whole (a `token` field refused on an API key), the judged ones
+    // boxed: their state (body reading, dialog lookups) would otherwise make every
     // request's future kilobytes larger, copied on every request.
     let judged = policy.dialog_rules.mode != RuleMode::Off
         && judge::is_dialog_change(request.method(), request.path());
@@ -249,9 +252,24 @@ async fn phases(
             access,
         ))
         .await?
+    } else if principal.key.is_some() && judge::is_users_change(request.method(), request.path()) {
+        Box::pin(judge::users_phase(
+            runtime,
+            &principal,
+            &mut request,
+            body,
+            access,
+        ))
+        .await?
     } else if request::body::may_override(request.method(), request.media()) {
         let bytes = read_body(body, limit, timeout, access).await?;
         request::body::check_override(request.media(), &bytes)?;
+        if principal.key.is_some()
+            && request.media().map(request::Media::kind) == Some(request::MediaKind::Form)
+            && request::body::form_names(&bytes, b"token")?
+        {
+            return Err(judge::token_param());
+        }
         request.set_body(ProxyBody::full(bytes));
         Checked::unjudged()
     } else {

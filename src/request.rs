@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | `method` | [`normalize`]: one of GET HEAD POST PUT PATCH DELETE OPTIONS, else 405 | allowlist, rules, forward | nobody |
 //! | `path` | [`path::CanonicalPath::parse`]: decoded once; ambiguity, non-ASCII and `;` refused | allowlist, rules, metrics, forward (the matched path is the one sent) | nobody |
-//! | query | kept raw in `path`; a `_method` key refused | rules (parameters), forward (as received) | nobody |
+//! | query | kept raw in `path`; a `_method` key refused, a `token` key noted ([`Canonical::query_names_token`]) | rules (parameters), forward (as received) | nobody |
 //! | `headers` | [`headers::canonical`]: hop-by-hop and `Connection`-named fields removed (`Host` and `Content-Length` are left for the upstream client, which writes its own); names other than `[a-z0-9-]`, repeated deciding headers, override headers refused | authenticate, rules, lookups (credentials), forward | [`Canonical::forward`]: `Authorization` swapped, `X-Request-Id` set |
 //! | `media` | [`body::Media::read`]: the one `Content-Type`, read as the upstream reads it | body phase, rules | nobody |
 //! | `body` | the body phase: streamed with its limits, or read whole (rules, `_method` check) | rules, forward | nobody once set |
@@ -39,6 +39,8 @@ pub struct Canonical {
     headers: HeaderMap,
     media: Option<Media>,
     body: ProxyBody,
+    /// The query names a top-level `token` parameter in some spelling Rack reads.
+    query_token: bool,
 }
 
 /// Check a request head and build its canonical form; `body_empty` tells whether the request
@@ -65,9 +67,10 @@ pub fn normalize(
         .path_and_query()
         .ok_or(GateError::BadPath("the request has no path"))?;
     let path = CanonicalPath::parse(raw)?;
-    if let Some(query) = path.query() {
-        query_override(query)?;
-    }
+    let query_token = match path.query() {
+        Some(query) => query_keys(query)?,
+        None => false,
+    };
     let mut headers = std::mem::take(&mut parts.headers);
     headers::canonical(&mut headers)?;
     let media = Media::read(&headers)?;
@@ -80,6 +83,7 @@ pub fn normalize(
         headers,
         media,
         body: ProxyBody::empty(),
+        query_token,
     })
 }
 
@@ -93,15 +97,19 @@ impl std::fmt::Debug for Canonical {
     }
 }
 
-/// Refuse a query whose key could name `_method` (Rack splits on `&` and `;`).
-fn query_override(query: &str) -> Result<(), GateError> {
+/// Refuse a query whose key could name `_method` (Rack splits on `&` and `;`); tell whether one
+/// could name `token`, in the same pass.
+fn query_keys(query: &str) -> Result<bool, GateError> {
+    let mut token = false;
     for pair in query.split(['&', ';']) {
         let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-        if body::names_method(&body::unescape(key.as_bytes())?) {
+        let key = body::unescape(key.as_bytes())?;
+        if body::names_method(&key) {
             return Err(GateError::MethodOverride);
         }
+        token = token || body::names_key(&key, b"token");
     }
-    Ok(())
+    Ok(token)
 }
 
 impl Canonical {
@@ -131,6 +139,12 @@ impl Canonical {
     /// read and judged.
     pub fn set_body(&mut self, body: ProxyBody) {
         self.body = body;
+    }
+
+    /// Does the query name a top-level `token` parameter, in any spelling Rack reads (the
+    /// rules refuse it on an ApiKey request: QuickBlox reads it as a session)?
+    pub fn query_names_token(&self) -> bool {
+        self.query_token
     }
 
     /// The body's bytes, when it was read whole.

@@ -11,9 +11,13 @@
 //! The table itself (FACTS.md "Rules for an update") lives in [`dialog`]; the typed documents and
 //! the per-field checks in [`document`]. Every [`Rejection`] carries a stable reason code, listed
 //! in REASONS.md.
+//!
+//! Beside the dialog rules, [`users`] judges writes to user accounts against the key's powers,
+//! and the `token` parameter on API-key requests; always enforced.
 
 pub mod dialog;
 pub mod document;
+pub mod users;
 
 use std::borrow::Cow;
 use std::fmt;

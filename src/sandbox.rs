@@ -15,6 +15,10 @@
 //! | `POST /chat/Dialog.json` | the new dialog |
 //! | `PUT /chat/Dialog/<id>.json` | the updated dialog: `name`, `photo`, `push_all`/`pull_all` of `occupants_ids`/`admin_ids`, `data` (merged), `user_id` |
 //! | `DELETE /chat/Dialog/<id>[,<id>..].json` | `{"SuccessfullyDeleted":{"ids":[..]},"NotFound":{"ids":[..]},"WrongPermissions":{"ids":[]}}`, 404 when no id exists |
+//! | `POST /users.json` | 201 `{"user":{..}}` |
+//! | `PUT` or `PATCH /users/<id>.json` | `{"user":{..}}` (an `old_password` given must match) |
+//! | `DELETE /users/<id>.json`, `DELETE /users/external/<id>.json` | `{}` |
+//! | `POST /users/<id>/tokens.json` (API key) | 201 `{"token":"..","expires_at":".."}`: a session of that user |
 //!
 //! The path and the parameters are read as QuickBlox's Rails reads them, by the sandbox's own
 //! reader (`sandbox/rack.rs`, `sandbox/routing.rs`), which shares nothing with the gateway's
@@ -59,6 +63,9 @@
 //! | [`seed::ADDED`] 91375295, 96705448 | nowhere; the recipes add and remove them |
 //! | [`seed::OUTSIDER`] 55500001 | nowhere |
 //!
+//! Every seeded user is also an account (`sandbox/users.rs`): login `user<id>`, password
+//! [`seed::password`], `external_user_id` [`seed::external_id`].
+//!
 //! Sessions: [`seed::GROUP_TOKEN`] (the group recipes' token) is user 123;
 //! [`seed::DATA_TOKEN`] (the data recipe's token) is user 96754523.
 //!
@@ -66,8 +73,9 @@
 //! This file serves connections, records requests and injects faults. `sandbox/rack.rs` (with
 //! `rack/multipart.rs`) reads a request as Rack and Rails do, `sandbox/routing.rs` picks its
 //! route, `sandbox/sessions.rs` finds who is acting and answers `GET /session.json`,
-//! `sandbox/dialogs.rs` holds the dialogs and their endpoints, `sandbox/reply.rs` shapes the
-//! answers (faulty bodies included); the tests are in `sandbox/tests.rs` and `sandbox/tests/`.
+//! `sandbox/dialogs.rs` holds the dialogs and their endpoints, `sandbox/users.rs` the user
+//! accounts and theirs, `sandbox/reply.rs` shapes the answers (faulty bodies included); the tests
+//! are in `sandbox/tests.rs` and `sandbox/tests/`.
 //!
 //! # Faults
 //! A fault set with [`Sandbox::set_fault`] applies to every request received afterwards, session
@@ -81,6 +89,7 @@ mod routing;
 mod sessions;
 #[cfg(test)]
 mod tests;
+mod users;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -135,6 +144,16 @@ pub mod seed {
     pub const DATA_TOKEN: &str = "8be2595b87f403f3c39e38fb39942cf481012bba";
     /// QuickBlox application id, as it appears in `xmpp_room_jid`.
     pub const APPLICATION_ID: u64 = 76730;
+
+    /// The seeded password of every seeded user.
+    pub fn password(user: u64) -> String {
+        format!("password-{user}")
+    }
+
+    /// The seeded `external_user_id` of every seeded user.
+    pub fn external_id(user: u64) -> u64 {
+        7_000_000_000 + user
+    }
 }
 
 /// One request as the sandbox received it.
@@ -201,6 +220,7 @@ struct State {
     /// In creation order, which is also the listing order.
     dialogs: Vec<Dialog>,
     sessions: HashMap<String, u64>,
+    users: Vec<users::User>,
 }
 impl Sandbox {
     /// A sandbox seeded as the module doc describes. `api_key`: the key it accepts in
@@ -212,6 +232,7 @@ impl Sandbox {
         let state = State {
             dialogs: dialogs::seed_dialogs(),
             sessions,
+            users: users::seed_users(),
         };
         Sandbox {
             inner: Arc::new(Inner {
@@ -446,6 +467,11 @@ impl Sandbox {
             (Method::POST, Route::Dialogs) => self.create(auth.actor, &params),
             (Method::PUT, Route::Dialog(id)) => self.update(&id, &params),
             (Method::DELETE, Route::Dialog(ids)) => self.delete(auth.actor, &ids, &params),
+            (Method::POST, Route::Users) => self.create_user(&params),
+            (Method::PUT | Method::PATCH, Route::User(id)) => self.update_user(&id, &params),
+            (Method::DELETE, Route::User(id)) => self.delete_user(&id),
+            (Method::DELETE, Route::UserExternal(id)) => self.delete_external_user(&id),
+            (Method::POST, Route::UserTokens(id)) => self.mint_token(&auth, &id),
             _ => base_error(StatusCode::NOT_FOUND, "Not found"),
         }
     }

@@ -1250,6 +1250,71 @@ fn table() -> Vec<Row> {
             .expect(Forwarded),
     );
 
+    // 7. The users rules and the token parameter: Rack reads the parameters the rules judged.
+    let me = format!("/users/{USER}.json");
+    rows.push(
+        row("PUT own user, JSON", "PUT", &me)
+            .json(r#"{"user":{"full_name":"n"}}"#)
+            .expect(Forwarded),
+    );
+    rows.push(
+        row("PUT own password with the old one, form", "PUT", &me)
+            .form("user[password]=new&user[old_password]=old")
+            .expect(Forwarded),
+    );
+    rows.push(
+        row(
+            "PUT own password, old one in the query",
+            "PUT",
+            &format!("{me}?user%5Bold_password%5D=old"),
+        )
+        .form("user[password]=new"),
+    );
+    rows.push(
+        row("PUT own password without the old one, JSON", "PUT", &me)
+            .json(r#"{"user":{"password":"new"}}"#)
+            .expect(RefusedWith(422)),
+    );
+    rows.push(
+        row(
+            "PUT own password in the query without the old one",
+            "PUT",
+            &format!("{me}?user%5Bpassword%5D=new"),
+        )
+        .expect(RefusedWith(422)),
+    );
+    rows.push(
+        row("PUT another user", "PUT", "/users/102.json")
+            .json(r#"{"user":{"full_name":"n"}}"#)
+            .expect(RefusedWith(403)),
+    );
+    rows.push(
+        row(
+            "POST a token for oneself",
+            "POST",
+            &format!("/users/{USER}/tokens.json"),
+        )
+        .expect(RefusedWith(403)),
+    );
+    rows.push(
+        row(
+            "token in the query of a GET",
+            "GET",
+            &format!("{LIST}?%74oken=t"),
+        )
+        .expect(RefusedWith(400)),
+    );
+    rows.push(
+        row("token in a JSON user change", "PUT", &me)
+            .json(r#"{"user":{"full_name":"n"},"token":"t"}"#)
+            .expect(RefusedWith(400)),
+    );
+    rows.push(
+        row("token[] in a form dialog change", "PUT", &upd)
+            .form("name=n&token[]=t")
+            .expect(RefusedWith(400)),
+    );
+
     // HTTP/1.1 framing of our own (HTTP/1.1 only).
     rows.push(
         row("two equal Content-Length headers on PUT", "PUT", &upd)

@@ -7,6 +7,8 @@
 //! - `recipes`: every curl recipe of the "Update dialog" reference replayed through the gateway.
 //! - `config_files`: the example policies load.
 //! - `dialog_rules`: the rule matrix, bypass attempts and the dialog cache, through the gateway.
+//! - `least_privilege`: account-owner powers, the acting user's own account, the old password and
+//!   the `token` parameter, through the gateway.
 //! - `operations`: hot reload under load, the directory watch, graceful drain, metrics.
 //! - `layers`: the import graph of `src/` against the layers and the "never" list; no cycles.
 //! - `integrity`: every way found to make the upstream read another request than the one judged.
@@ -31,6 +33,7 @@ mod h2_conn;
 mod hostile;
 mod integrity;
 mod layers;
+mod least_privilege;
 mod operations;
 mod pool;
 mod rate_limit;

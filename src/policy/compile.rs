@@ -15,8 +15,8 @@ use http::{HeaderValue, Method};
 
 use super::file::{self, At};
 use super::{
-    ClientLimits, DialogRules, Key, OnBehalfOf, Policy, QbTokenMode, Quota, RateLimitStore,
-    RoutePattern, RuleMode, Segment, ShutdownTiming, Upstream,
+    ClientLimits, DialogRules, Key, OnBehalfOf, Policy, Power, Powers, QbTokenMode, Quota,
+    RateLimitStore, RoutePattern, RuleMode, Segment, ShutdownTiming, Upstream,
 };
 
 /// One thing wrong with a policy, with its place when known.
@@ -523,6 +523,27 @@ impl Compiler<'_> {
                     }
                 }
             });
+            let mut powers = Powers::NONE;
+            for (j, at) in key.powers.iter().flatten().enumerate() {
+                let word = At {
+                    value: at.value.0.clone(),
+                    line: at.line,
+                    column: at.column,
+                };
+                let power = self.keyword(
+                    &format!("{p}.powers[{j}]"),
+                    Some(&word),
+                    None,
+                    [
+                        ("create_users", Some(Power::CreateUsers)),
+                        ("mint_tokens", Some(Power::MintTokens)),
+                        ("manage_users", Some(Power::ManageUsers)),
+                    ],
+                );
+                if let Some(power) = power {
+                    powers = powers.with(power);
+                }
+            }
             keys.push((
                 digest,
                 Key {
@@ -532,6 +553,7 @@ impl Compiler<'_> {
                     quota,
                     expires_at,
                     disabled: key.disabled.unwrap_or(false),
+                    powers,
                 },
             ));
         }

@@ -159,7 +159,18 @@ pub struct Key {
     /// RFC 3339 time after which the key is refused.
     pub expires_at: Option<At<String>>,
     pub disabled: Option<bool>,
+    /// Account-owner powers beyond the key's users: `create_users` (`POST /users`),
+    /// `mint_tokens` (`POST /users/{id}/tokens`), `manage_users` (update or delete a user other
+    /// than the acting one). Default none.
+    pub powers: Option<Vec<At<Power>>>,
 }
+
+/// One account-owner power, as written.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Power(
+    #[schemars(regex(pattern = r"^(create_users|mint_tokens|manage_users)$"))] pub String,
+);
 
 impl<T: JsonSchema> JsonSchema for At<T> {
     // The place is ours, not the file's: the schema is the value's.

@@ -1,6 +1,8 @@
 //! The rules phase: a dialog change read whole, parsed as the upstream would read it, and
 //! judged against QuickBlox's rule table, with the dialogs it needs looked up through the proxy's
-//! caches; after the upstream answered, what the answer teaches the cache.
+//! caches; after the upstream answered, what the answer teaches the cache. Writes under `/users`
+//! on an API key are read whole too and judged against the key's powers ([`rules::users`]), and
+//! a `token` parameter on an API key is refused wherever the gateway reads parameters.
 
 use http::header;
 use http::{Method, StatusCode};
@@ -14,6 +16,7 @@ use crate::error::GateError;
 use crate::params;
 use crate::policy::RuleMode;
 use crate::request::{self, Canonical, CanonicalPath, Media};
+use crate::rules::users::{self, Caller};
 use crate::rules::{self, Actor, DialogRequest, DialogRoute};
 use crate::upstream::{ProxyBody, UpstreamBody};
 
@@ -49,6 +52,86 @@ pub(super) fn is_dialog_change(method: &Method, path: &CanonicalPath) -> bool {
         && path.route_segment(1).map(stem) == Some("dialog")
 }
 
+/// Is this a state-changing request under `/users` (one look at the route key's first segment;
+/// [`users::classify`] decides exactly)?
+pub(super) fn is_users_change(method: &Method, path: &CanonicalPath) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+        && path.route_segment(0).and_then(|s| s.split('.').next()) == Some("users")
+}
+
+/// An API-key request whose query names `token`: 400 `token_param` (QuickBlox would read it as a
+/// session). Checked for every API-key request; the body only where the gateway reads it.
+pub(super) fn check_query_token(
+    principal: &Principal,
+    request: &Canonical,
+) -> Result<(), GateError> {
+    if principal.key.is_some() && request.query_names_token() {
+        return Err(token_param());
+    }
+    Ok(())
+}
+
+/// 400 `token_param`, counted.
+pub(super) fn token_param() -> GateError {
+    refused(users::token_param())
+}
+
+/// A rejection of the always-enforced rules, counted.
+fn refused(rejection: rules::Rejection) -> GateError {
+    crate::metrics::rule_violation(rejection.reason, "enforce");
+    rejection.into()
+}
+
+/// Users phase, for writes under `/users` on an API key: the body read whole (within the same
+/// bounds as a dialog change), parsed as the upstream would read it, its `token` parameter
+/// refused, and the write judged against the key's acting user and powers. Short-circuits with
+/// 400/403/413/415/422; never in report mode.
+pub(super) async fn users_phase(
+    runtime: &Runtime,
+    principal: &Principal,
+    request: &mut Canonical,
+    body: &mut Option<Incoming>,
+    access: &mut Access,
+) -> Result<Checked, GateError> {
+    let policy = &runtime.policy;
+    let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
+    let Some(key) = principal.key.and_then(|i| policy.keys.get(i as usize)) else {
+        return Err(GateError::UnknownKey);
+    };
+    let route = users::classify(request.method(), request.path().route()).map_err(refused)?;
+    let bytes = read_body(body, limit, timeout, access).await?;
+    if *request.method() == Method::POST {
+        request::body::check_override(request.media(), &bytes)?;
+    }
+    request.set_body(ProxyBody::full(bytes));
+    if request.headers().contains_key(header::CONTENT_ENCODING) {
+        return Err(GateError::Rejected {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            reason: "content_encoding",
+            field: None,
+            message: "a Content-Encoding on a user change cannot be checked".into(),
+        });
+    }
+    let body = request.body_bytes().map_or(&[][..], |b| &b[..]);
+    let params = params::parse(request.media().map(Media::as_str), request.query(), body)?;
+    users::check_token_param(&params).map_err(refused)?;
+    if let Some(route) = route {
+        let caller = Caller {
+            user: principal.user,
+            powers: key.powers,
+        };
+        users::check(route, &params, caller).map_err(|rejection| {
+            tracing::info!(key = %principal.key_id, rule = rejection.reason, "user rule rejected a request");
+            refused(rejection)
+        })?;
+    }
+    Ok(Checked {
+        route: None,
+        would_reject: None,
+        params: Some(params),
+    })
+}
+
 /// Rules phase, for state-changing requests under `/chat/Dialog` while the rules are on: dialog
 /// changes are read whole, parsed as the upstream would read them, and judged against the rule
 /// table. Short-circuits with 400/403/404/413/415/422/503 in `enforce` mode; `report` forwards and
@@ -81,6 +164,8 @@ pub(super) async fn rules_phase(
     let verdict = judge(runtime, principal, request, &route, &mut params).await;
     let would_reject = match verdict {
         Ok(()) => None,
+        // Not a dialog rule: refused in every mode.
+        Err(error) if error.reason() == "token_param" => return Err(error),
         Err(GateError::LookupFailed) if policy.dialog_rules.forward_on_lookup_error => {
             tracing::warn!(key = %principal.key_id, "dialog lookup failed: forwarding unchecked (on_lookup_error: forward)");
             None
@@ -123,6 +208,12 @@ async fn judge(
     }
     let body = request.body_bytes().map_or(&[][..], |b| &b[..]);
     let params = params::parse(request.media().map(Media::as_str), request.query(), body)?;
+    if principal.key.is_some() {
+        if let Err(rejection) = users::check_token_param(&params) {
+            *read = Some(params);
+            return Err(refused(rejection));
+        }
+    }
     let parsed = rules::read(route, &params, &runtime.rule_options);
     *read = Some(params);
     let request = parsed?;

@@ -109,12 +109,8 @@ pub fn may_override(method: &Method, media: Option<&Media>) -> bool {
 pub fn check_override(media: Option<&Media>, body: &[u8]) -> Result<(), GateError> {
     match media.map(Media::kind) {
         Some(MediaKind::Form) => {
-            // Rack splits a form body on `&`; `;` too, to be safe with any version.
-            for pair in body.split(|&b| b == b'&' || b == b';') {
-                let key = pair.split(|&b| b == b'=').next().unwrap_or_default();
-                if names_method(&unescape(key)?) {
-                    return Err(GateError::MethodOverride);
-                }
+            if form_names(body, b"_method")? {
+                return Err(GateError::MethodOverride);
             }
             Ok(())
         }
@@ -132,10 +128,28 @@ pub fn check_override(media: Option<&Media>, body: &[u8]) -> Result<(), GateErro
     }
 }
 
-/// Does a decoded parameter key name `_method` at its top level, as Rack reads key names
-/// (leading `[` and `]` skipped, the name ends at the next bracket)? Case and surrounding space
-/// are ignored, to be safe.
+/// Does a form body name the top-level parameter `name` (see [`names_key`]) in any pair? A
+/// malformed escape is refused.
+pub fn form_names(body: &[u8], name: &[u8]) -> Result<bool, GateError> {
+    // Rack splits a form body on `&`; `;` too, to be safe with any version.
+    for pair in body.split(|&b| b == b'&' || b == b';') {
+        let key = pair.split(|&b| b == b'=').next().unwrap_or_default();
+        if names_key(&unescape(key)?, name) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Does a decoded parameter key name `_method` at its top level (see [`names_key`])?
 pub fn names_method(key: &[u8]) -> bool {
+    names_key(key, b"_method")
+}
+
+/// Does a decoded parameter key name `name` at its top level, as Rack reads key names (leading
+/// `[` and `]` skipped, the name ends at the next bracket)? Case and surrounding space are
+/// ignored, to be safe.
+pub fn names_key(key: &[u8], name: &[u8]) -> bool {
     let start = key
         .iter()
         .position(|&b| b != b'[' && b != b']')
@@ -145,7 +159,7 @@ pub fn names_method(key: &[u8]) -> bool {
         .iter()
         .position(|&b| b == b'[' || b == b']')
         .unwrap_or(rest.len());
-    rest[..end].trim_ascii().eq_ignore_ascii_case(b"_method")
+    rest[..end].trim_ascii().eq_ignore_ascii_case(name)
 }
 
 /// `+` as space and `%XX` decoded, as a form is read; a malformed escape is refused (Rack

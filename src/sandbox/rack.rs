@@ -76,7 +76,11 @@ pub(super) fn read(method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8])
     let form = rack_post(method, content_type.as_deref(), body);
     let method = method_override(method, headers, &form).unwrap_or_else(|| method.clone());
     let params = rails_params(content_type.as_deref(), uri.query(), body, form).map(|mut p| {
-        if let Route::Dialog(id) = &routed.route {
+        if let Route::Dialog(id)
+        | Route::User(id)
+        | Route::UserTokens(id)
+        | Route::UserExternal(id) = &routed.route
+        {
             p.insert("id".to_owned(), Value::String(id.clone()));
         }
         if let Some(format) = routed.format {

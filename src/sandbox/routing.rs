@@ -2,7 +2,7 @@
 //! matches them.
 //!
 //! - Journey first normalizes the path: runs of `/` become one, a trailing `/` goes.
-//! - The fixed words (`session`, `chat`, `Dialog`) match in any letter case, folded as Unicode
+//! - The fixed words (`session`, `chat`, `Dialog`, `users`, `external`, `tokens`) match in any letter case, folded as Unicode
 //!   folds case: besides ASCII, `ı` (U+0131) and `İ` (U+0130) fold to `i`, `ſ` (U+017F) to `s` and
 //!   the Kelvin sign (U+212A) to `k` ([`fold`]). No other character folds to an ASCII letter, and
 //!   the words are ASCII, so the table stops there (`Å` U+212B folds to `å`: never a match).
@@ -11,7 +11,7 @@
 //!   percent-encoded, so `%C4%B1` *is* `ı` and `/chat/d%C4%B1alog/<id>.json` is the dialog route.
 //! - The last segment may carry any extension (`(.:format)`: `.json`, `.xml`, ...); the id and the
 //!   extension are `[^/.]+` as Rails' default segment constraint has them.
-//! - The id segment alone is percent-decoded, as Journey decodes path parameters (`%XX` only: a
+//! - The id segments alone are percent-decoded, as Journey decodes path parameters (`%XX` only: a
 //!   stray `%` or a `+` stays as it is); an id that is then not UTF-8 is Rails' 400 "Invalid path
 //!   parameters".
 
@@ -22,6 +22,14 @@ pub(super) enum Route {
     Dialogs,
     /// One id or a comma-separated list, percent-decoded.
     Dialog(String),
+    /// `/users`.
+    Users,
+    /// `/users/<id>`, the id percent-decoded.
+    User(String),
+    /// `/users/<id>/tokens`, the id percent-decoded.
+    UserTokens(String),
+    /// `/users/external/<id>`, the id percent-decoded.
+    UserExternal(String),
     /// Routed, but Rails refuses its path parameters: the 400's message.
     BadPath(String),
     Unknown,
@@ -44,9 +52,18 @@ pub(super) fn route(path: &str) -> Routed {
     let (route, last) = match segments.as_slice() {
         [last] => (Route::Session, *last),
         [chat, last] if is_word(chat, "chat") => (Route::Dialogs, *last),
+        [users, last] if is_word(users, "users") => (Route::User(String::new()), *last),
         [chat, dialog, last] if is_word(chat, "chat") && is_word(dialog, "dialog") => {
             (Route::Dialog(String::new()), *last)
         }
+        [users, external, last] if is_word(users, "users") && is_word(external, "external") => {
+            (Route::UserExternal(String::new()), *last)
+        }
+        // A segment before the last takes no extension: `[^/.]+`.
+        [users, id, last] if is_word(users, "users") && !id.contains('.') => match parameter(id) {
+            Ok(id) => (Route::UserTokens(id), *last),
+            Err(route) => (route, *last),
+        },
         _ => return unknown,
     };
     let Some((stem, format)) = split_format(last) else {
@@ -54,23 +71,29 @@ pub(super) fn route(path: &str) -> Routed {
     };
     let route = match route {
         Route::Session if is_word(stem, "session") => Route::Session,
+        Route::Session if is_word(stem, "users") => Route::Users,
         Route::Dialogs if is_word(stem, "dialog") => Route::Dialogs,
-        Route::Dialog(_) => {
-            let id = unescape_uri(stem);
-            match String::from_utf8(id) {
-                Ok(id) => Route::Dialog(id),
-                Err(e) => Route::BadPath(format!(
-                    "Invalid path parameters: Invalid encoding for parameter: {}",
-                    String::from_utf8_lossy(e.as_bytes())
-                )),
-            }
-        }
+        Route::Dialog(_) => parameter(stem).map_or_else(|e| e, Route::Dialog),
+        Route::User(_) => parameter(stem).map_or_else(|e| e, Route::User),
+        Route::UserExternal(_) => parameter(stem).map_or_else(|e| e, Route::UserExternal),
+        route @ Route::BadPath(_) if is_word(stem, "tokens") => route,
+        Route::UserTokens(id) if is_word(stem, "tokens") => Route::UserTokens(id),
         _ => return unknown,
     };
     Routed {
         route,
         format: format.map(|f| String::from_utf8_lossy(&unescape_uri(f)).into_owned()),
     }
+}
+
+/// A path parameter as Journey decodes it; not UTF-8 once decoded: Rails' 400.
+fn parameter(raw: &str) -> Result<String, Route> {
+    String::from_utf8(unescape_uri(raw)).map_err(|e| {
+        Route::BadPath(format!(
+            "Invalid path parameters: Invalid encoding for parameter: {}",
+            String::from_utf8_lossy(e.as_bytes())
+        ))
+    })
 }
 
 /// `stem(.format)?`, both `[^/.]+`; `None` when the segment fits neither.

@@ -20,8 +20,8 @@ pub(super) enum Actor {
 
 pub(super) struct Auth {
     pub actor: Actor,
-    /// The session token, for `GET /session.json`.
-    token: Option<String>,
+    /// The session token, for `GET /session.json`; `None` for an API key.
+    pub token: Option<String>,
 }
 
 impl Sandbox {

@@ -1,11 +1,12 @@
 //! The sandbox's own tests: helpers to start one and talk to it over HTTP/1.1 and HTTP/2, and
 //! the tests by subject: the dialog endpoints, the request reader (Rack and Rails semantics),
-//! the faults, and serving and recording.
+//! the faults, serving and recording, and the user endpoints.
 
 mod dialogs;
 mod faults;
 mod rack;
 mod serving;
+mod users;
 
 use super::seed::*;
 use super::*;

@@ -203,3 +203,23 @@ fn keyword_fields_list_their_words_and_map_each_word() {
     assert_eq!(p.dialog_rules.mode, RuleMode::Report);
     assert!(!p.dialog_rules.forward_on_lookup_error);
 }
+
+#[test]
+fn powers_default_to_none_and_an_unknown_word_is_an_error_with_its_place() {
+    let text = format!(
+        "version: 1\nkeys:\n  - id: a\n    sha256: {DIGEST}\n    powers: [mint_tokens, create_users]\n  - id: b\n    sha256: {}\n",
+        "0".repeat(64)
+    );
+    let policy = compile(&text).unwrap();
+    let a = policy.keys[0].powers;
+    assert!(a.contains(Power::MintTokens) && a.contains(Power::CreateUsers));
+    assert!(!a.contains(Power::ManageUsers));
+    assert_eq!(policy.keys[1].powers, Powers::NONE);
+    let errs = errors(&format!(
+        "version: 1\nkeys:\n  - id: a\n    sha256: {DIGEST}\n    powers: [manage_users, mint_token]\n"
+    ));
+    assert_eq!(
+        errs,
+        vec!["keys[0].powers[1]: must be `create_users`, `mint_tokens` or `manage_users` (line 5, column 28)".to_string()]
+    );
+}
