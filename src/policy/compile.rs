@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Method};
+use http::HeaderValue;
 
 use super::file::{self, At};
 use super::{
-    ClientLimits, DialogRules, Key, OnBehalfOf, Policy, Power, Powers, QbTokenMode, Quota,
-    RateLimitStore, RoutePattern, RuleMode, Segment, ShutdownTiming, Upstream,
+    parse_route, split_url, unreachable_default, ClientLimits, DialogRules, Key, OnBehalfOf,
+    Policy, Power, Powers, QbTokenMode, Quota, RateLimitStore, RuleMode, ShutdownTiming, Upstream,
 };
 
 /// One thing wrong with a policy, with its place when known.
@@ -615,76 +615,6 @@ impl Compiler<'_> {
             && quota.per_user_per_second.is_none();
         (!empty).then_some(quota)
     }
-}
-
-/// `https://host[:port][/prefix]` -> parts; no query, no user info.
-pub(crate) fn split_url(
-    url: &str,
-) -> Result<(http::uri::Scheme, http::uri::Authority, String), &'static str> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|_| "must be a URL such as https://api.quickblox.com")?;
-    let scheme = uri
-        .scheme()
-        .cloned()
-        .ok_or("must start with http:// or https://")?;
-    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
-        return Err("must start with http:// or https://");
-    }
-    let authority = uri.authority().cloned().ok_or("must name a host")?;
-    if authority.as_str().contains('@') {
-        return Err("must not carry credentials");
-    }
-    if uri.query().is_some() {
-        return Err("must not have a query string");
-    }
-    let base_path = uri.path().trim_end_matches('/').to_string();
-    Ok((scheme, authority, base_path))
-}
-
-fn unreachable_default() -> (http::uri::Scheme, http::uri::Authority, String) {
-    (
-        http::uri::Scheme::HTTPS,
-        http::uri::Authority::from_static("api.quickblox.com"),
-        String::new(),
-    )
-}
-
-/// `"PUT /chat/Dialog/*"` -> a [`RoutePattern`].
-pub fn parse_route(text: &str) -> Result<RoutePattern, String> {
-    let (method, path) = text
-        .trim()
-        .split_once(' ')
-        .ok_or("must be `METHOD /path`, such as `GET /chat/Dialog.json`")?;
-    let method = match method {
-        "*" => None,
-        m if m.bytes().all(|b| b.is_ascii_uppercase()) && !m.is_empty() => {
-            Some(Method::from_bytes(m.as_bytes()).map_err(|_| format!("unknown method `{m}`"))?)
-        }
-        m => return Err(format!("method `{m}` must be uppercase letters or `*`")),
-    };
-    let path = path.trim();
-    let rest = path
-        .strip_prefix('/')
-        .ok_or_else(|| format!("path `{path}` must start with `/`"))?;
-    let mut raw: Vec<&str> = rest.split('/').collect();
-    if raw.iter().any(|s| s.is_empty()) {
-        return Err(format!("path `{path}` has an empty segment"));
-    }
-    if let Some(last) = raw.last_mut() {
-        *last = super::strip_json(last);
-    }
-    let segments = raw
-        .iter()
-        .map(|s| {
-            if *s == "*" {
-                Segment::Any
-            } else {
-                Segment::Literal(s.to_ascii_lowercase())
-            }
-        })
-        .collect();
-    Ok(RoutePattern { method, segments })
 }
 
 #[cfg(test)]

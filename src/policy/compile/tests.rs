@@ -1,6 +1,7 @@
 //! The policy compiler's tests: defaults, every error with its place, JSON and YAML alike.
 
 use super::*;
+use crate::policy::Segment;
 
 const DIGEST: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
