@@ -81,6 +81,10 @@ fn describe() {
         "Requests refused with 429 by a rate limit, by key id."
     );
     describe_counter!(
+        "qbgate_ratelimit_store_errors_total",
+        "Rate-limit checks that could not use Redis and took on_error instead, by on_error (allow or deny)."
+    );
+    describe_counter!(
         "qbgate_rule_violations_total",
         "Dialog updates that broke a dialog rule, by rule and mode (enforce refuses, report counts)."
     );
@@ -248,6 +252,11 @@ pub fn upstream_error(kind: &'static str) {
 
 pub fn rate_limited(key: &Arc<str>) {
     metrics::counter!("qbgate_rate_limited_total", "key" => metrics::SharedString::from(key.clone())).increment(1);
+}
+
+/// A rate-limit check that Redis could not answer: `on_error` (`allow` or `deny`) decided it.
+pub fn store_error(on_error: &'static str) {
+    metrics::counter!("qbgate_ratelimit_store_errors_total", "on_error" => on_error).increment(1);
 }
 
 pub fn rule_violation(rule: &'static str, mode: &'static str) {

@@ -386,6 +386,10 @@ impl Shared {
     /// steady traffic would keep Redis paused forever.
     fn on_error(&self, key: &RedisKey, error: Option<&dyn std::fmt::Display>) -> Decision {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::store_error(match self.on_error {
+            OnError::Allow => "allow",
+            OnError::Deny => "deny",
+        });
         if let Some(error) = error {
             self.failing.store(true, Ordering::Relaxed);
             let now = self.now_ms();
