@@ -378,6 +378,12 @@ async fn redis_down_on_error_allow_then_back() {
     assert_eq!(count_allowed(&gate, KEY_RL, Some(OWNER), 10).await, 10);
     assert_eq!(gate.sandbox.received().len(), forwarded + 10);
     assert_eq!(errors(&gate), 10);
+    // And /metrics says so, for the alert on it (deploy/prometheus).
+    assert!(
+        qbgate::metrics::render()
+            .contains("qbgate_ratelimit_store_errors_total{on_error=\"allow\"}"),
+        "no store-error series in /metrics"
+    );
 
     // Restarted (empty) on the same port: limiting resumes with the same gateway.
     let _server = Server::on(port);
