@@ -50,6 +50,10 @@ enum Command {
     Check {
         #[arg(long, env = "QBGATE_POLICY")]
         policy: PathBuf,
+        /// Also read the secrets the policy refers to (`{env: ..}`, `{file: ..}`); without it,
+        /// only their form is checked, so a CI job can check a policy without them.
+        #[arg(long)]
+        resolve_secrets: bool,
     },
     /// Read a key on stdin, print its policy digest.
     HashKey,
@@ -67,7 +71,17 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { policy } => match policy::load(&policy) {
+        Command::Check {
+            policy,
+            resolve_secrets,
+        } => match policy::load_with(
+            &policy,
+            if resolve_secrets {
+                policy::Secrets::Resolve
+            } else {
+                policy::Secrets::Offline
+            },
+        ) {
             Ok(p) => {
                 for key in p.keys.iter().filter(|k| {
                     k.on_behalf_of == policy::OnBehalfOf::Any

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method};
 
-pub use compile::{compile, compile_with_env, load, PolicyErrors};
+pub use compile::{compile, compile_with_env, load, load_with, PolicyErrors, Secrets};
 
 /// Everything the gateway needs to serve requests, resolved and validated.
 #[derive(Debug)]

@@ -74,3 +74,46 @@ fn example_policies_validate_against_the_schema_and_the_modeline_points_at_it() 
             .collect::<Vec<_>>()
     );
 }
+
+/// `qbgate check` validates a policy where its secrets are not (a CI job checking a ConfigMap):
+/// it reads no `{env: ..}` or `{file: ..}` unless `--resolve-secrets` asks it to.
+#[test]
+fn check_reads_no_secret_unless_asked() {
+    let dir = std::env::temp_dir().join(format!("qbgate-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "version: 1\nupstream:\n  api_key: {{ env: QBGATE_TEST_UNSET_KEY }}\nkeys:\n  - id: a\n    sha256: {}\n",
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    let check = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_qbgate"))
+            .args(["check", "--policy"])
+            .arg(&path)
+            .args(extra)
+            .env_remove("QBGATE_TEST_UNSET_KEY")
+            .env_remove("QB_API_KEY")
+            .output()
+            .unwrap()
+    };
+    let offline = check(&[]);
+    assert!(
+        offline.status.success(),
+        "{}",
+        String::from_utf8_lossy(&offline.stderr)
+    );
+    let resolved = check(&["--resolve-secrets"]);
+    assert_eq!(resolved.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&resolved.stderr);
+    assert!(
+        stderr.contains(
+            "upstream.api_key: environment variable QBGATE_TEST_UNSET_KEY is not set (line 3, column 12)"
+        ),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -56,8 +56,15 @@ impl fmt::Display for PolicyErrors {
 
 impl std::error::Error for PolicyErrors {}
 
-/// Read and compile the policy file at `path`.
+/// Read and compile the policy file at `path`, its secrets read.
 pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
+    load_with(path, Secrets::Resolve)
+}
+
+/// Read and compile the policy file at `path`, reading its secrets or not: `run` and
+/// `qbgate check --resolve-secrets` read them, `qbgate check` only checks their references.
+/// One compiler for both, so `check` refuses everything `run` would.
+pub fn load_with(path: &Path, secrets: Secrets) -> Result<Policy, PolicyErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         PolicyErrors(vec![PolicyError {
             path: path.display().to_string(),
@@ -65,7 +72,7 @@ pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
             place: None,
         }])
     })?;
-    compile(&text)
+    compile_secrets(&text, &|name| std::env::var(name).ok(), secrets)
 }
 
 /// Compile policy text. Secret references (`{env: ..}`, `{file: ..}`) are resolved here.
@@ -83,12 +90,21 @@ pub fn compile_with_env(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Policy, PolicyErrors> {
+    compile_secrets(text, env, Secrets::Resolve)
+}
+
+fn compile_secrets(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    secrets: Secrets,
+) -> Result<Policy, PolicyErrors> {
     if text.trim_start().starts_with('{') {
         let parsed = file::without_spans(|| serde_json::from_str::<file::PolicyFile>(text));
         if let Ok(raw) = parsed {
             let mut c = Compiler {
                 errors: Vec::new(),
                 env,
+                secrets,
             };
             let policy = c.policy(raw, text);
             if c.errors.is_empty() {
@@ -110,6 +126,7 @@ pub fn compile_with_env(
             Some((head, rest)) if head.starts_with("line ") => rest.to_string(),
             _ => message,
         };
+        let message = plain_words(&message);
         PolicyErrors(vec![PolicyError {
             path: "policy".into(),
             message,
@@ -119,6 +136,7 @@ pub fn compile_with_env(
     let mut c = Compiler {
         errors: Vec::new(),
         env,
+        secrets,
     };
     let policy = c.policy(raw, text);
     if c.errors.is_empty() {
@@ -131,7 +149,23 @@ pub fn compile_with_env(
 struct Compiler<'e> {
     errors: Vec<PolicyError>,
     env: &'e dyn Fn(&str) -> Option<String>,
+    /// Read the secrets the policy refers to (`run`), or only check that each reference is well
+    /// formed (`qbgate check` without `--resolve-secrets`).
+    secrets: Secrets,
 }
+
+/// Whether compiling reads the secrets a policy refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    /// Read each `{env: ..}` and `{file: ..}`: a missing one is an error.
+    Resolve,
+    /// Check each reference's form only; the compiled policy holds a placeholder instead.
+    /// For checking a policy where its secrets are not (a CI job that validates a ConfigMap).
+    Offline,
+}
+
+/// What an unresolved secret stands as in a policy compiled [`Secrets::Offline`].
+const UNRESOLVED: &str = "unresolved-secret";
 
 impl Compiler<'_> {
     fn error<T>(&mut self, path: impl Into<String>, at: &At<T>, message: impl Into<String>) {
@@ -342,6 +376,33 @@ impl Compiler<'_> {
 
     /// Resolve `{env: NAME}` / `{file: PATH}`. Errors name the reference, never a value.
     fn secret(&mut self, path: &str, at: &At<file::SecretRef>) -> Option<String> {
+        if self.secrets == Secrets::Offline {
+            match (&at.value.env, &at.value.file) {
+                (Some(name), None) if is_env_name(name) => {}
+                (Some(name), None) => {
+                    self.error(
+                        path,
+                        at,
+                        format!("`{name}` is not an environment variable name (letters, digits, _; not starting with a digit)"),
+                    );
+                    return None;
+                }
+                (None, Some(file)) if !file.trim().is_empty() => {}
+                (None, Some(_)) => {
+                    self.error(path, at, "the secret file's path is empty");
+                    return None;
+                }
+                _ => {
+                    self.error(
+                        path,
+                        at,
+                        "must be exactly one of `{ env: NAME }` or `{ file: PATH }`",
+                    );
+                    return None;
+                }
+            }
+            return Some(UNRESOLVED.to_string());
+        }
         let value = match (&at.value.env, &at.value.file) {
             (Some(name), None) => match (self.env)(name) {
                 Some(v) => v,
@@ -389,11 +450,22 @@ impl Compiler<'_> {
         let url = match redis.url.as_ref() {
             None => "redis://127.0.0.1:6379".to_string(),
             Some(at) => {
-                if !(at.value.starts_with("redis://") || at.value.starts_with("rediss://")) {
+                if at.value.starts_with("rediss://") {
+                    // What `run` would refuse, `check` refuses: this build speaks plain TCP.
                     self.error(
                         "rate_limit.redis.url",
                         at,
-                        "must start with redis:// or rediss://",
+                        "rediss:// (Redis over TLS) is not supported by this build yet: use redis://",
+                    );
+                } else if !at.value.starts_with("redis://") {
+                    self.error("rate_limit.redis.url", at, "must start with redis://");
+                } else if redis::IntoConnectionInfo::into_connection_info(at.value.as_str())
+                    .is_err()
+                {
+                    self.error(
+                        "rate_limit.redis.url",
+                        at,
+                        "is not a valid redis:// URL (redis://[user[:password]@]host[:port][/db])",
                     );
                 }
                 at.value.clone()
@@ -614,6 +686,80 @@ impl Compiler<'_> {
             && quota.per_day.is_none()
             && quota.per_user_per_second.is_none();
         (!empty).then_some(quota)
+    }
+}
+
+/// An environment variable name as shells and Kubernetes write them.
+fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// A YAML or serde message about the file's structure, in our words: no parser type names, no
+/// second copy of the place (printed our way beside it).
+fn plain_words(message: &str) -> String {
+    let message = match message.find(" at line ") {
+        Some(at) => &message[..at],
+        None => message,
+    };
+    if let Some(rest) = message.strip_prefix("unknown field ") {
+        return match rest.split_once(", expected one of ") {
+            Some((field, known)) => format!("unknown field {field}: the fields here are {known}"),
+            None => match rest.split_once(", expected ") {
+                Some((field, known)) => format!("unknown field {field}: the field here is {known}"),
+                None => format!("unknown field {rest}"),
+            },
+        };
+    }
+    if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(", set ").next().unwrap_or(rest);
+        return format!("`{key}` is given twice");
+    }
+    if let Some(rest) = message.strip_prefix("missing field ") {
+        return format!("{rest} is required");
+    }
+    if let Some(rest) = message.strip_prefix("invalid type: ") {
+        if let Some((found, expected)) = rest.split_once(", expected ") {
+            return format!(
+                "wrong type: found {found}, expected {}",
+                expected_in_words(expected)
+            );
+        }
+    }
+    if let Some(kind) = message.strip_prefix("invalid ") {
+        if matches!(
+            kind,
+            "u8" | "u16" | "u32" | "u64" | "usize" | "i32" | "i64" | "f64" | "bool"
+        ) {
+            return format!("wrong type: expected {}", expected_in_words(kind));
+        }
+    }
+    if let Some(rest) = message.strip_prefix("invalid value: ") {
+        if let Some((found, expected)) = rest.split_once(", expected ") {
+            return format!(
+                "invalid value: found {found}, expected {}",
+                expected_in_words(expected)
+            );
+        }
+    }
+    message.to_string()
+}
+
+/// Rust's type names in serde's "expected" part, said as a policy writer would.
+fn expected_in_words(expected: &str) -> String {
+    match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" | "i32" | "i64" => "a whole number".to_string(),
+        "f32" | "f64" => "a number".to_string(),
+        "a boolean" | "bool" => "true or false".to_string(),
+        "a string" | "String" => "a string".to_string(),
+        other if other.starts_with("struct ") || other.starts_with("a map") => {
+            "a mapping (key: value lines)".to_string()
+        }
+        other if other.starts_with("a sequence") => "a list".to_string(),
+        other => other.to_string(),
     }
 }
 

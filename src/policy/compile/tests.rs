@@ -224,3 +224,90 @@ fn powers_default_to_none_and_an_unknown_word_is_an_error_with_its_place() {
         vec!["keys[0].powers[1]: must be `create_users`, `mint_tokens` or `manage_users` (line 5, column 28)".to_string()]
     );
 }
+
+#[test]
+fn structure_errors_are_in_plain_words_with_their_place() {
+    let cases = [
+        (
+            "version: 1\nupstream:\n  timeoutt: 5s\nkeys: []\n",
+            "policy: unknown field `timeoutt`: the fields here are url, api_key, connect_timeout, timeout, extra_ca_file (line 3, column 3)",
+        ),
+        (
+            format!("version: 1\nkeys:\n  - id: a\n    id: b\n    sha256: {DIGEST}\n").leak(),
+            "policy: `id` is given twice (line 4, column 5)",
+        ),
+        (
+            format!("version: 1\nkeys:\n  - id: a\n    sha256: {DIGEST}\n    rate_limit: {{ per_second: many }}\n").leak(),
+            "policy: wrong type: expected a whole number (line 5, column 31)",
+        ),
+        ("version: 1\n", "policy: `keys` is required"),
+    ];
+    for (text, expected) in cases {
+        let errs = errors(text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        // The place may be printed or not for a missing field; the words must be ours.
+        assert!(
+            errs[0] == expected || errs[0].starts_with(&format!("{expected} (")),
+            "{text}\n got: {}\nwant: {expected}",
+            errs[0]
+        );
+        for internal in ["DuplicateKeyPolicy", "u32", "struct ", " at line "] {
+            assert!(!errs[0].contains(internal), "{}", errs[0]);
+        }
+    }
+}
+
+#[test]
+fn offline_compiling_checks_secret_references_without_reading_them() {
+    let text = |api_key: &str| {
+        format!(
+            "version: 1\nupstream:\n  api_key: {api_key}\nkeys:\n  - id: a\n    sha256: {DIGEST}\n"
+        )
+    };
+    let offline = |t: &str| compile_secrets(t, &|_| None, Secrets::Offline);
+    let online = |t: &str| compile_secrets(t, &|_| None, Secrets::Resolve);
+    // Neither the variable nor the file exists: fine offline, an error when resolved.
+    for reference in [
+        "{ env: QB_API_KEY }",
+        "{ file: /nonexistent/qbgate/api-key }",
+    ] {
+        assert!(offline(&text(reference)).is_ok(), "{reference}");
+        assert!(online(&text(reference)).is_err(), "{reference}");
+    }
+    // A malformed reference is an error either way.
+    for reference in [
+        "{ env: 9LIVES }",
+        "{ env: QB-KEY }",
+        "{ file: '' }",
+        "{ env: A, file: /b }",
+        "{}",
+    ] {
+        let errs = offline(&text(reference)).unwrap_err().0;
+        assert_eq!(errs.len(), 1, "{reference}");
+        assert!(
+            errs[0].path == "upstream.api_key",
+            "{reference}: {}",
+            errs[0]
+        );
+    }
+}
+
+#[test]
+fn what_run_cannot_connect_to_is_refused_by_check_too() {
+    let text = |url: &str| {
+        format!("version: 1\nrate_limit:\n  store: redis\n  redis:\n    url: {url}\nkeys:\n  - id: a\n    sha256: {DIGEST}\n")
+    };
+    assert!(compile(&text("redis://127.0.0.1:6379/0")).is_ok());
+    for url in [
+        "rediss://cache:6380",
+        "http://cache:6379",
+        "redis://cache:notaport",
+    ] {
+        let errs = errors(&text(url));
+        assert_eq!(errs.len(), 1, "{url}: {errs:?}");
+        assert!(
+            errs[0].starts_with("rate_limit.redis.url: "),
+            "{url}: {errs:?}"
+        );
+    }
+}
