@@ -4,7 +4,8 @@
 //! Phases: request id -> normalize (the [`Canonical`] request: hop-by-hop headers removed,
 //! anything that could be read two ways refused) -> authenticate -> route allowlist -> rate
 //! limit -> the query's `token` check (API keys) -> body (streamed, or read whole when a rule or
-//! the `_method` check needs it) -> rules (dialog changes; writes under `/users` on an API key)
+//! the `_method` check needs it) -> rules (dialog changes; writes under `/users` on an API key;
+//! chat messages on an API key)
 //! -> forward (the [`Canonical`] written as it was judged) -> response -> access log.
 //! Ordering constraints: normalization precedes every decision, so no phase sees a path that could
 //! be read two ways; authentication precedes the allowlist and the limiter, which are per key; the
@@ -243,7 +244,18 @@ async fn phases(
     // request's future kilobytes larger, copied on every request.
     let judged = policy.dialog_rules.mode != RuleMode::Off
         && judge::is_dialog_change(request.method(), request.path());
-    let checked = if judged {
+    let checked = if principal.key.is_some() && judge::is_message_route(request.path()) {
+        // Chat messages and a dialog's notification setting (before the dialog rules, which
+        // would take `PUT /chat/Dialog/{id}/notifications` for a dialog change).
+        Box::pin(judge::messages_phase(
+            runtime,
+            &principal,
+            &mut request,
+            body,
+            access,
+        ))
+        .await?
+    } else if judged {
         Box::pin(judge::rules_phase(
             runtime,
             &principal,

@@ -13,10 +13,12 @@
 //! in REASONS.md.
 //!
 //! Beside the dialog rules, [`users`] judges writes to user accounts against the key's powers,
-//! and the `token` parameter on API-key requests; always enforced.
+//! and the `token` parameter on API-key requests; [`messages`] judges chat messages and a
+//! dialog's notification setting against the acting user; both always enforced.
 
 pub mod dialog;
 pub mod document;
+pub mod messages;
 pub mod users;
 
 use std::borrow::Cow;

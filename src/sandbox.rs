@@ -19,6 +19,12 @@
 //! | `PUT` or `PATCH /users/<id>.json` | `{"user":{..}}` (an `old_password` given must match) |
 //! | `DELETE /users/<id>.json`, `DELETE /users/external/<id>.json` | `{}` |
 //! | `POST /users/<id>/tokens.json` (API key) | 201 `{"token":"..","expires_at":".."}`: a session of that user |
+//! | `POST /chat/Message.json` | the new message; `chat_dialog_id`, or `recipient_id` (the PRIVATE dialog of the two, created if need be); other fields kept as custom fields |
+//! | `GET /chat/Message.json` | `{"skip","limit","items"}`; `chat_dialog_id` required, filters `_id`, `_id[in]`, `limit`, `skip`; marks the listed messages read for a user |
+//! | `GET /chat/Message/unread.json` | `{"total":N,"<dialog id>":n,..}` for the acting user |
+//! | `PUT /chat/Message/<id>.json` | `{}`: `read=1`, `delivered=1` add the user to `read_ids`/`delivered_ids`; `message` replaces the text; `chat_dialog_id` required |
+//! | `DELETE /chat/Message/<id>[,<id>..].json` | as for dialogs; without `force=1` hidden for the acting user only, with it deleted |
+//! | `GET`/`PUT /chat/Dialog/<id>/notifications.json` | `{"notifications":{"enabled":1}}`; `enabled` 0 or 1 |
 //!
 //! The path and the parameters are read as QuickBlox's Rails reads them, by the sandbox's own
 //! reader (`sandbox/rack.rs`, `sandbox/routing.rs`), which shares nothing with the gateway's
@@ -73,7 +79,8 @@
 //! This file serves connections, records requests and injects faults. `sandbox/rack.rs` (with
 //! `rack/multipart.rs`) reads a request as Rack and Rails do, `sandbox/routing.rs` picks its
 //! route, `sandbox/sessions.rs` finds who is acting and answers `GET /session.json`,
-//! `sandbox/dialogs.rs` holds the dialogs and their endpoints, `sandbox/users.rs` the user
+//! `sandbox/dialogs.rs` holds the dialogs and their endpoints, `sandbox/messages.rs` the chat
+//! messages and notification settings, `sandbox/users.rs` the user
 //! accounts and theirs, `sandbox/reply.rs` shapes the answers (faulty bodies included); the tests
 //! are in `sandbox/tests.rs` and `sandbox/tests/`.
 //!
@@ -83,6 +90,7 @@
 //! lookup) before the fault acts.
 
 mod dialogs;
+mod messages;
 mod rack;
 mod reply;
 mod routing;
@@ -142,6 +150,20 @@ pub mod seed {
     pub const GROUP_TOKEN: &str = "1319b4991186601ccf4df2d0fa89565f68012bba";
     /// Session token of the reference's custom-data recipe: user [`OCCUPANT`].
     pub const DATA_TOKEN: &str = "8be2595b87f403f3c39e38fb39942cf481012bba";
+    /// Messages: in GROUP, two sent by [`RECIPE_USER`] (its owner) and one by [`OCCUPANT`];
+    /// in PRIVATE, one by [`OCCUPANT`] (its owner) and one by [`RECIPE_USER`]; in PUBLIC_GROUP,
+    /// one by [`OWNER`].
+    pub const GROUP_MESSAGE_BY_RECIPE: &str = "5e1a0c0de000000000000001";
+    /// In GROUP, sent by [`OCCUPANT`].
+    pub const GROUP_MESSAGE_BY_OCCUPANT: &str = "5e1a0c0de000000000000002";
+    /// In PRIVATE, sent by [`OCCUPANT`] (the dialog's owner).
+    pub const PRIVATE_MESSAGE_BY_OCCUPANT: &str = "5e1a0c0de000000000000003";
+    /// In PRIVATE, sent by [`RECIPE_USER`] (an occupant, not the owner).
+    pub const PRIVATE_MESSAGE_BY_RECIPE: &str = "5e1a0c0de000000000000004";
+    /// In PUBLIC_GROUP, sent by [`OWNER`].
+    pub const PUBLIC_MESSAGE: &str = "5e1a0c0de000000000000005";
+    /// In GROUP, the second sent by [`RECIPE_USER`].
+    pub const GROUP_MESSAGE_BY_RECIPE_2: &str = "5e1a0c0de000000000000006";
     /// QuickBlox application id, as it appears in `xmpp_room_jid`.
     pub const APPLICATION_ID: u64 = 76730;
 
@@ -221,6 +243,10 @@ struct State {
     dialogs: Vec<Dialog>,
     sessions: HashMap<String, u64>,
     users: Vec<users::User>,
+    /// In the order sent.
+    messages: Vec<messages::Message>,
+    /// (dialog, user) pairs whose push notifications are off.
+    notifications_off: std::collections::HashSet<(String, u64)>,
 }
 impl Sandbox {
     /// A sandbox seeded as the module doc describes. `api_key`: the key it accepts in
@@ -233,6 +259,8 @@ impl Sandbox {
             dialogs: dialogs::seed_dialogs(),
             sessions,
             users: users::seed_users(),
+            messages: messages::seed_messages(),
+            notifications_off: std::collections::HashSet::new(),
         };
         Sandbox {
             inner: Arc::new(Inner {
@@ -467,6 +495,21 @@ impl Sandbox {
             (Method::POST, Route::Dialogs) => self.create(auth.actor, &params),
             (Method::PUT, Route::Dialog(id)) => self.update(&id, &params),
             (Method::DELETE, Route::Dialog(ids)) => self.delete(auth.actor, &ids, &params),
+            (Method::POST, Route::Messages) => self.create_message(auth.actor, &params),
+            (Method::GET, Route::Messages) => self.list_messages(auth.actor, &params),
+            (Method::GET, Route::MessagesUnread) => self.unread_messages(auth.actor),
+            (Method::PUT | Method::PATCH, Route::Message(id)) => {
+                self.update_message(auth.actor, &id, &params)
+            }
+            (Method::DELETE, Route::Message(ids)) => {
+                self.delete_messages(auth.actor, &ids, &params)
+            }
+            (Method::GET, Route::DialogNotifications(id)) => {
+                self.notifications(auth.actor, &id, None)
+            }
+            (Method::PUT, Route::DialogNotifications(id)) => {
+                self.notifications(auth.actor, &id, Some(&params))
+            }
             (Method::POST, Route::Users) => self.create_user(&params),
             (Method::PUT | Method::PATCH, Route::User(id)) => self.update_user(&id, &params),
             (Method::DELETE, Route::User(id)) => self.delete_user(&id),

@@ -1249,6 +1249,43 @@ fn table() -> Vec<Row> {
             .json(r#"{"chat_dialog_id":"x","message":"m"}"#)
             .expect(Forwarded),
     );
+    // The message rules: Rack reads the parameters they judged.
+    rows.push(
+        row("POST message, form", "POST", message)
+            .form("chat_dialog_id=x&message=m")
+            .expect(Forwarded),
+    );
+    rows.push(
+        row("PUT message read, JSON", "PUT", "/chat/Message/m1.json")
+            .json(r#"{"chat_dialog_id":"x","read":1}"#)
+            .expect(Forwarded),
+    );
+    rows.push(
+        row(
+            "PUT notifications, form",
+            "PUT",
+            &format!("/chat/Dialog/{ID}/notifications.json"),
+        )
+        .form("enabled=0")
+        .expect(Forwarded),
+    );
+    rows.push(
+        row(
+            "GET messages, chat_dialog_id in the query and a JSON body",
+            "GET",
+            &format!("{message}?chat_dialog_id=x"),
+        )
+        .json(r#"{"chat_dialog_id":"y"}"#),
+    );
+    rows.push(
+        row(
+            "PUT message, a field the rules refuse",
+            "PUT",
+            "/chat/Message/m1.json",
+        )
+        .form("chat_dialog_id=x&sender_id=5")
+        .expect(RefusedWith(422)),
+    );
 
     // 7. The users rules and the token parameter: Rack reads the parameters the rules judged.
     let me = format!("/users/{USER}.json");

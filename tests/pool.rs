@@ -21,10 +21,10 @@ fn connections(gate: &Gate) -> HashSet<std::net::SocketAddr> {
         .collect()
 }
 
-/// A message POST: not a dialog change, so its body streams through unread.
-async fn post_message(gate: &Gate, i: usize) -> Reply {
-    let body = format!(r#"{{"chat_dialog_id":"x","message":"m{i}"}}"#);
-    gate.as_user(KEY_APP, None, "POST", "/chat/Message.json", Some(&body))
+/// A blob POST: judged by no rule, so its body streams through unread.
+async fn post_blob(gate: &Gate, i: usize) -> Reply {
+    let body = format!(r#"{{"blob":{{"name":"m{i}"}}}}"#);
+    gate.as_user(KEY_APP, None, "POST", "/blobs.json", Some(&body))
         .await
 }
 
@@ -48,7 +48,7 @@ async fn sequential_requests_reuse_one_upstream_connection() {
     for i in 0..10 {
         let reply = gate.as_user(KEY_APP, None, "GET", LIST, None).await;
         assert_eq!(reply.status, 200, "{:?}", reply.body);
-        let reply = post_message(&gate, i).await;
+        let reply = post_blob(&gate, i).await;
         assert!(reply.status < 500, "{} {:?}", reply.status, reply.body);
     }
     assert_eq!(connections(&gate).len(), 1);
@@ -130,7 +130,7 @@ async fn a_pooled_connection_the_upstream_closed_is_not_used_and_nothing_is_sent
     let text = policy_text(&format!("http://{addr}"), "", "");
     let gate = Gate::start_policy(qbgate::sandbox::Sandbox::new(None), addr, &text).await;
     for i in 0..5 {
-        let reply = post_message(&gate, i).await;
+        let reply = post_blob(&gate, i).await;
         assert_eq!(reply.status, 200, "{:?}", reply.body);
         // Time for the pool's connection to see the close before the next request.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -139,5 +139,5 @@ async fn a_pooled_connection_the_upstream_closed_is_not_used_and_nothing_is_sent
     assert_eq!(seen.len(), 5, "{seen:?}");
     assert!(seen
         .iter()
-        .all(|line| line.starts_with("POST /chat/Message.json ")));
+        .all(|line| line.starts_with("POST /blobs.json ")));
 }

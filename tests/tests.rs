@@ -9,6 +9,8 @@
 //! - `dialog_rules`: the rule matrix, bypass attempts and the dialog cache, through the gateway.
 //! - `least_privilege`: account-owner powers, the acting user's own account, the old password and
 //!   the `token` parameter, through the gateway.
+//! - `messages`: the chat-message rules (send, list, mark, edit, delete, notifications), the
+//!   message lookups and `on_lookup_error`, through the gateway.
 //! - `operations`: hot reload under load, the directory watch, graceful drain, metrics.
 //! - `layers`: the import graph of `src/` against the layers and the "never" list; no cycles.
 //! - `integrity`: every way found to make the upstream read another request than the one judged.
@@ -34,6 +36,7 @@ mod hostile;
 mod integrity;
 mod layers;
 mod least_privilege;
+mod messages;
 mod operations;
 mod pool;
 mod rate_limit;

@@ -300,7 +300,7 @@ async fn read_reply(client: &mut TcpStream) -> (u16, Vec<u8>) {
     (status, body)
 }
 
-const UPLOAD_HEAD: &str = "POST /chat/Message.json HTTP/1.1\r\nhost: gate\r\n\
+const UPLOAD_HEAD: &str = "POST /blobs.json HTTP/1.1\r\nhost: gate\r\n\
                            authorization: ApiKey test-key-app\r\ncontent-type: application/json\r\n";
 
 #[tokio::test]
@@ -309,13 +309,10 @@ async fn uploads_reach_the_upstream_framed_for_its_hop() {
         Upstream::start(|_| answer("HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n{}")).await;
 
     // A known length, larger than what goes out behind the head: sent with content-length.
-    let big = format!(
-        r#"{{"chat_dialog_id":"x","message":"{}"}}"#,
-        "m".repeat(100_000)
-    );
+    let big = format!(r#"{{"blob":{{"name":"{}"}}}}"#, "m".repeat(100_000));
     let reply = up
         .gate
-        .as_user(KEY_APP, None, "POST", "/chat/Message.json", Some(&big))
+        .as_user(KEY_APP, None, "POST", "/blobs.json", Some(&big))
         .await;
     assert_eq!(reply.status, 201, "{:?}", reply.body);
 
@@ -392,14 +389,11 @@ async fn an_answer_before_an_upload_the_upstream_then_drops_reaches_the_client()
     .await;
     // Larger than the socket buffers take at once, so the gateway is still writing when the
     // upstream's reset comes back.
-    let big = format!(
-        r#"{{"chat_dialog_id":"x","message":"{}"}}"#,
-        "m".repeat(1_000_000)
-    );
+    let big = format!(r#"{{"blob":{{"name":"{}"}}}}"#, "m".repeat(1_000_000));
     for _ in 0..3 {
         let reply = up
             .gate
-            .as_user(KEY_APP, None, "POST", "/chat/Message.json", Some(&big))
+            .as_user(KEY_APP, None, "POST", "/blobs.json", Some(&big))
             .await;
         assert_eq!(reply.status, 413, "{:?}", reply.body);
         assert_eq!(&reply.body[..], br#"{"errors":["too big"]}"#);

@@ -2,7 +2,9 @@
 //! judged against QuickBlox's rule table, with the dialogs it needs looked up through the proxy's
 //! caches; after the upstream answered, what the answer teaches the cache. Writes under `/users`
 //! on an API key are read whole too and judged against the key's powers ([`rules::users`]), and
-//! a `token` parameter on an API key is refused wherever the gateway reads parameters.
+//! a `token` parameter on an API key is refused wherever the gateway reads parameters. API-key
+//! requests under `/chat/Message` and to a dialog's notification setting are judged against the
+//! acting user ([`messages_phase`], [`rules::messages`]).
 
 use http::header;
 use http::{Method, StatusCode};
@@ -16,6 +18,7 @@ use crate::error::GateError;
 use crate::params;
 use crate::policy::RuleMode;
 use crate::request::{self, Canonical, CanonicalPath, Media};
+use crate::rules::messages::{self, MessageFacts, MessageRoute};
 use crate::rules::users::{self, Caller};
 use crate::rules::{self, Actor, DialogRequest, DialogRoute};
 use crate::upstream::{ProxyBody, UpstreamBody};
@@ -319,4 +322,134 @@ pub(super) async fn learn(
         }
         _ => Ok(body),
     }
+}
+
+/// Is this a request under `/chat/Message` or to `/chat/Dialog/{id}/notifications` (a look at
+/// the route key's segments; [`messages::classify`] decides exactly)?
+pub(super) fn is_message_route(path: &CanonicalPath) -> bool {
+    fn stem(s: &str) -> &str {
+        s.split('.').next().unwrap_or_default()
+    }
+    if path.route_segment(0).map(stem) != Some("chat") {
+        return false;
+    }
+    match path.route_segment(1).map(stem) {
+        Some("message") => true,
+        Some("dialog") => {
+            path.len() == 4 && path.route_segment(3).map(stem) == Some("notifications")
+        }
+        _ => false,
+    }
+}
+
+/// Messages phase, for API-key requests under `/chat/Message` and to a dialog's notification
+/// setting: a GET is judged on its query alone (a body, rare on a GET, is read too, since Rails
+/// would merge it); a write's body is read whole within the usual bounds. The parameters are
+/// judged against the acting user ([`messages`]), with the dialog and messages looked up.
+/// Always enforced; a failed lookup follows `dialog_rules.on_lookup_error`. A force delete
+/// evicts its messages from the cache.
+pub(super) async fn messages_phase(
+    runtime: &Runtime,
+    principal: &Principal,
+    request: &mut Canonical,
+    body: &mut Option<Incoming>,
+    access: &mut Access,
+) -> Result<Checked, GateError> {
+    let policy = &runtime.policy;
+    let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
+    let segments: Vec<&str> = request.path().segments().collect();
+    let Some(route) = messages::classify(request.method(), &segments) else {
+        if let Some(incoming) = body.take() {
+            request.set_body(ProxyBody::stream(incoming, limit, timeout));
+        }
+        return Ok(Checked::unjudged());
+    };
+    if body
+        .as_ref()
+        .is_some_and(|b| !http_body::Body::is_end_stream(b))
+        || !route.is_read()
+    {
+        let bytes = read_body(body, limit, timeout, access).await?;
+        if *request.method() == Method::POST {
+            request::body::check_override(request.media(), &bytes)?;
+        }
+        request.set_body(ProxyBody::full(bytes));
+        if request.headers().contains_key(header::CONTENT_ENCODING) {
+            return Err(GateError::Rejected {
+                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                reason: "content_encoding",
+                field: None,
+                message: "a Content-Encoding on a message request cannot be checked".into(),
+            });
+        }
+    }
+    let bytes = request.body_bytes().map_or(&[][..], |b| &b[..]);
+    let params = params::parse(request.media().map(Media::as_str), request.query(), bytes)?;
+    users::check_token_param(&params).map_err(refused)?;
+    let user = principal.user;
+    let refuse = |rejection: rules::Rejection| {
+        tracing::info!(key = %principal.key_id, rule = rejection.reason, "message rule rejected a request");
+        refused(rejection)
+    };
+    let plan = messages::plan(&route, &params, user).map_err(refuse)?;
+    let looked_up = match &plan.dialog {
+        None => Ok(None),
+        Some(id) => look_up(runtime, request.headers(), id, &plan.messages)
+            .await
+            .map(Some),
+    };
+    match looked_up {
+        Ok(None) => {}
+        Ok(Some((dialog, found))) => {
+            let found: Vec<MessageFacts> = found.iter().map(|m| (**m).clone()).collect();
+            messages::check(&route, &plan, Some(&dialog), &found, user).map_err(refuse)?;
+        }
+        Err(GateError::LookupFailed) if policy.dialog_rules.forward_on_lookup_error => {
+            tracing::warn!(key = %principal.key_id, "message lookup failed: forwarding unchecked (on_lookup_error: forward)");
+        }
+        Err(error) => return Err(error),
+    }
+    if let MessageRoute::Delete { ids } = &route {
+        if !plan.messages.is_empty() {
+            runtime.lookups.evict_messages(ids).await;
+        }
+    }
+    Ok(Checked {
+        route: None,
+        would_reject: None,
+        params: Some(params),
+    })
+}
+
+/// The dialog `id` and the messages `ids` of it that exist, through the caches.
+async fn look_up(
+    runtime: &Runtime,
+    headers: &http::HeaderMap,
+    id: &str,
+    ids: &[String],
+) -> Result<
+    (
+        std::sync::Arc<rules::Dialog>,
+        Vec<std::sync::Arc<MessageFacts>>,
+    ),
+    GateError,
+> {
+    let failed = |e| match e {
+        LookupError::NotFound => GateError::DialogNotFound,
+        LookupError::Failed => GateError::LookupFailed,
+    };
+    let lookups = &runtime.lookups;
+    let dialog = lookups
+        .dialog(&runtime.client, &runtime.policy, headers, id)
+        .await
+        .map_err(failed)?;
+    let found = if ids.is_empty() {
+        Vec::new()
+    } else {
+        lookups
+            .messages(&runtime.client, &runtime.policy, headers, id, ids)
+            .await
+            .map_err(failed)?
+    };
+    Ok((dialog, found))
 }

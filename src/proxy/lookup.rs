@@ -1,11 +1,14 @@
-//! Upstream state the rules need, fetched by the proxy (rules judge, they never fetch): dialogs (`GET /chat/Dialog.json?_id=<id>`) and the user behind a
-//! QB-Token (`GET /session.json`), each in a bounded TTL cache.
+//! Upstream state the rules need, fetched by the proxy (rules judge, they never fetch): dialogs (`GET /chat/Dialog.json?_id=<id>`), messages' dialog and sender
+//! (`GET /chat/Message.json?chat_dialog_id=<d>&_id=<id>`, or `_id[in]=<a>,<b>`) and the user
+//! behind a QB-Token (`GET /session.json`), each in a bounded TTL cache.
 //!
 //! moka's `try_get_with` makes concurrent requests for one dialog share one lookup; failures are
 //! not cached. Dialogs are looked up with the gateway's upstream key and no `On-Behalf-Of`, acting
 //! as the application: a user's own lookup would come back empty for a dialog he is not in, which
 //! would turn the rule table's 403 into a 404 and make one cache entry depend on who asked first.
-//! Without an upstream key the caller's own credentials are used.
+//! Without an upstream key the caller's own credentials are used. Messages are looked up the same
+//! way, without `On-Behalf-Of`, for one more reason: a list fetched as U marks its messages read
+//! for U.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +19,7 @@ use http_body_util::BodyExt;
 use moka::future::Cache;
 
 use crate::policy::Policy;
+use crate::rules::messages::MessageFacts;
 use crate::rules::Dialog;
 use crate::upstream::{HttpClient, ProxyBody};
 
@@ -39,6 +43,8 @@ pub struct Lookups {
     ttl: Duration,
     dialogs: Cache<String, Arc<Dialog>>,
     sessions: Cache<[u8; 32], Option<u64>>,
+    /// Message id -> its dialog and sender; a message's sender and dialog never change.
+    messages: Cache<String, Arc<MessageFacts>>,
 }
 
 impl Lookups {
@@ -50,6 +56,10 @@ impl Lookups {
                 .time_to_live(ttl.max(Duration::from_millis(1)))
                 .build(),
             sessions: Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .time_to_live(ttl.max(Duration::from_millis(1)))
+                .build(),
+            messages: Cache::builder()
                 .max_capacity(MAX_ENTRIES)
                 .time_to_live(ttl.max(Duration::from_millis(1)))
                 .build(),
@@ -117,6 +127,66 @@ impl Lookups {
             .await;
     }
 
+    /// The messages `ids` of dialog `dialog` that exist (a missing one is left out), from the
+    /// cache or the upstream: one id is one shared lookup, several uncached ones one
+    /// `_id[in]` lookup. A cached message of another dialog is returned as it is (the rules
+    /// refuse it).
+    pub async fn messages(
+        &self,
+        client: &HttpClient,
+        policy: &Policy,
+        caller: &HeaderMap,
+        dialog: &str,
+        ids: &[String],
+    ) -> Result<Vec<Arc<MessageFacts>>, LookupError> {
+        let mut found = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for id in ids {
+            match self.messages.get(id).await {
+                Some(facts) if !self.ttl.is_zero() => found.push(facts),
+                _ => missing.push(id.as_str()),
+            }
+        }
+        match missing.as_slice() {
+            [] => {}
+            [id] if !self.ttl.is_zero() => {
+                let one = self
+                    .messages
+                    .try_get_with(id.to_string(), async {
+                        fetch_messages(client, policy, caller, dialog, &[id])
+                            .await?
+                            .pop()
+                            .map(Arc::new)
+                            .ok_or(LookupError::NotFound)
+                    })
+                    .await
+                    .map_err(|e| (*e).clone());
+                match one {
+                    Ok(facts) => found.push(facts),
+                    Err(LookupError::NotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            _ => {
+                for facts in fetch_messages(client, policy, caller, dialog, &missing).await? {
+                    let facts = Arc::new(facts);
+                    if !self.ttl.is_zero() {
+                        self.messages.insert(facts.id.clone(), facts.clone()).await;
+                    }
+                    found.push(facts);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// These messages were deleted (or may have been): forget them.
+    pub async fn evict_messages(&self, ids: &[String]) {
+        for id in ids {
+            self.messages.invalidate(id).await;
+        }
+    }
+
     /// The upstream refused or deleted these dialogs: forget them.
     pub async fn evict(&self, ids: &[String]) {
         for id in ids {
@@ -157,6 +227,44 @@ async fn fetch_dialog(
         None => Err(LookupError::NotFound),
         Some(item) => Dialog::from_json(item).ok_or(LookupError::Failed),
     }
+}
+
+/// The messages `ids` of `dialog` that the upstream lists; ids come from `rules::messages`
+/// (plain tokens, nothing to escape).
+async fn fetch_messages(
+    client: &HttpClient,
+    policy: &Policy,
+    caller: &HeaderMap,
+    dialog: &str,
+    ids: &[&str],
+) -> Result<Vec<MessageFacts>, LookupError> {
+    let filter = match ids {
+        [id] => format!("_id={id}"),
+        _ => format!("_id%5Bin%5D={}", ids.join(",")),
+    };
+    let path = format!(
+        "/chat/Message.json?chat_dialog_id={dialog}&{filter}&limit={}",
+        ids.len().max(1)
+    );
+    let (status, body) = get(client, policy, caller, &path, false).await?;
+    match status {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND => return Ok(Vec::new()),
+        _ => return Err(LookupError::Failed),
+    }
+    let json: serde_json::Value = serde_json::from_slice(&body).map_err(|_| LookupError::Failed)?;
+    let items = json
+        .get("items")
+        .and_then(|i| i.as_array())
+        .ok_or(LookupError::Failed)?;
+    let mut found = Vec::with_capacity(ids.len());
+    for item in items {
+        let facts = MessageFacts::from_json(item).ok_or(LookupError::Failed)?;
+        if ids.contains(&facts.id.as_str()) {
+            found.push(facts);
+        }
+    }
+    Ok(found)
 }
 
 async fn fetch_session(

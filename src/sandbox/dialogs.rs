@@ -237,6 +237,37 @@ struct IdChanges {
 }
 
 impl Dialog {
+    /// A new PRIVATE dialog of `owner` and `other`, as a message to `other` creates it.
+    pub(super) fn private(id: String, owner: u64, other: u64) -> Dialog {
+        let now = rfc3339(SystemTime::now());
+        Dialog {
+            id,
+            kind: 3,
+            name: None,
+            photo: None,
+            owner,
+            occupants: vec![owner, other],
+            admins: Vec::new(),
+            data: None,
+            created_at: now.clone(),
+            updated_at: now,
+            last_message: None,
+        }
+    }
+
+    /// A PRIVATE dialog of exactly these two users.
+    pub(super) fn is_private_of(&self, a: u64, b: u64) -> bool {
+        self.kind == 3
+            && self.occupants.len() == 2
+            && self.occupants.contains(&a)
+            && self.occupants.contains(&b)
+    }
+
+    /// The owner or an occupant.
+    pub(super) fn has_member(&self, user: u64) -> bool {
+        self.owner == user || self.occupants.contains(&user)
+    }
+
     fn visible_to(&self, actor: Actor) -> bool {
         match actor {
             Actor::Application => true,
@@ -372,7 +403,7 @@ fn scalar_user_ids(value: &Value) -> Option<Vec<u64>> {
     }
 }
 
-fn user_id(value: &Value) -> Option<u64> {
+pub(super) fn user_id(value: &Value) -> Option<u64> {
     match value {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => user_id_text(s.trim()),
@@ -393,7 +424,7 @@ fn number(value: &Value) -> Option<u64> {
     user_id(value)
 }
 
-fn strings(value: &Value) -> Vec<String> {
+pub(super) fn strings(value: &Value) -> Vec<String> {
     let split = |s: &str| -> Vec<String> {
         s.split(',')
             .map(str::trim)
@@ -421,7 +452,7 @@ fn text(value: &Value) -> Option<String> {
     }
 }
 
-fn truthy(value: &Value) -> bool {
+pub(super) fn truthy(value: &Value) -> bool {
     match value {
         Value::Bool(b) => *b,
         Value::Number(n) => n.as_u64() == Some(1),

@@ -2,7 +2,7 @@
 //! matches them.
 //!
 //! - Journey first normalizes the path: runs of `/` become one, a trailing `/` goes.
-//! - The fixed words (`session`, `chat`, `Dialog`, `users`, `external`, `tokens`) match in any letter case, folded as Unicode
+//! - The fixed words (`session`, `chat`, `Dialog`, `Message`, `unread`, `notifications`, `users`, `external`, `tokens`) match in any letter case, folded as Unicode
 //!   folds case: besides ASCII, `ı` (U+0131) and `İ` (U+0130) fold to `i`, `ſ` (U+017F) to `s` and
 //!   the Kelvin sign (U+212A) to `k` ([`fold`]). No other character folds to an ASCII letter, and
 //!   the words are ASCII, so the table stops there (`Å` U+212B folds to `å`: never a match).
@@ -30,6 +30,14 @@ pub(super) enum Route {
     UserTokens(String),
     /// `/users/external/<id>`, the id percent-decoded.
     UserExternal(String),
+    /// `/chat/Message`.
+    Messages,
+    /// `/chat/Message/unread`.
+    MessagesUnread,
+    /// `/chat/Message/<ids>`, percent-decoded.
+    Message(String),
+    /// `/chat/Dialog/<id>/notifications`, the id percent-decoded.
+    DialogNotifications(String),
     /// Routed, but Rails refuses its path parameters: the 400's message.
     BadPath(String),
     Unknown,
@@ -56,6 +64,17 @@ pub(super) fn route(path: &str) -> Routed {
         [chat, dialog, last] if is_word(chat, "chat") && is_word(dialog, "dialog") => {
             (Route::Dialog(String::new()), *last)
         }
+        [chat, message, last] if is_word(chat, "chat") && is_word(message, "message") => {
+            (Route::Message(String::new()), *last)
+        }
+        [chat, dialog, id, last]
+            if is_word(chat, "chat") && is_word(dialog, "dialog") && !id.contains('.') =>
+        {
+            match parameter(id) {
+                Ok(id) => (Route::DialogNotifications(id), *last),
+                Err(route) => (route, *last),
+            }
+        }
         [users, external, last] if is_word(users, "users") && is_word(external, "external") => {
             (Route::UserExternal(String::new()), *last)
         }
@@ -73,10 +92,18 @@ pub(super) fn route(path: &str) -> Routed {
         Route::Session if is_word(stem, "session") => Route::Session,
         Route::Session if is_word(stem, "users") => Route::Users,
         Route::Dialogs if is_word(stem, "dialog") => Route::Dialogs,
+        Route::Dialogs if is_word(stem, "message") => Route::Messages,
+        Route::Message(_) if is_word(stem, "unread") => Route::MessagesUnread,
+        Route::Message(_) => parameter(stem).map_or_else(|e| e, Route::Message),
+        Route::DialogNotifications(id) if is_word(stem, "notifications") => {
+            Route::DialogNotifications(id)
+        }
         Route::Dialog(_) => parameter(stem).map_or_else(|e| e, Route::Dialog),
         Route::User(_) => parameter(stem).map_or_else(|e| e, Route::User),
         Route::UserExternal(_) => parameter(stem).map_or_else(|e| e, Route::UserExternal),
-        route @ Route::BadPath(_) if is_word(stem, "tokens") => route,
+        route @ Route::BadPath(_) if is_word(stem, "tokens") || is_word(stem, "notifications") => {
+            route
+        }
         Route::UserTokens(id) if is_word(stem, "tokens") => Route::UserTokens(id),
         _ => return unknown,
     };

@@ -507,7 +507,8 @@ fn routes_fold_case_and_decode_only_the_id() {
         "/chat/Dialog.",
         "/chat/Dialogs",
         "/chat/di%C3%A5log",
-        "/chat/Message.json",
+        "/chat/Messages.json",
+        "/chat/Message/a.b.json",
         "/sessions.json",
         "/",
     ] {

@@ -9,7 +9,8 @@ async fn unknown_routes_are_json_404() {
     for (method, path) in [
         ("GET", "/users.json"),
         ("GET", "/chat/Dialog/5d75393ba28f9a17e1cb0f9e.json"),
-        ("POST", "/chat/Message.json"),
+        ("POST", "/chat/Messages.json"),
+        ("GET", "/chat/Dialog/5d75393ba28f9a17e1cb0f9e/notes.json"),
         ("PATCH", "/chat/Dialog/5d75393ba28f9a17e1cb0f9e.json"),
         ("PUT", "/chat/Dialog/a/b.json"),
         // Another letter case routes (see the reader's tests); these do not.
