@@ -81,6 +81,10 @@ fn describe() {
         "Requests refused with 429 by a rate limit, by key id."
     );
     describe_counter!(
+        "qbgate_unchecked_requests_total",
+        "Requests outside the endpoint catalog forwarded unjudged because the key lists them in unchecked_routes, by key id."
+    );
+    describe_counter!(
         "qbgate_rule_violations_total",
         "Dialog updates that broke a dialog rule, by rule and mode (enforce refuses, report counts)."
     );
@@ -248,6 +252,11 @@ pub fn upstream_error(kind: &'static str) {
 
 pub fn rate_limited(key: &Arc<str>) {
     metrics::counter!("qbgate_rate_limited_total", "key" => metrics::SharedString::from(key.clone())).increment(1);
+}
+
+/// A request outside the endpoint catalog, forwarded unjudged under the key's `unchecked_routes`.
+pub fn unchecked(key: &Arc<str>) {
+    metrics::counter!("qbgate_unchecked_requests_total", "key" => metrics::SharedString::from(key.clone())).increment(1);
 }
 
 pub fn rule_violation(rule: &'static str, mode: &'static str) {

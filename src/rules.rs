@@ -13,8 +13,11 @@
 //! in REASONS.md.
 //!
 //! Beside the dialog rules, [`users`] judges writes to user accounts against the key's powers,
-//! and the `token` parameter on API-key requests; always enforced.
+//! and the `token` parameter on API-key requests; always enforced. [`catalog`] is the table of
+//! every endpoint qbgate knows and the rule that judges it: an API-key request outside it is
+//! refused.
 
+pub mod catalog;
 pub mod dialog;
 pub mod document;
 pub mod users;
