@@ -24,7 +24,7 @@ fn connections(gate: &Gate) -> HashSet<std::net::SocketAddr> {
 /// A message POST: not a dialog change, so its body streams through unread.
 async fn post_message(gate: &Gate, i: usize) -> Reply {
     let body = format!(r#"{{"chat_dialog_id":"x","message":"m{i}"}}"#);
-    gate.as_user(KEY_APP, None, "POST", "/chat/Message.json", Some(&body))
+    gate.as_user(KEY_ANY, Some(1), "POST", "/chat/Message.json", Some(&body))
         .await
 }
 

@@ -301,7 +301,7 @@ async fn read_reply(client: &mut TcpStream) -> (u16, Vec<u8>) {
 }
 
 const UPLOAD_HEAD: &str = "POST /chat/Message.json HTTP/1.1\r\nhost: gate\r\n\
-                           authorization: ApiKey test-key-app\r\ncontent-type: application/json\r\n";
+                           authorization: ApiKey test-key-any\r\non-behalf-of: 1\r\ncontent-type: application/json\r\n";
 
 #[tokio::test]
 async fn uploads_reach_the_upstream_framed_for_its_hop() {
@@ -315,7 +315,7 @@ async fn uploads_reach_the_upstream_framed_for_its_hop() {
     );
     let reply = up
         .gate
-        .as_user(KEY_APP, None, "POST", "/chat/Message.json", Some(&big))
+        .as_user(KEY_ANY, Some(1), "POST", "/chat/Message.json", Some(&big))
         .await;
     assert_eq!(reply.status, 201, "{:?}", reply.body);
 
@@ -399,7 +399,7 @@ async fn an_answer_before_an_upload_the_upstream_then_drops_reaches_the_client()
     for _ in 0..3 {
         let reply = up
             .gate
-            .as_user(KEY_APP, None, "POST", "/chat/Message.json", Some(&big))
+            .as_user(KEY_ANY, Some(1), "POST", "/chat/Message.json", Some(&big))
             .await;
         assert_eq!(reply.status, 413, "{:?}", reply.body);
         assert_eq!(&reply.body[..], br#"{"errors":["too big"]}"#);
