@@ -85,6 +85,12 @@ fn main() -> ExitCode {
                     p.keys.len(),
                     p.digest
                 );
+                // What each key reaches in the endpoint catalog: what an upgrade took away is
+                // under `refused` (a route outside the catalog is 403 unless `unchecked_routes`
+                // lists it).
+                for key in &p.keys {
+                    println!("{}: {}", key.id, qbgate::rules::catalog::reach(key));
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {

@@ -211,3 +211,29 @@ async fn qb_token_requests_are_not_subject_to_the_catalog() {
         .await;
     assert_forwarded(&gate, &reply, "QB-Token GET /data/Car");
 }
+
+#[test]
+fn check_prints_what_each_key_reaches() {
+    let dir = std::env::temp_dir().join(format!("qbgate-catalog-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.yaml");
+    let text = format!(
+        "version: 1\nkeys:\n  - {{ id: billing-service, sha256: {}, routes: ['* /chat/Dialog', GET /users/*] }}\n",
+        digest(KEY_LOOSE)
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qbgate"))
+        .args(["check", "--policy"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "billing-service: users (read), dialogs (partly); refused: sessions, messages, push, blobs, address book, custom objects\n"
+        ),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

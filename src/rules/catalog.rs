@@ -17,6 +17,7 @@
 use http::Method;
 
 use super::Rejection;
+use crate::policy::{Key, OnBehalfOf, Power, RoutePattern, Segment};
 use crate::request::CanonicalPath;
 
 /// The rule a catalog row is judged by.
@@ -485,6 +486,114 @@ pub fn need_user() -> Rejection {
     )
 }
 
+/// Can `key` use this row at all (its `routes`, its acting user, its powers)? `Err(power)`: only
+/// with a power it lacks.
+fn reaches(key: &Key, entry: &Entry) -> Result<bool, Power> {
+    if entry.rule == Rule::Refused {
+        return Ok(false);
+    }
+    if let Some(routes) = &key.routes {
+        if !routes.iter().any(|r| covers(r, entry)) {
+            return Ok(false);
+        }
+    }
+    let app = key.on_behalf_of == OnBehalfOf::None;
+    if entry.needs_user && app {
+        return Ok(false);
+    }
+    let power = match (entry.method, entry.path) {
+        ("POST", "/users") => Some(Power::CreateUsers),
+        ("POST", "/users/{id}/tokens") => Some(Power::MintTokens),
+        ("PUT" | "DELETE", "/users/{id}") if app => Some(Power::ManageUsers),
+        ("DELETE", "/users/external/{ext}") => Some(Power::ManageUsers),
+        _ => None,
+    };
+    match power {
+        Some(power) if !key.powers.contains(power) => Err(power),
+        _ => Ok(true),
+    }
+}
+
+/// Does a `routes` entry let some request of this row through?
+fn covers(route: &RoutePattern, entry: &Entry) -> bool {
+    if route
+        .method
+        .as_ref()
+        .is_some_and(|m| m.as_str() != entry.method)
+    {
+        return false;
+    }
+    let parts: Vec<&str> = entry.path.split('/').skip(1).collect();
+    route.segments.len() == parts.len()
+        && route
+            .segments
+            .iter()
+            .zip(parts)
+            .all(|(segment, part)| match segment {
+                Segment::Any => true,
+                Segment::Literal(literal) => part.starts_with('{') || literal == part,
+            })
+}
+
+/// One line for `qbgate check`: the families of endpoints `key` reaches, those refused to it,
+/// the powers it would need for the rest, and how many `unchecked_routes` it lists.
+pub fn reach(key: &Key) -> String {
+    let mut reached = Vec::new();
+    let mut refused = Vec::new();
+    let mut needs: Vec<&str> = Vec::new();
+    for family in Family::ALL {
+        let rows: Vec<&Entry> = CATALOG.iter().filter(|e| e.family == family).collect();
+        let mut got: Vec<&Entry> = Vec::new();
+        for entry in &rows {
+            match reaches(key, entry) {
+                Ok(true) => got.push(entry),
+                Ok(false) => {}
+                Err(power) if !needs.contains(&power.word()) => needs.push(power.word()),
+                Err(_) => {}
+            }
+        }
+        if got.is_empty() {
+            refused.push(family.word().to_owned());
+            continue;
+        }
+        let mut notes = Vec::new();
+        if got.len() < rows.len() {
+            notes.push(if got.iter().all(|e| e.method == "GET") {
+                "read"
+            } else {
+                "partly"
+            });
+        }
+        if got.iter().any(|e| e.rule == Rule::NotYetJudged) {
+            notes.push("not yet judged");
+        }
+        reached.push(if notes.is_empty() {
+            family.word().to_owned()
+        } else {
+            format!("{} ({})", family.word(), notes.join(", "))
+        });
+    }
+    refused.push("custom objects".to_owned());
+    let mut line = if reached.is_empty() {
+        "nothing in the catalog".to_owned()
+    } else {
+        reached.join(", ")
+    };
+    line.push_str("; refused: ");
+    line.push_str(&refused.join(", "));
+    if !needs.is_empty() {
+        line.push_str("; needs powers: ");
+        line.push_str(&needs.join(", "));
+    }
+    if !key.unchecked_routes.is_empty() {
+        line.push_str(&format!(
+            "; unchecked: {} route(s) outside the catalog, forwarded unjudged",
+            key.unchecked_routes.len()
+        ));
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -593,6 +702,30 @@ mod tests {
         assert_eq!(
             find(&Method::POST, &path("/users/5/tokens.xml")),
             Some(&USER_TOKENS)
+        );
+    }
+
+    #[test]
+    fn check_reports_what_a_key_reaches_and_what_it_lost() {
+        let sha = |n: u8| format!("{:064x}", n);
+        let text = format!(
+            "version: 1\nkeys:\n\
+             - {{ id: a, sha256: {}, on_behalf_of: any, routes: [GET /users/*, '* /chat/Dialog'] }}\n\
+             - {{ id: b, sha256: {}, on_behalf_of: none, powers: [create_users], unchecked_routes: [GET /data/*] }}\n",
+            sha(1),
+            sha(2)
+        );
+        let policy = crate::policy::compile(&text).unwrap();
+        assert_eq!(
+            reach(&policy.keys[0]),
+            "users (read), dialogs (partly); refused: sessions, messages, push, blobs, address book, custom objects"
+        );
+        assert_eq!(
+            reach(&policy.keys[1]),
+            "users (partly), dialogs, messages (read, not yet judged), push (read, not yet judged), \
+             blobs (read), address book (read); refused: sessions, custom objects; \
+             needs powers: mint_tokens, manage_users; \
+             unchecked: 1 route(s) outside the catalog, forwarded unjudged"
         );
     }
 }
