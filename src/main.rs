@@ -79,6 +79,22 @@ fn main() -> ExitCode {
                         key.id
                     );
                 }
+                for key in &p.keys {
+                    let covered = key
+                        .unchecked_routes
+                        .iter()
+                        .filter_map(qbgate::rules::catalog::covered_row);
+                    for entry in covered {
+                        eprintln!(
+                            "{}: warning: key `{}`: an unchecked_routes entry names {} {}, a catalog endpoint: its own rule judges it ({}), the entry does nothing there",
+                            policy.display(),
+                            key.id,
+                            entry.method,
+                            entry.path,
+                            entry.rule.word()
+                        );
+                    }
+                }
                 println!(
                     "{}: ok: {} keys, policy digest {}",
                     policy.display(),

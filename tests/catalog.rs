@@ -235,5 +235,28 @@ fn check_prints_what_each_key_reaches() {
         ),
         "{stdout}"
     );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An unchecked_routes entry that names a catalog endpoint does nothing there: a warning.
+    let text = format!(
+        "version: 1\nkeys:\n  - {{ id: loose, sha256: {}, unchecked_routes: ['* /session', GET /data/*] }}\n",
+        digest(KEY_LOOSE)
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qbgate"))
+        .args(["check", "--policy"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: key `loose`: an unchecked_routes entry names POST /session")
+            && stderr.lines().count() == 1,
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -535,6 +535,12 @@ fn covers(route: &RoutePattern, entry: &Entry) -> bool {
             })
 }
 
+/// A catalog row that a `routes`-syntax pattern also names, if any: an `unchecked_routes` entry
+/// has no effect there (the row's own rule judges it), which `qbgate check` warns about.
+pub fn covered_row(route: &RoutePattern) -> Option<&'static Entry> {
+    CATALOG.iter().find(|entry| covers(route, entry))
+}
+
 /// One line for `qbgate check`: the families of endpoints `key` reaches, those refused to it,
 /// the powers it would need for the rest, and how many `unchecked_routes` it lists.
 pub fn reach(key: &Key) -> String {
