@@ -16,6 +16,7 @@
 //! | normalize | `request.rs` + `request/{path,headers,body}.rs` | the one [`request::Canonical`]: hop-by-hop headers removed, anything the upstream could read otherwise refused |
 //! | authenticate | `auth.rs` | `ApiKey` / `On-Behalf-Of` / `QB-Token` -> [`auth::Principal`] |
 //! | route allowlist | `proxy.rs`, `policy.rs` | the key's `routes` |
+//! | endpoint catalog | `proxy/catalog.rs`, `rules/catalog.rs` | API keys: every QuickBlox endpoint qbgate knows and its rule; outside it 403 `route_unknown` unless the key's `unchecked_routes` lists the route; a write that needs a user on an application key 403 `need_user` |
 //! | rate limit | `ratelimit.rs` + `ratelimit/*` | per key and per user of a key; memory or Redis |
 //! | body | `proxy.rs`, `request/body.rs` | streamed with its limits, or read whole for a rule or the `_method` check |
 //! | rules | `proxy/judge.rs`, `rules.rs` + `rules/*`, `params.rs`, `proxy/lookup.rs` | the parameter document Rails would build, judged against QuickBlox's rule table (dialogs) and the key's powers (`rules/users.rs`: writes under `/users`, the `token` parameter), the acting user's chat messages (`rules/messages.rs`: `/chat/Message`, a dialog's notifications); dialogs and messages looked up by the proxy |

@@ -93,12 +93,34 @@ fn main() -> ExitCode {
                         key.id
                     );
                 }
+                for key in &p.keys {
+                    let covered = key
+                        .unchecked_routes
+                        .iter()
+                        .filter_map(qbgate::rules::catalog::covered_row);
+                    for entry in covered {
+                        eprintln!(
+                            "{}: warning: key `{}`: an unchecked_routes entry names {} {}, a catalog endpoint: its own rule judges it ({}), the entry does nothing there",
+                            policy.display(),
+                            key.id,
+                            entry.method,
+                            entry.path,
+                            entry.rule.word()
+                        );
+                    }
+                }
                 println!(
                     "{}: ok: {} keys, policy digest {}",
                     policy.display(),
                     p.keys.len(),
                     p.digest
                 );
+                // What each key reaches in the endpoint catalog: what an upgrade took away is
+                // under `refused` (a route outside the catalog is 403 unless `unchecked_routes`
+                // lists it).
+                for key in &p.keys {
+                    println!("{}: {}", key.id, qbgate::rules::catalog::reach(key));
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {

@@ -85,6 +85,10 @@ fn describe() {
         "Rate-limit checks that could not use Redis and took on_error instead, by on_error (allow or deny)."
     );
     describe_counter!(
+        "qbgate_unchecked_requests_total",
+        "Requests outside the endpoint catalog forwarded unjudged because the key lists them in unchecked_routes, by key id."
+    );
+    describe_counter!(
         "qbgate_rule_violations_total",
         "Dialog updates that broke a dialog rule, by rule and mode (enforce refuses, report counts)."
     );
@@ -257,6 +261,11 @@ pub fn rate_limited(key: &Arc<str>) {
 /// A rate-limit check that Redis could not answer: `on_error` (`allow` or `deny`) decided it.
 pub fn store_error(on_error: &'static str) {
     metrics::counter!("qbgate_ratelimit_store_errors_total", "on_error" => on_error).increment(1);
+}
+
+/// A request outside the endpoint catalog, forwarded unjudged under the key's `unchecked_routes`.
+pub fn unchecked(key: &Arc<str>) {
+    metrics::counter!("qbgate_unchecked_requests_total", "key" => metrics::SharedString::from(key.clone())).increment(1);
 }
 
 pub fn rule_violation(rule: &'static str, mode: &'static str) {

@@ -116,6 +116,9 @@ pub struct Key {
     pub disabled: bool,
     /// Account-owner powers (`powers`); empty by default.
     pub powers: Powers,
+    /// Routes outside the endpoint catalog forwarded unjudged (`unchecked_routes`); empty by
+    /// default: such a route is refused.
+    pub unchecked_routes: Vec<RoutePattern>,
 }
 
 /// One account-owner power: what a key may do to user accounts beyond acting as its user.

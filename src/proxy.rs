@@ -2,7 +2,8 @@
 //! becomes the contract's JSON response, logged once in the access log.
 //!
 //! Phases: request id -> normalize (the [`Canonical`] request: hop-by-hop headers removed,
-//! anything that could be read two ways refused) -> authenticate -> route allowlist -> rate
+//! anything that could be read two ways refused) -> authenticate -> route allowlist -> endpoint
+//! catalog (API keys: `route_unknown`, `need_user`; `proxy/catalog.rs`) -> rate
 //! limit -> the query's `token` check (API keys) -> body (streamed, or read whole when a rule or
 //! the `_method` check needs it) -> rules (dialog changes; writes under `/users` on an API key;
 //! chat messages on an API key)
@@ -30,6 +31,7 @@ use crate::ratelimit::{self, Decision};
 use crate::request::{self, Canonical, Judged, Observer};
 use crate::upstream::{self, ProxyBody, UpstreamBody};
 
+mod catalog;
 mod judge;
 pub mod lookup;
 mod runtime;
@@ -229,6 +231,7 @@ async fn phases(
     access.key = Some(principal.key_id.clone());
     access.user = principal.user;
     allow_route(runtime, &principal, &request)?;
+    catalog::admit(runtime, &principal, &request)?;
     rate_limit(runtime, &principal, access).await?;
     judge::check_query_token(&principal, &request)?;
 

@@ -14,8 +14,11 @@
 //!
 //! Beside the dialog rules, [`users`] judges writes to user accounts against the key's powers,
 //! and the `token` parameter on API-key requests; [`messages`] judges chat messages and a
-//! dialog's notification setting against the acting user; both always enforced.
+//! dialog's notification setting against the acting user; both always enforced. [`catalog`] is
+//! the table of every endpoint qbgate knows and the rule that judges it: an API-key request
+//! outside it is refused.
 
+pub mod catalog;
 pub mod dialog;
 pub mod document;
 pub mod messages;

@@ -289,13 +289,16 @@ async fn route_allowlist_is_case_and_suffix_insensitive() {
 async fn bodies_over_the_limit_are_413_by_length_and_when_chunked() {
     let gate = Gate::start("max_body_bytes: 1000").await;
     let big = "x".repeat(2000);
-    let auth = format!("ApiKey {KEY_APP}");
+    // A message write needs a user: the key acts for one.
+    let auth = format!("ApiKey {KEY_ANY}");
+    let user = OWNER.to_string();
     let reply = gate
         .send(
             "POST",
             "/chat/Message.json",
             &[
                 ("authorization", &auth),
+                ("on-behalf-of", &user),
                 ("content-type", "application/json"),
             ],
             &big,
@@ -322,6 +325,7 @@ async fn bodies_over_the_limit_are_413_by_length_and_when_chunked() {
         .method("POST")
         .uri(format!("http://{}/chat/Message.json", gate.addr))
         .header("authorization", &auth)
+        .header("on-behalf-of", &user)
         .header("content-type", "application/octet-stream")
         .body(body)
         .unwrap();

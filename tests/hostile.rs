@@ -267,7 +267,7 @@ async fn content_length_and_transfer_encoding_forward_one_consistent_request() {
     let gate = Gate::start("").await;
     // Authorized outer request: the upstream gets exactly it, framed one way, never the smuggled one.
     let request = format!(
-        "POST /blobs.json HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey {KEY_APP}\r\n\
+        "POST /blobs.json HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey {KEY_ANY}\r\nOn-Behalf-Of: {OWNER}\r\n\
          Content-Type: application/octet-stream\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
          5\r\nhello\r\n0\r\n\r\n{}",
         smuggled()
@@ -362,7 +362,7 @@ async fn invalid_chunk_sizes_on_a_streamed_route_never_complete_upstream() {
     let gate = Gate::start("").await;
     for chunks in BAD_CHUNKS {
         let request = format!(
-            "POST /blobs.json HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey {KEY_APP}\r\n\
+            "POST /blobs.json HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey {KEY_ANY}\r\nOn-Behalf-Of: {OWNER}\r\n\
              Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}"
         );
         let raw = raw(gate.addr, request.as_bytes(), WAIT).await;
@@ -528,7 +528,7 @@ async fn a_client_trickling_a_checked_body_gets_408() {
 async fn a_client_trickling_a_streamed_body_never_completes_upstream() {
     let gate = Gate::start(SLOW).await;
     let head = format!(
-        "POST /blobs.json HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey {KEY_APP}\r\n\
+        "POST /blobs.json HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey {KEY_ANY}\r\nOn-Behalf-Of: {OWNER}\r\n\
          Content-Type: application/octet-stream\r\nContent-Length: 40\r\n\r\n"
     );
     let body = [b'z'; 40];
@@ -572,7 +572,7 @@ async fn bodies_over_the_limit_are_413_in_one_piece_and_chunked() {
     assert_raw_gate_error(&raw2, 413, "body_too_large");
     // Chunked on a streamed route.
     let streamed = format!(
-        "POST /blobs.json HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey {KEY_APP}\r\n\
+        "POST /blobs.json HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey {KEY_ANY}\r\nOn-Behalf-Of: {OWNER}\r\n\
          Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}"
     );
     let raw3 = raw(gate.addr, streamed.as_bytes(), WAIT).await;

@@ -7,6 +7,8 @@
 //! - `recipes`: every curl recipe of the "Update dialog" reference replayed through the gateway.
 //! - `config_files`: the example policies load.
 //! - `dialog_rules`: the rule matrix, bypass attempts and the dialog cache, through the gateway.
+//! - `catalog`: the endpoint catalog's default deny (`route_unknown`), `unchecked_routes`
+//!   forwarding and its metric, `routes` still narrowing, `need_user` and an application key's reads.
 //! - `least_privilege`: account-owner powers, the acting user's own account, the old password and
 //!   the `token` parameter, through the gateway.
 //! - `messages`: the chat-message rules (send, list, mark, edit, delete, notifications), the
@@ -26,6 +28,7 @@
 //!   Rack read equals what the gateway judged, or the gateway refused (needs ruby-rack, puma).
 //! - `secrets`: the real binary at trace level leaks no key, token or upstream key anywhere.
 
+mod catalog;
 mod config_files;
 mod contract;
 mod dialog_rules;

@@ -301,7 +301,7 @@ async fn read_reply(client: &mut TcpStream) -> (u16, Vec<u8>) {
 }
 
 const UPLOAD_HEAD: &str = "POST /blobs.json HTTP/1.1\r\nhost: gate\r\n\
-                           authorization: ApiKey test-key-app\r\ncontent-type: application/json\r\n";
+                           authorization: ApiKey test-key-any\r\non-behalf-of: 1\r\ncontent-type: application/json\r\n";
 
 #[tokio::test]
 async fn uploads_reach_the_upstream_framed_for_its_hop() {
@@ -312,7 +312,7 @@ async fn uploads_reach_the_upstream_framed_for_its_hop() {
     let big = format!(r#"{{"blob":{{"name":"{}"}}}}"#, "m".repeat(100_000));
     let reply = up
         .gate
-        .as_user(KEY_APP, None, "POST", "/blobs.json", Some(&big))
+        .as_user(KEY_ANY, Some(1), "POST", "/blobs.json", Some(&big))
         .await;
     assert_eq!(reply.status, 201, "{:?}", reply.body);
 
@@ -393,7 +393,7 @@ async fn an_answer_before_an_upload_the_upstream_then_drops_reaches_the_client()
     for _ in 0..3 {
         let reply = up
             .gate
-            .as_user(KEY_APP, None, "POST", "/blobs.json", Some(&big))
+            .as_user(KEY_ANY, Some(1), "POST", "/blobs.json", Some(&big))
             .await;
         assert_eq!(reply.status, 413, "{:?}", reply.body);
         assert_eq!(&reply.body[..], br#"{"errors":["too big"]}"#);

@@ -565,19 +565,15 @@ impl Compiler<'_> {
                 None => OnBehalfOf::Any,
                 Some(at) => self.on_behalf_of(&format!("{p}.on_behalf_of"), at),
             };
-            let routes = key.routes.as_ref().map(|routes| {
-                routes
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(j, at)| match parse_route(&at.value) {
-                        Ok(route) => Some(route),
-                        Err(message) => {
-                            self.error(format!("{p}.routes[{j}]"), at, message);
-                            None
-                        }
-                    })
-                    .collect()
-            });
+            let routes = key
+                .routes
+                .as_ref()
+                .map(|routes| self.routes(&format!("{p}.routes"), routes));
+            let unchecked_routes = key
+                .unchecked_routes
+                .as_ref()
+                .map(|routes| self.routes(&format!("{p}.unchecked_routes"), routes))
+                .unwrap_or_default();
             let quota = key
                 .rate_limit
                 .as_ref()
@@ -626,10 +622,25 @@ impl Compiler<'_> {
                     expires_at,
                     disabled: key.disabled.unwrap_or(false),
                     powers,
+                    unchecked_routes,
                 },
             ));
         }
         keys
+    }
+
+    /// `"METHOD /path"` entries, each error at its place.
+    fn routes(&mut self, path: &str, raw: &[At<String>]) -> Vec<crate::policy::RoutePattern> {
+        raw.iter()
+            .enumerate()
+            .filter_map(|(j, at)| match parse_route(&at.value) {
+                Ok(route) => Some(route),
+                Err(message) => {
+                    self.error(format!("{path}[{j}]"), at, message);
+                    None
+                }
+            })
+            .collect()
     }
 
     fn on_behalf_of(&mut self, path: &str, at: &At<file::OnBehalfOf>) -> OnBehalfOf {

@@ -163,6 +163,10 @@ pub struct Key {
     /// `mint_tokens` (`POST /users/{id}/tokens`), `manage_users` (update or delete a user other
     /// than the acting one). Default none.
     pub powers: Option<Vec<At<Power>>>,
+    /// "METHOD /path" entries outside qbgate's endpoint catalog that this key may send,
+    /// forwarded unjudged (logged and counted); `*` matches one segment. Default none: a route
+    /// outside the catalog is refused (403 `route_unknown`).
+    pub unchecked_routes: Option<Vec<At<String>>>,
 }
 
 /// One account-owner power, as written.

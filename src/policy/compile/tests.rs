@@ -311,3 +311,34 @@ fn what_run_cannot_connect_to_is_refused_by_check_too() {
         );
     }
 }
+
+#[test]
+fn unchecked_routes_default_to_none_and_each_error_has_its_place() {
+    let text = format!(
+        "version: 1\nkeys:\n  - id: a\n    sha256: {DIGEST}\n    unchecked_routes: [GET /data/*, '* /Class.json']\n  - id: b\n    sha256: {}\n",
+        "0".repeat(64)
+    );
+    let policy = compile(&text).unwrap();
+    let a = &policy.keys[0].unchecked_routes;
+    assert_eq!(a.len(), 2);
+    assert_eq!(
+        a[0].segments,
+        [Segment::Literal("data".into()), Segment::Any]
+    );
+    assert_eq!(a[1].method, None);
+    assert_eq!(a[1].segments, [Segment::Literal("class".into())]);
+    assert!(policy.keys[1].unchecked_routes.is_empty());
+    let errs = errors(&format!(
+        "version: 1\nkeys:\n  - id: a\n    sha256: {DIGEST}\n    unchecked_routes: [GET /data/*, get /x, GET data]\n"
+    ));
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with("keys[0].unchecked_routes[1]: method `get`")
+            && errs[0].ends_with("(line 5, column 37)"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with("keys[0].unchecked_routes[2]: path `data`"),
+        "{errs:?}"
+    );
+}
