@@ -102,21 +102,8 @@ pub(super) async fn users_phase(
         return Err(GateError::UnknownKey);
     };
     let route = users::classify(request.method(), request.path().route()).map_err(refused)?;
-    let bytes = read_body(body, limit, timeout, access).await?;
-    if *request.method() == Method::POST {
-        request::body::check_override(request.media(), &bytes)?;
-    }
-    request.set_body(ProxyBody::full(bytes));
-    if request.headers().contains_key(header::CONTENT_ENCODING) {
-        return Err(GateError::Rejected {
-            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            reason: "content_encoding",
-            field: None,
-            message: "a Content-Encoding on a user change cannot be checked".into(),
-        });
-    }
-    let body = request.body_bytes().map_or(&[][..], |b| &b[..]);
-    let params = params::parse(request.media().map(Media::as_str), request.query(), body)?;
+    read_judged_body(request, body, (limit, timeout), access).await?;
+    let params = judged_params(request, "a user change")?;
     users::check_token_param(&params).map_err(refused)?;
     if let Some(route) = route {
         let caller = Caller {
@@ -158,11 +145,7 @@ pub(super) async fn rules_phase(
     };
     // Reading the body is never skipped, not even in report mode: what is forwarded is exactly
     // what was read.
-    let bytes = read_body(body, limit, timeout, access).await?;
-    if *request.method() == Method::POST {
-        request::body::check_override(request.media(), &bytes)?;
-    }
-    request.set_body(ProxyBody::full(bytes));
+    read_judged_body(request, body, (limit, timeout), access).await?;
     let mut params = None;
     let verdict = judge(runtime, principal, request, &route, &mut params).await;
     let would_reject = match verdict {
@@ -201,16 +184,7 @@ async fn judge(
     read: &mut Option<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<(), GateError> {
     let headers = request.headers();
-    if headers.contains_key(header::CONTENT_ENCODING) {
-        return Err(GateError::Rejected {
-            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            reason: "content_encoding",
-            field: None,
-            message: "a Content-Encoding on a dialog change cannot be checked".into(),
-        });
-    }
-    let body = request.body_bytes().map_or(&[][..], |b| &b[..]);
-    let params = params::parse(request.media().map(Media::as_str), request.query(), body)?;
+    let params = judged_params(request, "a dialog change")?;
     if principal.key.is_some() {
         if let Err(rejection) = users::check_token_param(&params) {
             *read = Some(params);
@@ -369,22 +343,9 @@ pub(super) async fn messages_phase(
         .is_some_and(|b| !http_body::Body::is_end_stream(b))
         || !route.is_read()
     {
-        let bytes = read_body(body, limit, timeout, access).await?;
-        if *request.method() == Method::POST {
-            request::body::check_override(request.media(), &bytes)?;
-        }
-        request.set_body(ProxyBody::full(bytes));
-        if request.headers().contains_key(header::CONTENT_ENCODING) {
-            return Err(GateError::Rejected {
-                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                reason: "content_encoding",
-                field: None,
-                message: "a Content-Encoding on a message request cannot be checked".into(),
-            });
-        }
+        read_judged_body(request, body, (limit, timeout), access).await?;
     }
-    let bytes = request.body_bytes().map_or(&[][..], |b| &b[..]);
-    let params = params::parse(request.media().map(Media::as_str), request.query(), bytes)?;
+    let params = judged_params(request, "a message request")?;
     users::check_token_param(&params).map_err(refused)?;
     let user = principal.user;
     let refuse = |rejection: rules::Rejection| {
@@ -452,4 +413,45 @@ async fn look_up(
             .map_err(failed)?
     };
     Ok((dialog, found))
+}
+
+/// Read a body a rule judges: whole, within the policy's bounds (`access` learns it was read to
+/// its end); a `_method` field of a POST's form refused; kept as the body that is forwarded, so
+/// the upstream receives exactly the bytes judged.
+async fn read_judged_body(
+    request: &mut Canonical,
+    body: &mut Option<Incoming>,
+    (limit, timeout): (u64, std::time::Duration),
+    access: &mut Access,
+) -> Result<(), GateError> {
+    let bytes = read_body(body, limit, timeout, access).await?;
+    if *request.method() == Method::POST {
+        request::body::check_override(request.media(), &bytes)?;
+    }
+    request.set_body(ProxyBody::full(bytes));
+    Ok(())
+}
+
+/// The parameter document a rule judges: the query merged with the body as Rails builds it. A
+/// compressed body cannot be read as the upstream would: 415. `what` names the request in the
+/// message.
+fn judged_params(
+    request: &Canonical,
+    what: &'static str,
+) -> Result<serde_json::Map<String, serde_json::Value>, GateError> {
+    let body = request.body_bytes();
+    if body.is_some() && request.headers().contains_key(header::CONTENT_ENCODING) {
+        return Err(GateError::Rejected {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            reason: "content_encoding",
+            field: None,
+            message: format!("a Content-Encoding on {what} cannot be checked").into(),
+        });
+    }
+    let body = body.map_or(&[][..], |b| &b[..]);
+    Ok(params::parse(
+        request.media().map(Media::as_str),
+        request.query(),
+        body,
+    )?)
 }
