@@ -147,6 +147,9 @@ fn print_demo(listen: SocketAddr, admin: SocketAddr) {
          curl -s -i -X PUT -H 'Authorization: ApiKey {key}' -H 'On-Behalf-Of: {occupant}' -H 'Content-Type: application/json' \\\n  -d '{{\"name\":\"nope\"}}' '{base}/chat/Dialog/{private}.json'\n\n\
          # an occupant removing someone else from a group dialog: rejected (403)\n\
          curl -s -i -X PUT -H 'Authorization: ApiKey {key}' -H 'On-Behalf-Of: {occupant}' -H 'Content-Type: application/json' \\\n  -d '{{\"pull_all\":{{\"occupants_ids\":[{owner}]}}}}' '{base}/chat/Dialog/{group}.json'\n\n\
+         # an escalation: minting a session token for another user, which would escape every rule.\n\
+         # This key holds no `mint_tokens` power: rejected (403 power_required)\n\
+         curl -s -i -X POST -H 'Authorization: ApiKey {key}' -H 'On-Behalf-Of: {owner}' '{base}/users/{occupant}/tokens'\n\n\
          # a wrong key (401)\n\
          curl -s -i -H 'Authorization: ApiKey wrong' -H 'On-Behalf-Of: {owner}' '{base}/chat/Dialog.json'\n\n\
          # admin listener on http://{admin} (/healthz, /readyz, /metrics): the counters of the requests above\n\
