@@ -303,6 +303,15 @@ pub fn parse_route(text: &str) -> Result<RoutePattern, String> {
     Ok(RoutePattern { method, segments })
 }
 
+/// A route segment up to its first `.`: the word Rails routes by (`dialog.json` and `dialog.xml`
+/// are `dialog`). A byte scan: route segments are short, and this runs on every request.
+pub fn stem(segment: &str) -> &str {
+    match segment.bytes().position(|b| b == b'.') {
+        Some(dot) => &segment[..dot],
+        None => segment,
+    }
+}
+
 /// Command-line values that override the policy file, on start-up and on every reload.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {

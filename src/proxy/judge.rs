@@ -16,6 +16,7 @@ use super::{read_body, Access, ResponseBody, Runtime};
 use crate::auth::Principal;
 use crate::error::GateError;
 use crate::params;
+use crate::policy::stem;
 use crate::policy::RuleMode;
 use crate::request::{self, Canonical, CanonicalPath, Media};
 use crate::rules::messages::{self, MessageFacts, MessageRoute};
@@ -47,9 +48,6 @@ impl Checked {
 /// Is this a state-changing request under `/chat/Dialog` (cheap test on the route key; the rules
 /// module's `classify` decides exactly)?
 pub(super) fn is_dialog_change(method: &Method, path: &CanonicalPath) -> bool {
-    fn stem(s: &str) -> &str {
-        s.split('.').next().unwrap_or_default()
-    }
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
         && path.route_segment(0).map(stem) == Some("chat")
         && path.route_segment(1).map(stem) == Some("dialog")
@@ -59,7 +57,7 @@ pub(super) fn is_dialog_change(method: &Method, path: &CanonicalPath) -> bool {
 /// [`users::classify`] decides exactly)?
 pub(super) fn is_users_change(method: &Method, path: &CanonicalPath) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
-        && path.route_segment(0).and_then(|s| s.split('.').next()) == Some("users")
+        && path.route_segment(0).map(stem) == Some("users")
 }
 
 /// An API-key request whose query names `token`: 400 `token_param` (QuickBlox would read it as a
@@ -301,9 +299,6 @@ pub(super) async fn learn(
 /// Is this a request under `/chat/Message` or to `/chat/Dialog/{id}/notifications` (a look at
 /// the route key's segments; [`messages::classify`] decides exactly)?
 pub(super) fn is_message_route(path: &CanonicalPath) -> bool {
-    fn stem(s: &str) -> &str {
-        s.split('.').next().unwrap_or_default()
-    }
     if path.route_segment(0).map(stem) != Some("chat") {
         return false;
     }

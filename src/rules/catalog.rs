@@ -17,6 +17,7 @@
 use http::Method;
 
 use super::Rejection;
+use crate::policy::stem;
 use crate::policy::{Key, OnBehalfOf, Power, RoutePattern, Segment};
 use crate::request::CanonicalPath;
 
@@ -399,36 +400,42 @@ pub fn find(method: &Method, path: &CanonicalPath) -> Option<&'static Entry> {
             (1, Delete) => &LOGIN_DELETE,
             _ => return None,
         },
-        "users" => match (n, m, word(1), word(2)) {
-            (1, Get, ..) => &USERS_LIST,
-            (1, Post, ..) => &USERS_CREATE,
-            (2, Get, Some("by_login"), _) => &BY_LOGIN,
-            (2, Get, Some("by_email"), _) => &BY_EMAIL,
-            (2, Get, Some("by_full_name"), _) => &BY_FULL_NAME,
-            (2, Get, Some("by_tags"), _) => &BY_TAGS,
-            (2, Get, Some("by_facebook_id"), _) => &BY_FACEBOOK,
-            (2, Get, Some("by_twitter_id"), _) => &BY_TWITTER,
-            (2, Get, ..) => &USER_GET,
-            (2, Put, ..) => &USER_PUT,
-            (2, Delete, ..) => &USER_DELETE,
-            (3, Post, _, Some("tokens")) => &USER_TOKENS,
-            (3, Get, Some("external"), _) => &EXTERNAL_GET,
-            (3, Delete, Some("external"), _) => &EXTERNAL_DELETE,
-            (3, Get, Some("password"), Some("reset")) => &PASSWORD_RESET,
+        "users" => match (n, m) {
+            (1, Get) => &USERS_LIST,
+            (1, Post) => &USERS_CREATE,
+            (2, _) => match (m, word(1)?) {
+                (Get, "by_login") => &BY_LOGIN,
+                (Get, "by_email") => &BY_EMAIL,
+                (Get, "by_full_name") => &BY_FULL_NAME,
+                (Get, "by_tags") => &BY_TAGS,
+                (Get, "by_facebook_id") => &BY_FACEBOOK,
+                (Get, "by_twitter_id") => &BY_TWITTER,
+                (Get, _) => &USER_GET,
+                (Put, _) => &USER_PUT,
+                (Delete, _) => &USER_DELETE,
+                _ => return None,
+            },
+            (3, _) => match (m, word(1)?, word(2)?) {
+                (Post, _, "tokens") => &USER_TOKENS,
+                (Get, "external", _) => &EXTERNAL_GET,
+                (Delete, "external", _) => &EXTERNAL_DELETE,
+                (Get, "password", "reset") => &PASSWORD_RESET,
+                _ => return None,
+            },
             _ => return None,
         },
-        "chat" => match (n, m, word(1), word(3)) {
-            (2, Get, Some("dialog"), _) => &DIALOGS_LIST,
-            (2, Post, Some("dialog"), _) => &DIALOG_CREATE,
-            (3, Put, Some("dialog"), _) => &DIALOG_UPDATE,
-            (3, Delete, Some("dialog"), _) => &DIALOG_DELETE,
-            (4, Get, Some("dialog"), Some("notifications")) => &NOTIFICATIONS_GET,
-            (4, Put, Some("dialog"), Some("notifications")) => &NOTIFICATIONS_PUT,
-            (2, Get, Some("message"), _) => &MESSAGES_LIST,
-            (2, Post, Some("message"), _) => &MESSAGE_CREATE,
-            (3, Get, Some("message"), _) if word(2) == Some("unread") => &MESSAGES_UNREAD,
-            (3, Put, Some("message"), _) => &MESSAGE_UPDATE,
-            (3, Delete, Some("message"), _) => &MESSAGE_DELETE,
+        "chat" => match (n, m, word(1)?) {
+            (2, Get, "dialog") => &DIALOGS_LIST,
+            (2, Post, "dialog") => &DIALOG_CREATE,
+            (3, Put, "dialog") => &DIALOG_UPDATE,
+            (3, Delete, "dialog") => &DIALOG_DELETE,
+            (4, Get, "dialog") if word(3) == Some("notifications") => &NOTIFICATIONS_GET,
+            (4, Put, "dialog") if word(3) == Some("notifications") => &NOTIFICATIONS_PUT,
+            (2, Get, "message") => &MESSAGES_LIST,
+            (2, Post, "message") => &MESSAGE_CREATE,
+            (3, Get, "message") if word(2) == Some("unread") => &MESSAGES_UNREAD,
+            (3, Put, "message") => &MESSAGE_UPDATE,
+            (3, Delete, "message") => &MESSAGE_DELETE,
             _ => return None,
         },
         "events" => match (n, m) {
@@ -465,11 +472,6 @@ pub fn find(method: &Method, path: &CanonicalPath) -> Option<&'static Entry> {
         _ => return None,
     };
     Some(entry)
-}
-
-/// `name.format` -> `name`.
-fn stem(segment: &str) -> &str {
-    segment.split('.').next().unwrap_or_default()
 }
 
 /// 403 `route_unknown`: outside the catalog (and not in the key's `unchecked_routes`), or a

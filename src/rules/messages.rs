@@ -29,6 +29,7 @@ use http::Method;
 use serde_json::{Map, Value};
 
 use super::{Dialog, DialogType, Rejection, NO_PERMISSION};
+use crate::policy::stem;
 
 /// A request under `/chat/Message` or `/chat/Dialog/{id}/notifications`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -368,10 +369,6 @@ fn is_plain_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-fn stem(segment: &str) -> &str {
-    segment.split('.').next().unwrap_or_default()
 }
 
 #[cfg(test)]

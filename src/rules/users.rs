@@ -28,6 +28,7 @@ use http::Method;
 use serde_json::{Map, Value};
 
 use super::Rejection;
+use crate::policy::stem;
 use crate::policy::{Power, Powers};
 
 /// A write under `/users`, as the rules tell them apart.
@@ -186,11 +187,6 @@ fn user_id(segment: &str) -> Result<u64, Rejection> {
             field: None,
             message: "The user id must be a positive decimal number".into(),
         })
-}
-
-/// A segment without its extension (Rails' format).
-fn stem(segment: &str) -> &str {
-    segment.split('.').next().unwrap_or_default()
 }
 
 #[cfg(test)]
