@@ -7,6 +7,7 @@
 use qbgate::sandbox::seed::{self, GROUP_TOKEN, OUTSIDER, OWNER, RECIPE_USER};
 use serde_json::json;
 
+use crate::support::Encoded;
 use crate::support::{digest, Gate, Reply, KEY_ANY, KEY_APP};
 
 /// Acts for [`RECIPE_USER`] only, no power.
@@ -47,47 +48,9 @@ fn acting(key: &str) -> Option<u64> {
     }
 }
 
-/// One way to send parameters: a name, a query to append, a content type and a body.
-struct Encoded {
-    name: &'static str,
-    query: String,
-    content_type: &'static str,
-    body: String,
-}
-
 /// `user[field]=value` pairs in a JSON body, a form body and the query.
 fn encodings(fields: &[(&str, &str)]) -> Vec<Encoded> {
-    let user: serde_json::Map<String, serde_json::Value> = fields
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), json!(v)))
-        .collect();
-    let pairs = |open: &str, close: &str| {
-        fields
-            .iter()
-            .map(|(k, v)| format!("user{open}{k}{close}={v}"))
-            .collect::<Vec<_>>()
-            .join("&")
-    };
-    vec![
-        Encoded {
-            name: "json",
-            query: String::new(),
-            content_type: "application/json",
-            body: json!({ "user": user }).to_string(),
-        },
-        Encoded {
-            name: "form",
-            query: String::new(),
-            content_type: "application/x-www-form-urlencoded",
-            body: pairs("[", "]"),
-        },
-        Encoded {
-            name: "query",
-            query: format!("?{}", pairs("%5B", "%5D")),
-            content_type: "",
-            body: String::new(),
-        },
-    ]
+    crate::support::encodings(Some("user"), fields)
 }
 
 /// `method path` with `key` (and its user as `On-Behalf-Of`), the parameters as `encoded`.

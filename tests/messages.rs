@@ -11,47 +11,12 @@ use qbgate::sandbox::seed::{
 use qbgate::sandbox::Fault;
 use serde_json::json;
 
+use crate::support::Encoded;
 use crate::support::{Gate, Reply, KEY_ANY, KEY_APP};
-
-/// One way to send parameters: a query to append, a content type and a body.
-struct Encoded {
-    name: &'static str,
-    query: String,
-    content_type: &'static str,
-    body: String,
-}
 
 /// Top-level `field=value` pairs as a JSON body, a form body and the query.
 fn encodings(fields: &[(&str, &str)]) -> Vec<Encoded> {
-    let doc: serde_json::Map<String, serde_json::Value> = fields
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), json!(v)))
-        .collect();
-    let pairs = fields
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
-    vec![
-        Encoded {
-            name: "json",
-            query: String::new(),
-            content_type: "application/json",
-            body: serde_json::Value::Object(doc).to_string(),
-        },
-        Encoded {
-            name: "form",
-            query: String::new(),
-            content_type: "application/x-www-form-urlencoded",
-            body: pairs.clone(),
-        },
-        Encoded {
-            name: "query",
-            query: format!("?{pairs}"),
-            content_type: "",
-            body: String::new(),
-        },
-    ]
+    crate::support::encodings(None, fields)
 }
 
 /// The query alone (for GETs).

@@ -303,3 +303,54 @@ pub async fn gate_over_tls(host: &str, cert_host: &str, alpn: &[&[u8]]) -> Gate 
     );
     Gate::start_policy(sandbox, addr, &text).await
 }
+
+/// One way to send parameters: a name, a query to append, a content type and a body.
+pub struct Encoded {
+    pub name: &'static str,
+    pub query: String,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+/// `field=value` pairs as a JSON body, a form body and the query, the three ways the upstream
+/// reads parameters; under `wrap` (`user[field]`, `{"user":{..}}`) when given.
+pub fn encodings(wrap: Option<&str>, fields: &[(&str, &str)]) -> Vec<Encoded> {
+    let doc: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
+        .collect();
+    let json = match wrap {
+        Some(outer) => serde_json::json!({ outer: doc }),
+        None => serde_json::Value::Object(doc),
+    };
+    let pairs = |open: &str, close: &str| {
+        fields
+            .iter()
+            .map(|(k, v)| match wrap {
+                Some(outer) => format!("{outer}{open}{k}{close}={v}"),
+                None => format!("{k}={v}"),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    vec![
+        Encoded {
+            name: "json",
+            query: String::new(),
+            content_type: "application/json",
+            body: json.to_string(),
+        },
+        Encoded {
+            name: "form",
+            query: String::new(),
+            content_type: "application/x-www-form-urlencoded",
+            body: pairs("[", "]"),
+        },
+        Encoded {
+            name: "query",
+            query: format!("?{}", pairs("%5B", "%5D")),
+            content_type: "",
+            body: String::new(),
+        },
+    ]
+}
