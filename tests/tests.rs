@@ -13,6 +13,7 @@
 //!   the `token` parameter, through the gateway.
 //! - `messages`: the chat-message rules (send, list, mark, edit, delete, notifications), the
 //!   message lookups and `on_lookup_error`, through the gateway.
+//! - `ownership`: random users of a scoped key over the judged endpoints: nothing forwarded changes what its user does not own.
 //! - `operations`: hot reload under load, the directory watch, graceful drain, metrics.
 //! - `layers`: the import graph of `src/` against the layers and the "never" list; no cycles.
 //! - `integrity`: every way found to make the upstream read another request than the one judged.
@@ -41,6 +42,7 @@ mod layers;
 mod least_privilege;
 mod messages;
 mod operations;
+mod ownership;
 mod pool;
 mod rate_limit;
 mod recipes;
