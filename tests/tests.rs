@@ -13,6 +13,8 @@
 //!   the `token` parameter, through the gateway.
 //! - `messages`: the chat-message rules (send, list, mark, edit, delete, notifications), the
 //!   message lookups and `on_lookup_error`, through the gateway.
+//! - `push`: the push rules (events: push only, now, to named users, own ones; own
+//!   subscriptions), their lookups and `on_lookup_error`, through the gateway.
 //! - `operations`: hot reload under load, the directory watch, graceful drain, metrics.
 //! - `layers`: the import graph of `src/` against the layers and the "never" list; no cycles.
 //! - `integrity`: every way found to make the upstream read another request than the one judged.
@@ -42,6 +44,7 @@ mod least_privilege;
 mod messages;
 mod operations;
 mod pool;
+mod push;
 mod rate_limit;
 mod recipes;
 mod regressions;
