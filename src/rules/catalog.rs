@@ -715,7 +715,7 @@ mod tests {
         );
         assert_eq!(
             reach(&policy.keys[1]),
-            "users (partly), dialogs, messages (read), push (read, not yet judged), \
+            "users (partly), dialogs, messages (read), push (read), \
              blobs (read), address book (read); refused: sessions, custom objects; \
              needs powers: mint_tokens, manage_users; \
              unchecked: 1 route(s) outside the catalog, forwarded unjudged"
