@@ -6,7 +6,7 @@
 //! catalog (API keys: `route_unknown`, `need_user`; `proxy/catalog.rs`) -> rate
 //! limit -> the query's `token` check (API keys) -> body (streamed, or read whole when a rule or
 //! the `_method` check needs it) -> rules (dialog changes; writes under `/users` on an API key;
-//! chat messages on an API key)
+//! chat messages on an API key; push events and subscriptions on an API key)
 //! -> forward (the [`Canonical`] written as it was judged) -> response -> access log.
 //! Ordering constraints: normalization precedes every decision, so no phase sees a path that could
 //! be read two ways; authentication precedes the allowlist and the limiter, which are per key; the
@@ -251,6 +251,16 @@ async fn phases(
         // Chat messages and a dialog's notification setting (before the dialog rules, which
         // would take `PUT /chat/Dialog/{id}/notifications` for a dialog change).
         Box::pin(judge::messages_phase(
+            runtime,
+            &principal,
+            &mut request,
+            body,
+            access,
+        ))
+        .await?
+    } else if principal.key.is_some() && judge::is_push_route(request.path()) {
+        // Push events and subscriptions (`rules/push.rs`).
+        Box::pin(judge::push_phase(
             runtime,
             &principal,
             &mut request,

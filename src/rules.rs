@@ -22,6 +22,7 @@ pub mod catalog;
 pub mod dialog;
 pub mod document;
 pub mod messages;
+pub mod push;
 pub mod users;
 
 use std::borrow::Cow;

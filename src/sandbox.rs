@@ -25,6 +25,12 @@
 //! | `PUT /chat/Message/<id>.json` | `{}`: `read=1`, `delivered=1` add the user to `read_ids`/`delivered_ids`; `message` replaces the text; `chat_dialog_id` required |
 //! | `DELETE /chat/Message/<id>[,<id>..].json` | as for dialogs; without `force=1` hidden for the acting user only, with it deleted |
 //! | `GET`/`PUT /chat/Dialog/<id>/notifications.json` | `{"notifications":{"enabled":1}}`; `enabled` 0 or 1 |
+//! | `POST /events.json` | 201 `{"event":{..}}`, `user_id` the acting user; `event[notification_type]` required |
+//! | `GET /events.json` | `{"current_page","per_page","total_entries","items":[{"event":{..}}]}`: the acting user's |
+//! | `GET`/`PUT`/`DELETE /events/<id>.json` | `{"event":{..}}` (PUT merges `event[..]`), `{}` |
+//! | `POST /subscriptions.json` | 201 `[{"subscription":{..}}]`, the acting user's |
+//! | `GET /subscriptions.json` | `[{"subscription":{..}},..]`, the acting user's; 404 when none |
+//! | `DELETE /subscriptions/<id>.json` | `{}` |
 //!
 //! The path and the parameters are read as QuickBlox's Rails reads them, by the sandbox's own
 //! reader (`sandbox/rack.rs`, `sandbox/routing.rs`), which shares nothing with the gateway's
@@ -80,7 +86,7 @@
 //! `rack/multipart.rs`) reads a request as Rack and Rails do, `sandbox/routing.rs` picks its
 //! route, `sandbox/sessions.rs` finds who is acting and answers `GET /session.json`,
 //! `sandbox/dialogs.rs` holds the dialogs and their endpoints, `sandbox/messages.rs` the chat
-//! messages and notification settings, `sandbox/users.rs` the user
+//! messages and notification settings, `sandbox/push.rs` push events and subscriptions, `sandbox/users.rs` the user
 //! accounts and theirs, `sandbox/reply.rs` shapes the answers (faulty bodies included); the tests
 //! are in `sandbox/tests.rs` and `sandbox/tests/`.
 //!
@@ -91,6 +97,7 @@
 
 mod dialogs;
 mod messages;
+mod push;
 mod rack;
 mod reply;
 mod routing;
@@ -164,6 +171,14 @@ pub mod seed {
     pub const PUBLIC_MESSAGE: &str = "5e1a0c0de000000000000005";
     /// In GROUP, the second sent by [`RECIPE_USER`].
     pub const GROUP_MESSAGE_BY_RECIPE_2: &str = "5e1a0c0de000000000000006";
+    /// Push events: one created by [`RECIPE_USER`], one by [`OCCUPANT`].
+    pub const EVENT_BY_RECIPE: u64 = 1001;
+    /// A push event created by [`OCCUPANT`].
+    pub const EVENT_BY_OCCUPANT: u64 = 1002;
+    /// Push subscriptions: one of [`RECIPE_USER`], one of [`OCCUPANT`].
+    pub const SUBSCRIPTION_BY_RECIPE: u64 = 2001;
+    /// A push subscription of [`OCCUPANT`].
+    pub const SUBSCRIPTION_BY_OCCUPANT: u64 = 2002;
     /// QuickBlox application id, as it appears in `xmpp_room_jid`.
     pub const APPLICATION_ID: u64 = 76730;
 
@@ -247,6 +262,9 @@ struct State {
     messages: Vec<messages::Message>,
     /// (dialog, user) pairs whose push notifications are off.
     notifications_off: std::collections::HashSet<(String, u64)>,
+    /// Push events and subscriptions (`sandbox/push.rs`), in creation order.
+    events: Vec<push::Item>,
+    subscriptions: Vec<push::Item>,
 }
 impl Sandbox {
     /// A sandbox seeded as the module doc describes. `api_key`: the key it accepts in
@@ -255,12 +273,15 @@ impl Sandbox {
         let mut sessions = HashMap::new();
         sessions.insert(seed::GROUP_TOKEN.to_owned(), seed::RECIPE_USER);
         sessions.insert(seed::DATA_TOKEN.to_owned(), seed::OCCUPANT);
+        let (events, subscriptions) = push::seed_push();
         let state = State {
             dialogs: dialogs::seed_dialogs(),
             sessions,
             users: users::seed_users(),
             messages: messages::seed_messages(),
             notifications_off: std::collections::HashSet::new(),
+            events,
+            subscriptions,
         };
         Sandbox {
             inner: Arc::new(Inner {
@@ -510,6 +531,14 @@ impl Sandbox {
             (Method::PUT, Route::DialogNotifications(id)) => {
                 self.notifications(auth.actor, &id, Some(&params))
             }
+            (Method::POST, Route::Events) => self.create_event(auth.actor, &params),
+            (Method::GET, Route::Events) => self.list_events(auth.actor),
+            (Method::GET, Route::Event(id)) => self.event(&id, None),
+            (Method::PUT | Method::PATCH, Route::Event(id)) => self.event(&id, Some(Some(&params))),
+            (Method::DELETE, Route::Event(id)) => self.event(&id, Some(None)),
+            (Method::POST, Route::Subscriptions) => self.create_subscription(auth.actor, &params),
+            (Method::GET, Route::Subscriptions) => self.list_subscriptions(auth.actor),
+            (Method::DELETE, Route::Subscription(id)) => self.delete_subscription(&id),
             (Method::POST, Route::Users) => self.create_user(&params),
             (Method::PUT | Method::PATCH, Route::User(id)) => self.update_user(&id, &params),
             (Method::DELETE, Route::User(id)) => self.delete_user(&id),

@@ -14,6 +14,8 @@
 //! - `messages`: the chat-message rules (send, list, mark, edit, delete, notifications), the
 //!   message lookups and `on_lookup_error`, through the gateway.
 //! - `ownership`: random users of a scoped key over the judged endpoints: nothing forwarded changes what its user does not own.
+//! - `push`: the push rules (events: push only, now, to named users, own ones; own
+//!   subscriptions), their lookups and `on_lookup_error`, through the gateway.
 //! - `operations`: hot reload under load, the directory watch, graceful drain, metrics.
 //! - `layers`: the import graph of `src/` against the layers and the "never" list; no cycles.
 //! - `integrity`: every way found to make the upstream read another request than the one judged.
@@ -44,6 +46,7 @@ mod messages;
 mod operations;
 mod ownership;
 mod pool;
+mod push;
 mod rate_limit;
 mod recipes;
 mod regressions;

@@ -450,3 +450,100 @@ fn judged_params(
         body,
     )?)
 }
+
+// Push phase ([`crate::rules::push`]).
+
+/// Is this a request under `/events` or `/subscriptions` ([`push::classify`] decides exactly)?
+///
+/// [`push::classify`]: crate::rules::push::classify
+pub(super) fn is_push_route(path: &CanonicalPath) -> bool {
+    matches!(
+        path.route_segment(0).map(stem),
+        Some("events" | "subscriptions")
+    )
+}
+
+/// Push phase, for API-key requests acting for a user under `/events` and `/subscriptions`: an
+/// event's fields judged, an event's owner and a user's subscriptions looked up. A GET reads no
+/// body unless one is sent (Rails would merge it). Always enforced; a failed lookup follows
+/// `dialog_rules.on_lookup_error`. A delete evicts what the caches knew of its target.
+pub(super) async fn push_phase(
+    runtime: &Runtime,
+    principal: &Principal,
+    request: &mut Canonical,
+    body: &mut Option<Incoming>,
+    access: &mut Access,
+) -> Result<Checked, GateError> {
+    use crate::rules::push::{self, PushRoute};
+    let policy = &runtime.policy;
+    let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
+    let segments: Vec<&str> = request.path().segments().collect();
+    let (Some(route), Some(user)) = (push::classify(request.method(), &segments), principal.user)
+    else {
+        // Not judged here; an application key's writes were refused by the catalog.
+        if let Some(incoming) = body.take() {
+            request.set_body(ProxyBody::stream(incoming, limit, timeout));
+        }
+        return Ok(Checked::unjudged());
+    };
+    if body
+        .as_ref()
+        .is_some_and(|b| !http_body::Body::is_end_stream(b))
+        || !route.is_read()
+    {
+        read_judged_body(request, body, (limit, timeout), access).await?;
+    }
+    let params = judged_params(request, "a push request")?;
+    users::check_token_param(&params).map_err(refused)?;
+    let refuse = |rejection: rules::Rejection| {
+        tracing::info!(key = %principal.key_id, rule = rejection.reason, "push rule rejected a request");
+        refused(rejection)
+    };
+    let lookups = runtime.lookups.push();
+    let (client, headers) = (&runtime.client, request.headers());
+    let looked_up = match &route {
+        PushRoute::Create => push::check_event(&params, false).map_err(refuse),
+        PushRoute::EventMissing => push::check_event_owner(None, user).map_err(refuse),
+        PushRoute::EventGet { id }
+        | PushRoute::EventUpdate { id }
+        | PushRoute::EventDelete { id } => {
+            if matches!(route, PushRoute::EventUpdate { .. }) {
+                push::check_event(&params, true).map_err(refuse)?;
+            }
+            match lookups.event_owner(client, policy, headers, *id).await {
+                Ok(owner) => push::check_event_owner(Some(owner), user).map_err(refuse),
+                Err(LookupError::NotFound) => push::check_event_owner(None, user).map_err(refuse),
+                Err(LookupError::Failed) => Err(GateError::LookupFailed),
+            }
+        }
+        PushRoute::SubscriptionDelete { id: None } => {
+            push::check_subscription_owner(false).map_err(refuse)
+        }
+        PushRoute::SubscriptionDelete { id: Some(id) } => {
+            match lookups
+                .owns_subscription(client, policy, headers, user, *id)
+                .await
+            {
+                Ok(owned) => push::check_subscription_owner(owned).map_err(refuse),
+                Err(_) => Err(GateError::LookupFailed),
+            }
+        }
+    };
+    match looked_up {
+        Ok(()) => {}
+        Err(GateError::LookupFailed) if policy.dialog_rules.forward_on_lookup_error => {
+            tracing::warn!(key = %principal.key_id, "push lookup failed: forwarding unchecked (on_lookup_error: forward)");
+        }
+        Err(error) => return Err(error),
+    }
+    match route {
+        PushRoute::EventDelete { id } => lookups.evict_event(id).await,
+        PushRoute::SubscriptionDelete { .. } => lookups.evict_subscriptions(user).await,
+        _ => {}
+    }
+    Ok(Checked {
+        route: None,
+        would_reject: None,
+        params: Some(params),
+    })
+}

@@ -45,6 +45,8 @@ pub struct Lookups {
     sessions: Cache<[u8; 32], Option<u64>>,
     /// Message id -> its dialog and sender; a message's sender and dialog never change.
     messages: Cache<String, Arc<MessageFacts>>,
+    /// Push: event id -> its owner, and a user's subscription ids ([`PushLookups`]).
+    push: PushLookups,
 }
 
 impl Lookups {
@@ -63,7 +65,13 @@ impl Lookups {
                 .max_capacity(MAX_ENTRIES)
                 .time_to_live(ttl.max(Duration::from_millis(1)))
                 .build(),
+            push: PushLookups::new(ttl),
         }
+    }
+
+    /// The push lookups (events' owners, users' subscriptions).
+    pub fn push(&self) -> &PushLookups {
+        &self.push
     }
 
     pub fn ttl(&self) -> Duration {
@@ -316,6 +324,189 @@ async fn get(
                 headers.insert(http::HeaderName::from_static(name), value.clone());
             }
         }
+    }
+    let response = tokio::time::timeout(upstream.timeout, client.send(&mut request))
+        .await
+        .map_err(|_| LookupError::Failed)?
+        .map_err(|_| LookupError::Failed)?;
+    let status = response.status();
+    let body = tokio::time::timeout(
+        upstream.timeout,
+        http_body_util::Limited::new(response.into_body(), MAX_LOOKUP_BYTES).collect(),
+    )
+    .await
+    .map_err(|_| LookupError::Failed)?
+    .map_err(|_| LookupError::Failed)?
+    .to_bytes();
+    Ok((status, body))
+}
+
+// Push lookups: an event's owner (`GET /events/{id}.json` with the upstream key, no
+// `On-Behalf-Of`: an event's owner never changes) and a user's subscription ids
+// (`GET /subscriptions.json` as the user: QuickBlox lists only the session user's).
+
+/// How long a user's subscription list is trusted: short, a device subscribes at any time.
+const SUBSCRIPTIONS_TTL: Duration = Duration::from_secs(10);
+
+/// The push caches.
+#[derive(Clone)]
+pub struct PushLookups {
+    ttl: Duration,
+    /// Event id -> its owner (`user_id`).
+    events: Cache<u64, u64>,
+    /// User -> his subscription ids.
+    subscriptions: Cache<u64, Arc<Vec<u64>>>,
+}
+
+impl PushLookups {
+    fn new(ttl: Duration) -> Self {
+        PushLookups {
+            ttl,
+            events: Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .time_to_live(ttl.max(Duration::from_millis(1)))
+                .build(),
+            subscriptions: Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .time_to_live(ttl.min(SUBSCRIPTIONS_TTL).max(Duration::from_millis(1)))
+                .build(),
+        }
+    }
+
+    /// The owner of event `id`, from the cache or one shared lookup; `NotFound`: no such event.
+    pub async fn event_owner(
+        &self,
+        client: &HttpClient,
+        policy: &Policy,
+        caller: &HeaderMap,
+        id: u64,
+    ) -> Result<u64, LookupError> {
+        if self.ttl.is_zero() {
+            return fetch_event_owner(client, policy, caller, id).await;
+        }
+        self.events
+            .try_get_with(id, fetch_event_owner(client, policy, caller, id))
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    /// Is `id` one of `user`'s subscriptions? A cached list without it is fetched again once (the
+    /// subscription may be newer than the list).
+    pub async fn owns_subscription(
+        &self,
+        client: &HttpClient,
+        policy: &Policy,
+        caller: &HeaderMap,
+        user: u64,
+        id: u64,
+    ) -> Result<bool, LookupError> {
+        if self.ttl.is_zero() {
+            let ids = fetch_subscriptions(client, policy, caller, user).await?;
+            return Ok(ids.contains(&id));
+        }
+        if let Some(ids) = self.subscriptions.get(&user).await {
+            if ids.contains(&id) {
+                return Ok(true);
+            }
+            self.subscriptions.invalidate(&user).await;
+        }
+        let ids = self
+            .subscriptions
+            .try_get_with(user, async {
+                fetch_subscriptions(client, policy, caller, user)
+                    .await
+                    .map(Arc::new)
+            })
+            .await
+            .map_err(|e| (*e).clone())?;
+        Ok(ids.contains(&id))
+    }
+
+    /// Event `id` was deleted (or may have been): forget it.
+    pub async fn evict_event(&self, id: u64) {
+        self.events.invalidate(&id).await;
+    }
+
+    /// `user`'s subscriptions changed (or may have): forget them.
+    pub async fn evict_subscriptions(&self, user: u64) {
+        self.subscriptions.invalidate(&user).await;
+    }
+}
+
+async fn fetch_event_owner(
+    client: &HttpClient,
+    policy: &Policy,
+    caller: &HeaderMap,
+    id: u64,
+) -> Result<u64, LookupError> {
+    let (status, body) = get(client, policy, caller, &format!("/events/{id}.json"), false).await?;
+    match status {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND => return Err(LookupError::NotFound),
+        _ => return Err(LookupError::Failed),
+    }
+    let json: serde_json::Value = serde_json::from_slice(&body).map_err(|_| LookupError::Failed)?;
+    json.get("event")
+        .and_then(|e| e.get("user_id"))
+        .and_then(|u| u.as_u64())
+        .ok_or(LookupError::Failed)
+}
+
+/// `user`'s subscription ids: `GET /subscriptions.json` with `On-Behalf-Of: user` (QuickBlox lists
+/// the acting user's); a 404 is no subscription.
+async fn fetch_subscriptions(
+    client: &HttpClient,
+    policy: &Policy,
+    caller: &HeaderMap,
+    user: u64,
+) -> Result<Vec<u64>, LookupError> {
+    let mut acting = HeaderMap::new();
+    let (status, body) = if policy.upstream.authorization.is_some() {
+        // `get` sends the upstream key alone: add the user to a copy of its request's headers.
+        acting.insert("on-behalf-of", http::HeaderValue::from(user));
+        get_as(client, policy, &acting, "/subscriptions.json").await?
+    } else {
+        get(client, policy, caller, "/subscriptions.json", false).await?
+    };
+    match status {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND => return Ok(Vec::new()),
+        _ => return Err(LookupError::Failed),
+    }
+    let json: serde_json::Value = serde_json::from_slice(&body).map_err(|_| LookupError::Failed)?;
+    let items = json.as_array().ok_or(LookupError::Failed)?;
+    items
+        .iter()
+        .map(|item| {
+            item.get("subscription")
+                .and_then(|s| s.get("id"))
+                .and_then(|id| id.as_u64())
+                .ok_or(LookupError::Failed)
+        })
+        .collect()
+}
+
+/// One GET with the upstream key and `acting`'s `On-Behalf-Of`.
+async fn get_as(
+    client: &HttpClient,
+    policy: &Policy,
+    acting: &HeaderMap,
+    path: &str,
+) -> Result<(StatusCode, Bytes), LookupError> {
+    let upstream = &policy.upstream;
+    let mut request = Request::get(format!("{}{}", upstream.base_path, path))
+        .body(ProxyBody::empty())
+        .map_err(|_| LookupError::Failed)?;
+    let headers = request.headers_mut();
+    headers.insert(
+        header::ACCEPT,
+        http::HeaderValue::from_static("application/json"),
+    );
+    if let Some(key) = &upstream.authorization {
+        headers.insert(header::AUTHORIZATION, key.clone());
+    }
+    if let Some(user) = acting.get("on-behalf-of") {
+        headers.insert("on-behalf-of", user.clone());
     }
     let response = tokio::time::timeout(upstream.timeout, client.send(&mut request))
         .await

@@ -32,6 +32,8 @@ pub enum Rule {
     Users,
     /// The chat-message and notification-setting rules ([`super::messages`]; always enforced).
     Messages,
+    /// The push rules ([`super::push`]; always enforced).
+    Push,
     /// A rule is decided for this endpoint but not built yet: forwarded unjudged, as before the
     /// catalog. Not enforced today.
     NotYetJudged,
@@ -48,6 +50,7 @@ impl Rule {
             Rule::Dialogs => "dialog rules",
             Rule::Users => "users rules",
             Rule::Messages => "message rules",
+            Rule::Push => "push rules",
             Rule::NotYetJudged => "not yet judged",
             Rule::Refused => "refused",
         }
@@ -234,38 +237,17 @@ const MESSAGES_UNREAD: Entry = row(
 );
 // Push.
 const EVENTS_LIST: Entry = row("GET", "/events", F::Push, R::Pass, false, "");
-const EVENT_CREATE: Entry = row("POST", "/events", F::Push, R::NotYetJudged, true, "");
-const EVENT_GET: Entry = row(
-    "GET",
-    "/events/{id}",
-    F::Push,
-    R::NotYetJudged,
-    false,
-    "event",
-);
-const EVENT_PUT: Entry = row(
-    "PUT",
-    "/events/{id}",
-    F::Push,
-    R::NotYetJudged,
-    true,
-    "event",
-);
-const EVENT_DELETE: Entry = row(
-    "DELETE",
-    "/events/{id}",
-    F::Push,
-    R::NotYetJudged,
-    true,
-    "event",
-);
+const EVENT_CREATE: Entry = row("POST", "/events", F::Push, R::Push, true, "");
+const EVENT_GET: Entry = row("GET", "/events/{id}", F::Push, R::Push, false, "event");
+const EVENT_PUT: Entry = row("PUT", "/events/{id}", F::Push, R::Push, true, "event");
+const EVENT_DELETE: Entry = row("DELETE", "/events/{id}", F::Push, R::Push, true, "event");
 const SUBSCRIPTIONS_LIST: Entry = row("GET", "/subscriptions", F::Push, R::Pass, false, "");
 const SUBSCRIPTION_CREATE: Entry = row("POST", "/subscriptions", F::Push, R::Pass, true, "");
 const SUBSCRIPTION_DELETE: Entry = row(
     "DELETE",
     "/subscriptions/{id}",
     F::Push,
-    R::NotYetJudged,
+    R::Push,
     true,
     "subscriptions",
 );
@@ -733,7 +715,7 @@ mod tests {
         );
         assert_eq!(
             reach(&policy.keys[1]),
-            "users (partly), dialogs, messages (read), push (read, not yet judged), \
+            "users (partly), dialogs, messages (read), push (read), \
              blobs (read), address book (read); refused: sessions, custom objects; \
              needs powers: mint_tokens, manage_users; \
              unchecked: 1 route(s) outside the catalog, forwarded unjudged"

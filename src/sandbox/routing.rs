@@ -2,7 +2,7 @@
 //! matches them.
 //!
 //! - Journey first normalizes the path: runs of `/` become one, a trailing `/` goes.
-//! - The fixed words (`session`, `chat`, `Dialog`, `Message`, `unread`, `notifications`, `users`, `external`, `tokens`) match in any letter case, folded as Unicode
+//! - The fixed words (`session`, `chat`, `Dialog`, `Message`, `unread`, `notifications`, `users`, `external`, `tokens`, `events`, `subscriptions`) match in any letter case, folded as Unicode
 //!   folds case: besides ASCII, `ı` (U+0131) and `İ` (U+0130) fold to `i`, `ſ` (U+017F) to `s` and
 //!   the Kelvin sign (U+212A) to `k` ([`fold`]). No other character folds to an ASCII letter, and
 //!   the words are ASCII, so the table stops there (`Å` U+212B folds to `å`: never a match).
@@ -38,6 +38,14 @@ pub(super) enum Route {
     Message(String),
     /// `/chat/Dialog/<id>/notifications`, the id percent-decoded.
     DialogNotifications(String),
+    /// `/events`.
+    Events,
+    /// `/events/<id>`, percent-decoded.
+    Event(String),
+    /// `/subscriptions`.
+    Subscriptions,
+    /// `/subscriptions/<id>`, percent-decoded.
+    Subscription(String),
     /// Routed, but Rails refuses its path parameters: the 400's message.
     BadPath(String),
     Unknown,
@@ -61,6 +69,10 @@ pub(super) fn route(path: &str) -> Routed {
         [last] => (Route::Session, *last),
         [chat, last] if is_word(chat, "chat") => (Route::Dialogs, *last),
         [users, last] if is_word(users, "users") => (Route::User(String::new()), *last),
+        [events, last] if is_word(events, "events") => (Route::Event(String::new()), *last),
+        [subscriptions, last] if is_word(subscriptions, "subscriptions") => {
+            (Route::Subscription(String::new()), *last)
+        }
         [chat, dialog, last] if is_word(chat, "chat") && is_word(dialog, "dialog") => {
             (Route::Dialog(String::new()), *last)
         }
@@ -91,6 +103,10 @@ pub(super) fn route(path: &str) -> Routed {
     let route = match route {
         Route::Session if is_word(stem, "session") => Route::Session,
         Route::Session if is_word(stem, "users") => Route::Users,
+        Route::Session if is_word(stem, "events") => Route::Events,
+        Route::Session if is_word(stem, "subscriptions") => Route::Subscriptions,
+        Route::Event(_) => parameter(stem).map_or_else(|e| e, Route::Event),
+        Route::Subscription(_) => parameter(stem).map_or_else(|e| e, Route::Subscription),
         Route::Dialogs if is_word(stem, "dialog") => Route::Dialogs,
         Route::Dialogs if is_word(stem, "message") => Route::Messages,
         Route::Message(_) if is_word(stem, "unread") => Route::MessagesUnread,
