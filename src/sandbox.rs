@@ -23,6 +23,11 @@
 //! | `GET /chat/Message.json` | `{"skip","limit","items"}`; `chat_dialog_id` required, filters `_id`, `_id[in]`, `limit`, `skip`; marks the listed messages read for a user |
 //! | `GET /chat/Message/unread.json` | `{"total":N,"<dialog id>":n,..}` for the acting user |
 //! | `PUT /chat/Message/<id>.json` | `{}`: `read=1`, `delivered=1` add the user to `read_ids`/`delivered_ids`; `message` replaces the text; `chat_dialog_id` required |
+//! | `POST /blobs.json` | 201 `{"blob":{..,"blob_object_access":{..}}}`, owned by the acting user (a user needed) |
+//! | `GET /blobs.json` | `{"current_page","per_page","total_entries","items":[{"blob":{..}}]}`: the acting user's own, `page`, `per_page` (10, at most 100) |
+//! | `PUT /blobs/<id>.json` | `{"blob":{..}}`: `blob[name]`, `blob[content_type]` replaced |
+//! | `PUT /blobs/<id>/complete.json` | `{}`: `blob[size]` set, marked complete |
+//! | `DELETE /blobs/<id>.json` | `{}` |
 //! | `DELETE /chat/Message/<id>[,<id>..].json` | as for dialogs; without `force=1` hidden for the acting user only, with it deleted |
 //! | `GET`/`PUT /chat/Dialog/<id>/notifications.json` | `{"notifications":{"enabled":1}}`; `enabled` 0 or 1 |
 //!
@@ -89,6 +94,7 @@
 //! and dialog lookups included, until `Fault::None`. The request is recorded (and counted as a
 //! lookup) before the fault acts.
 
+mod blobs;
 mod dialogs;
 mod messages;
 mod rack;
@@ -164,6 +170,16 @@ pub mod seed {
     pub const PUBLIC_MESSAGE: &str = "5e1a0c0de000000000000005";
     /// In GROUP, the second sent by [`RECIPE_USER`].
     pub const GROUP_MESSAGE_BY_RECIPE_2: &str = "5e1a0c0de000000000000006";
+    /// Blob of [`RECIPE_USER`].
+    pub const BLOB_BY_RECIPE: u64 = 101;
+    /// Blob of [`OCCUPANT`].
+    pub const BLOB_BY_OCCUPANT: u64 = 201;
+    /// [`OWNER`]'s blobs: [`OWNER_BLOBS`] of them from this id on, more than one list page.
+    pub const OWNER_FIRST_BLOB: u64 = 1001;
+    pub const OWNER_BLOBS: u64 = 150;
+    /// [`OTHER_OCCUPANT`]'s blobs: more than the gateway's ten pages of 100 from this id on.
+    pub const HOARDER_FIRST_BLOB: u64 = 5001;
+    pub const HOARDER_BLOBS: u64 = 1001;
     /// QuickBlox application id, as it appears in `xmpp_room_jid`.
     pub const APPLICATION_ID: u64 = 76730;
 
@@ -245,6 +261,8 @@ struct State {
     users: Vec<users::User>,
     /// In the order sent.
     messages: Vec<messages::Message>,
+    /// Blobs, in creation order (ids ascending).
+    blobs: Vec<blobs::Blob>,
     /// (dialog, user) pairs whose push notifications are off.
     notifications_off: std::collections::HashSet<(String, u64)>,
 }
@@ -261,6 +279,7 @@ impl Sandbox {
             users: users::seed_users(),
             messages: messages::seed_messages(),
             notifications_off: std::collections::HashSet::new(),
+            blobs: blobs::seed_blobs(),
         };
         Sandbox {
             inner: Arc::new(Inner {
@@ -515,6 +534,11 @@ impl Sandbox {
             (Method::DELETE, Route::User(id)) => self.delete_user(&id),
             (Method::DELETE, Route::UserExternal(id)) => self.delete_external_user(&id),
             (Method::POST, Route::UserTokens(id)) => self.mint_token(&auth, &id),
+            (Method::GET, Route::Blobs) => self.list_blobs(auth.actor, &params),
+            (Method::POST, Route::Blobs) => self.create_blob(auth.actor, &params),
+            (Method::PUT | Method::PATCH, Route::Blob(id)) => self.update_blob(&id, &params),
+            (Method::DELETE, Route::Blob(id)) => self.delete_blob(&id),
+            (Method::PUT, Route::BlobComplete(id)) => self.complete_blob(&id, &params),
             _ => base_error(StatusCode::NOT_FOUND, "Not found"),
         }
     }

@@ -2,7 +2,7 @@
 //! matches them.
 //!
 //! - Journey first normalizes the path: runs of `/` become one, a trailing `/` goes.
-//! - The fixed words (`session`, `chat`, `Dialog`, `Message`, `unread`, `notifications`, `users`, `external`, `tokens`) match in any letter case, folded as Unicode
+//! - The fixed words (`session`, `chat`, `Dialog`, `Message`, `unread`, `notifications`, `users`, `external`, `tokens`, `blobs`, `complete`) match in any letter case, folded as Unicode
 //!   folds case: besides ASCII, `ı` (U+0131) and `İ` (U+0130) fold to `i`, `ſ` (U+017F) to `s` and
 //!   the Kelvin sign (U+212A) to `k` ([`fold`]). No other character folds to an ASCII letter, and
 //!   the words are ASCII, so the table stops there (`Å` U+212B folds to `å`: never a match).
@@ -38,6 +38,12 @@ pub(super) enum Route {
     Message(String),
     /// `/chat/Dialog/<id>/notifications`, the id percent-decoded.
     DialogNotifications(String),
+    /// `/blobs`.
+    Blobs,
+    /// `/blobs/<id>`, the id percent-decoded.
+    Blob(String),
+    /// `/blobs/<id>/complete`, the id percent-decoded.
+    BlobComplete(String),
     /// Routed, but Rails refuses its path parameters: the 400's message.
     BadPath(String),
     Unknown,
@@ -61,6 +67,11 @@ pub(super) fn route(path: &str) -> Routed {
         [last] => (Route::Session, *last),
         [chat, last] if is_word(chat, "chat") => (Route::Dialogs, *last),
         [users, last] if is_word(users, "users") => (Route::User(String::new()), *last),
+        [blobs, last] if is_word(blobs, "blobs") => (Route::Blob(String::new()), *last),
+        [blobs, id, last] if is_word(blobs, "blobs") && !id.contains('.') => match parameter(id) {
+            Ok(id) => (Route::BlobComplete(id), *last),
+            Err(route) => (route, *last),
+        },
         [chat, dialog, last] if is_word(chat, "chat") && is_word(dialog, "dialog") => {
             (Route::Dialog(String::new()), *last)
         }
@@ -91,6 +102,9 @@ pub(super) fn route(path: &str) -> Routed {
     let route = match route {
         Route::Session if is_word(stem, "session") => Route::Session,
         Route::Session if is_word(stem, "users") => Route::Users,
+        Route::Session if is_word(stem, "blobs") => Route::Blobs,
+        Route::Blob(_) => parameter(stem).map_or_else(|e| e, Route::Blob),
+        Route::BlobComplete(id) if is_word(stem, "complete") => Route::BlobComplete(id),
         Route::Dialogs if is_word(stem, "dialog") => Route::Dialogs,
         Route::Dialogs if is_word(stem, "message") => Route::Messages,
         Route::Message(_) if is_word(stem, "unread") => Route::MessagesUnread,
@@ -101,7 +115,11 @@ pub(super) fn route(path: &str) -> Routed {
         Route::Dialog(_) => parameter(stem).map_or_else(|e| e, Route::Dialog),
         Route::User(_) => parameter(stem).map_or_else(|e| e, Route::User),
         Route::UserExternal(_) => parameter(stem).map_or_else(|e| e, Route::UserExternal),
-        route @ Route::BadPath(_) if is_word(stem, "tokens") || is_word(stem, "notifications") => {
+        route @ Route::BadPath(_)
+            if is_word(stem, "tokens")
+                || is_word(stem, "notifications")
+                || is_word(stem, "complete") =>
+        {
             route
         }
         Route::UserTokens(id) if is_word(stem, "tokens") => Route::UserTokens(id),
