@@ -19,7 +19,7 @@
 //! | endpoint catalog | `proxy/catalog.rs`, `rules/catalog.rs` | API keys: every QuickBlox endpoint qbgate knows and its rule; outside it 403 `route_unknown` unless the key's `unchecked_routes` lists the route; a write that needs a user on an application key 403 `need_user` |
 //! | rate limit | `ratelimit.rs` + `ratelimit/*` | per key and per user of a key; memory or Redis |
 //! | body | `proxy.rs`, `request/body.rs` | streamed with its limits, or read whole for a rule or the `_method` check |
-//! | rules | `proxy/judge.rs`, `rules.rs` + `rules/*`, `params.rs`, `proxy/lookup.rs` | the parameter document Rails would build, judged against QuickBlox's rule table (dialogs) and the key's powers (`rules/users.rs`: writes under `/users`, the `token` parameter), the acting user's chat messages (`rules/messages.rs`: `/chat/Message`, a dialog's notifications); dialogs and messages looked up by the proxy |
+//! | rules | `proxy/judge.rs`, `rules.rs` + `rules/*`, `params.rs`, `proxy/lookup.rs` | the parameter document Rails would build, judged against QuickBlox's rule table (dialogs) and the key's powers (`rules/users.rs`: writes under `/users`, the `token` parameter), the acting user's chat messages (`rules/messages.rs`: `/chat/Message`, a dialog's notifications), the acting user's blobs (`rules/blobs.rs`: writes to one blob); dialogs, messages and a user's blobs looked up by the proxy |
 //! | forward | `request.rs` ([`request::Forward`]), `upstream.rs` + `upstream/{pool,h1}.rs` | the judged request written as judged: upstream key swapped, `X-Request-Id` set |
 //! | respond, log | `proxy.rs`, `error.rs`, `access_log.rs`, `metrics.rs` | the answer, or the gateway's own JSON error; one access line |
 //!

@@ -86,7 +86,7 @@
 //! route, `sandbox/sessions.rs` finds who is acting and answers `GET /session.json`,
 //! `sandbox/dialogs.rs` holds the dialogs and their endpoints, `sandbox/messages.rs` the chat
 //! messages and notification settings, `sandbox/users.rs` the user
-//! accounts and theirs, `sandbox/reply.rs` shapes the answers (faulty bodies included); the tests
+//! accounts and theirs, `sandbox/blobs.rs` the blobs and their owners, `sandbox/reply.rs` shapes the answers (faulty bodies included); the tests
 //! are in `sandbox/tests.rs` and `sandbox/tests/`.
 //!
 //! # Faults
