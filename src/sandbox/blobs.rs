@@ -181,3 +181,45 @@ fn find<'b>(blobs: &'b mut [Blob], id: &str) -> Option<&'b mut Blob> {
     let id: u64 = id.parse().ok()?;
     blobs.iter_mut().find(|b| b.id == id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::routing::{route, Route};
+    use super::*;
+
+    #[test]
+    fn blob_routes() {
+        assert_eq!(route("/blobs.json").route, Route::Blobs);
+        assert_eq!(route("/blobs/5.json").route, Route::Blob("5".into()));
+        assert_eq!(
+            route("/Blobs/5/complete.json").route,
+            Route::BlobComplete("5".into())
+        );
+        assert_eq!(route("/blobs/5.json/complete").route, Route::Unknown);
+        assert_eq!(route("/blobs/5/upload").route, Route::Unknown);
+    }
+
+    #[test]
+    fn a_list_is_the_users_own_paged() {
+        let sandbox = Sandbox::new(None);
+        let page = |n: &str| {
+            let params: Map<String, Value> = [
+                ("page".to_owned(), json!(n)),
+                ("per_page".to_owned(), json!("100")),
+            ]
+            .into_iter()
+            .collect();
+            sandbox.list_blobs(Actor::User(seed::OWNER), &params).1
+        };
+        let (first, second) = (page("1"), page("2"));
+        assert_eq!(first["total_entries"], seed::OWNER_BLOBS);
+        assert_eq!(first["items"].as_array().unwrap().len(), 100);
+        assert_eq!(second["items"].as_array().unwrap().len(), 50);
+        assert_eq!(
+            second["items"][0]["blob"]["id"],
+            seed::OWNER_FIRST_BLOB + 100
+        );
+        let app = sandbox.list_blobs(Actor::Application, &Map::new());
+        assert_eq!(app.0, StatusCode::FORBIDDEN);
+    }
+}
