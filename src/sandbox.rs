@@ -23,13 +23,13 @@
 //! | `GET /chat/Message.json` | `{"skip","limit","items"}`; `chat_dialog_id` required, filters `_id`, `_id[in]`, `limit`, `skip`; marks the listed messages read for a user |
 //! | `GET /chat/Message/unread.json` | `{"total":N,"<dialog id>":n,..}` for the acting user |
 //! | `PUT /chat/Message/<id>.json` | `{}`: `read=1`, `delivered=1` add the user to `read_ids`/`delivered_ids`; `message` replaces the text; `chat_dialog_id` required |
+//! | `DELETE /chat/Message/<id>[,<id>..].json` | as for dialogs; without `force=1` hidden for the acting user only, with it deleted |
+//! | `GET`/`PUT /chat/Dialog/<id>/notifications.json` | `{"notifications":{"enabled":1}}`; `enabled` 0 or 1 |
 //! | `POST /blobs.json` | 201 `{"blob":{..,"blob_object_access":{..}}}`, owned by the acting user (a user needed) |
 //! | `GET /blobs.json` | `{"current_page","per_page","total_entries","items":[{"blob":{..}}]}`: the acting user's own, `page`, `per_page` (10, at most 100) |
 //! | `PUT /blobs/<id>.json` | `{"blob":{..}}`: `blob[name]`, `blob[content_type]` replaced |
 //! | `PUT /blobs/<id>/complete.json` | `{}`: `blob[size]` set, marked complete |
 //! | `DELETE /blobs/<id>.json` | `{}` |
-//! | `DELETE /chat/Message/<id>[,<id>..].json` | as for dialogs; without `force=1` hidden for the acting user only, with it deleted |
-//! | `GET`/`PUT /chat/Dialog/<id>/notifications.json` | `{"notifications":{"enabled":1}}`; `enabled` 0 or 1 |
 //!
 //! The path and the parameters are read as QuickBlox's Rails reads them, by the sandbox's own
 //! reader (`sandbox/rack.rs`, `sandbox/routing.rs`), which shares nothing with the gateway's
