@@ -6,7 +6,7 @@
 //! catalog (API keys: `route_unknown`, `need_user`; `proxy/catalog.rs`) -> rate
 //! limit -> the query's `token` check (API keys) -> body (streamed, or read whole when a rule or
 //! the `_method` check needs it) -> rules (dialog changes; writes under `/users` on an API key;
-//! chat messages on an API key; push events and subscriptions on an API key)
+//! chat messages on an API key; push events and subscriptions on an API key; writes to one blob on an API key)
 //! -> forward (the [`Canonical`] written as it was judged) -> response -> access log.
 //! Ordering constraints: normalization precedes every decision, so no phase sees a path that could
 //! be read two ways; authentication precedes the allowlist and the limiter, which are per key; the
@@ -279,6 +279,16 @@ async fn phases(
         .await?
     } else if principal.key.is_some() && judge::is_users_change(request.method(), request.path()) {
         Box::pin(judge::users_phase(
+            runtime,
+            &principal,
+            &mut request,
+            body,
+            access,
+        ))
+        .await?
+    } else if principal.key.is_some() && judge::is_blob_write(request.method(), request.path()) {
+        // Blob ownership: the acting user's own blobs only.
+        Box::pin(judge::blobs_phase(
             runtime,
             &principal,
             &mut request,

@@ -18,6 +18,7 @@
 //! the table of every endpoint qbgate knows and the rule that judges it: an API-key request
 //! outside it is refused.
 
+pub mod blobs;
 pub mod catalog;
 pub mod dialog;
 pub mod document;

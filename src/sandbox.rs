@@ -31,6 +31,11 @@
 //! | `POST /subscriptions.json` | 201 `[{"subscription":{..}}]`, the acting user's |
 //! | `GET /subscriptions.json` | `[{"subscription":{..}},..]`, the acting user's; 404 when none |
 //! | `DELETE /subscriptions/<id>.json` | `{}` |
+//! | `POST /blobs.json` | 201 `{"blob":{..,"blob_object_access":{..}}}`, owned by the acting user (a user needed) |
+//! | `GET /blobs.json` | `{"current_page","per_page","total_entries","items":[{"blob":{..}}]}`: the acting user's own, `page`, `per_page` (10, at most 100) |
+//! | `PUT /blobs/<id>.json` | `{"blob":{..}}`: `blob[name]`, `blob[content_type]` replaced |
+//! | `PUT /blobs/<id>/complete.json` | `{}`: `blob[size]` set, marked complete |
+//! | `DELETE /blobs/<id>.json` | `{}` |
 //!
 //! The path and the parameters are read as QuickBlox's Rails reads them, by the sandbox's own
 //! reader (`sandbox/rack.rs`, `sandbox/routing.rs`), which shares nothing with the gateway's
@@ -88,6 +93,8 @@
 //! `sandbox/dialogs.rs` holds the dialogs and their endpoints, `sandbox/messages.rs` the chat
 //! messages and notification settings, `sandbox/push.rs` push events and subscriptions, `sandbox/users.rs` the user
 //! accounts and theirs, `sandbox/reply.rs` shapes the answers (faulty bodies included); the tests
+//! messages and notification settings, `sandbox/users.rs` the user
+//! accounts and theirs, `sandbox/blobs.rs` the blobs and their owners, `sandbox/reply.rs` shapes the answers (faulty bodies included); the tests
 //! are in `sandbox/tests.rs` and `sandbox/tests/`.
 //!
 //! # Faults
@@ -95,6 +102,7 @@
 //! and dialog lookups included, until `Fault::None`. The request is recorded (and counted as a
 //! lookup) before the fault acts.
 
+mod blobs;
 mod dialogs;
 mod messages;
 mod push;
@@ -179,6 +187,16 @@ pub mod seed {
     pub const SUBSCRIPTION_BY_RECIPE: u64 = 2001;
     /// A push subscription of [`OCCUPANT`].
     pub const SUBSCRIPTION_BY_OCCUPANT: u64 = 2002;
+    /// Blob of [`RECIPE_USER`].
+    pub const BLOB_BY_RECIPE: u64 = 101;
+    /// Blob of [`OCCUPANT`].
+    pub const BLOB_BY_OCCUPANT: u64 = 201;
+    /// [`OWNER`]'s blobs: [`OWNER_BLOBS`] of them from this id on, more than one list page.
+    pub const OWNER_FIRST_BLOB: u64 = 1001;
+    pub const OWNER_BLOBS: u64 = 150;
+    /// [`OTHER_OCCUPANT`]'s blobs: more than the gateway's ten pages of 100 from this id on.
+    pub const HOARDER_FIRST_BLOB: u64 = 5001;
+    pub const HOARDER_BLOBS: u64 = 1001;
     /// QuickBlox application id, as it appears in `xmpp_room_jid`.
     pub const APPLICATION_ID: u64 = 76730;
 
@@ -260,6 +278,8 @@ struct State {
     users: Vec<users::User>,
     /// In the order sent.
     messages: Vec<messages::Message>,
+    /// Blobs, in creation order (ids ascending).
+    blobs: Vec<blobs::Blob>,
     /// (dialog, user) pairs whose push notifications are off.
     notifications_off: std::collections::HashSet<(String, u64)>,
     /// Push events and subscriptions (`sandbox/push.rs`), in creation order.
@@ -282,6 +302,7 @@ impl Sandbox {
             notifications_off: std::collections::HashSet::new(),
             events,
             subscriptions,
+            blobs: blobs::seed_blobs(),
         };
         Sandbox {
             inner: Arc::new(Inner {
@@ -544,6 +565,11 @@ impl Sandbox {
             (Method::DELETE, Route::User(id)) => self.delete_user(&id),
             (Method::DELETE, Route::UserExternal(id)) => self.delete_external_user(&id),
             (Method::POST, Route::UserTokens(id)) => self.mint_token(&auth, &id),
+            (Method::GET, Route::Blobs) => self.list_blobs(auth.actor, &params),
+            (Method::POST, Route::Blobs) => self.create_blob(auth.actor, &params),
+            (Method::PUT | Method::PATCH, Route::Blob(id)) => self.update_blob(&id, &params),
+            (Method::DELETE, Route::Blob(id)) => self.delete_blob(&id),
+            (Method::PUT, Route::BlobComplete(id)) => self.complete_blob(&id, &params),
             _ => base_error(StatusCode::NOT_FOUND, "Not found"),
         }
     }

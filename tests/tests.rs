@@ -16,6 +16,8 @@
 //! - `ownership`: random users of a scoped key over the judged endpoints: nothing forwarded changes what its user does not own.
 //! - `push`: the push rules (events: push only, now, to named users, own ones; own
 //!   subscriptions), their lookups and `on_lookup_error`, through the gateway.
+//! - `blobs`: blob ownership (update, complete, delete only one's own), the paged lookup of a
+//!   user's blobs as him, its page cap and `on_lookup_error`, through the gateway.
 //! - `operations`: hot reload under load, the directory watch, graceful drain, metrics.
 //! - `layers`: the import graph of `src/` against the layers and the "never" list; no cycles.
 //! - `integrity`: every way found to make the upstream read another request than the one judged.
@@ -31,6 +33,7 @@
 //!   Rack read equals what the gateway judged, or the gateway refused (needs ruby-rack, puma).
 //! - `secrets`: the real binary at trace level leaks no key, token or upstream key anywhere.
 
+mod blobs;
 mod catalog;
 mod config_files;
 mod contract;

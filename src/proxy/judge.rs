@@ -4,7 +4,8 @@
 //! on an API key are read whole too and judged against the key's powers ([`rules::users`]), and
 //! a `token` parameter on an API key is refused wherever the gateway reads parameters. API-key
 //! requests under `/chat/Message` and to a dialog's notification setting are judged against the
-//! acting user ([`messages_phase`], [`rules::messages`]).
+//! acting user ([`messages_phase`], [`rules::messages`]). API-key writes to one blob are judged
+//! against the acting user's blobs ([`blobs_phase`], [`rules::blobs`]).
 
 use http::header;
 use http::{Method, StatusCode};
@@ -540,6 +541,70 @@ pub(super) async fn push_phase(
         PushRoute::EventDelete { id } => lookups.evict_event(id).await,
         PushRoute::SubscriptionDelete { .. } => lookups.evict_subscriptions(user).await,
         _ => {}
+    }
+    Ok(Checked {
+        route: None,
+        would_reject: None,
+        params: Some(params),
+    })
+}
+
+// ---- Blob ownership ----
+
+/// Is this a `PUT`, `PATCH` or `DELETE` under `/blobs` (one look at the route key's first
+/// segment; [`rules::blobs::classify`] decides exactly)?
+pub(super) fn is_blob_write(method: &Method, path: &CanonicalPath) -> bool {
+    matches!(*method, Method::PUT | Method::PATCH | Method::DELETE)
+        && path.route_segment(0).map(stem) == Some("blobs")
+}
+
+/// Blobs phase, for API-key writes to one blob (`PUT /blobs/{id}`, `PUT /blobs/{id}/complete`,
+/// `DELETE /blobs/{id}`): the small body read whole, its `token` parameter refused, and the id
+/// judged against the acting user's blobs, looked up as him ([`rules::blobs`]). Always
+/// enforced; a failed lookup follows `dialog_rules.on_lookup_error`. A delete forgets the
+/// user's cached list. Anything else under `/blobs` streams through.
+pub(super) async fn blobs_phase(
+    runtime: &Runtime,
+    principal: &Principal,
+    request: &mut Canonical,
+    body: &mut Option<Incoming>,
+    access: &mut Access,
+) -> Result<Checked, GateError> {
+    let policy = &runtime.policy;
+    let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
+    let segments: Vec<&str> = request.path().segments().collect();
+    let Some(route) = rules::blobs::classify(request.method(), &segments) else {
+        if let Some(incoming) = body.take() {
+            request.set_body(ProxyBody::stream(incoming, limit, timeout));
+        }
+        return Ok(Checked::unjudged());
+    };
+    let refuse = |rejection: rules::Rejection| {
+        tracing::info!(key = %principal.key_id, rule = rejection.reason, "blob rule rejected a request");
+        refused(rejection)
+    };
+    let route = route.map_err(refuse)?;
+    read_judged_body(request, body, (limit, timeout), access).await?;
+    let params = judged_params(request, "a blob change")?;
+    users::check_token_param(&params).map_err(refused)?;
+    // An application key is refused by the catalog (`need_user`); this is a second fence.
+    let Some(user) = principal.user else {
+        return Err(rules::catalog::need_user().into());
+    };
+    let lookups = &runtime.lookups;
+    let headers = request.headers();
+    match lookups
+        .blobs(&runtime.client, policy, headers, user, route.id())
+        .await
+    {
+        Ok(owned) => rules::blobs::check(route, &owned).map_err(refuse)?,
+        Err(_) if policy.dialog_rules.forward_on_lookup_error => {
+            tracing::warn!(key = %principal.key_id, "blob lookup failed: forwarding unchecked (on_lookup_error: forward)");
+        }
+        Err(_) => return Err(GateError::LookupFailed),
+    }
+    if let rules::blobs::BlobRoute::Delete { .. } = route {
+        runtime.lookups.evict_blobs(user).await;
     }
     Ok(Checked {
         route: None,

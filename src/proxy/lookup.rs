@@ -9,7 +9,12 @@
 //! Without an upstream key the caller's own credentials are used. Messages are looked up the same
 //! way, without `On-Behalf-Of`, for one more reason: a list fetched as U marks its messages read
 //! for U.
+//!
+//! U's blobs are the exception: QuickBlox lists only the caller's own (`GET /blobs.json`, paged),
+//! so they are looked up as U (`On-Behalf-Of: U`), at most [`BLOB_PAGES`] pages, cached per user
+//! for at most [`BLOB_TTL`].
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +33,14 @@ const MAX_LOOKUP_BYTES: usize = 256 * 1024;
 /// Bound on cached dialogs and sessions: enough for a busy sidecar, a few MiB at most.
 const MAX_ENTRIES: u64 = 50_000;
 
+/// Blob list pages read for one user, of [`BLOB_PER_PAGE`]; more blobs than that: a failed
+/// lookup.
+pub const BLOB_PAGES: u64 = 10;
+/// Blobs per list page asked for (QuickBlox's largest).
+pub const BLOB_PER_PAGE: u64 = 100;
+/// Longest a user's blob list is kept.
+pub const BLOB_TTL: Duration = Duration::from_secs(30);
+
 /// Why a lookup gave no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LookupError {
@@ -45,6 +58,8 @@ pub struct Lookups {
     sessions: Cache<[u8; 32], Option<u64>>,
     /// Message id -> its dialog and sender; a message's sender and dialog never change.
     messages: Cache<String, Arc<MessageFacts>>,
+    /// User -> the ids of his blobs.
+    blobs: Cache<u64, Arc<HashSet<u64>>>,
     /// Push: event id -> its owner, and a user's subscription ids ([`PushLookups`]).
     push: PushLookups,
 }
@@ -64,6 +79,10 @@ impl Lookups {
             messages: Cache::builder()
                 .max_capacity(MAX_ENTRIES)
                 .time_to_live(ttl.max(Duration::from_millis(1)))
+                .build(),
+            blobs: Cache::builder()
+                .max_capacity(MAX_ENTRIES / 10)
+                .time_to_live(ttl.min(BLOB_TTL).max(Duration::from_millis(1)))
                 .build(),
             push: PushLookups::new(ttl),
         }
@@ -195,6 +214,42 @@ impl Lookups {
         }
     }
 
+    /// The ids of `user`'s blobs, from the cache or one shared lookup; a cached list that lacks
+    /// `id` is fetched again (the blob may have been created since), once.
+    pub async fn blobs(
+        &self,
+        client: &HttpClient,
+        policy: &Policy,
+        caller: &HeaderMap,
+        user: u64,
+        id: u64,
+    ) -> Result<Arc<HashSet<u64>>, LookupError> {
+        if self.ttl.is_zero() {
+            return fetch_blobs(client, policy, caller, user)
+                .await
+                .map(Arc::new);
+        }
+        if let Some(owned) = self.blobs.get(&user).await {
+            if owned.contains(&id) {
+                return Ok(owned);
+            }
+            self.blobs.invalidate(&user).await;
+        }
+        self.blobs
+            .try_get_with(user, async {
+                fetch_blobs(client, policy, caller, user)
+                    .await
+                    .map(Arc::new)
+            })
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    /// `user` deleted (or may have deleted) a blob: forget his list.
+    pub async fn evict_blobs(&self, user: u64) {
+        self.blobs.invalidate(&user).await;
+    }
+
     /// The upstream refused or deleted these dialogs: forget them.
     pub async fn evict(&self, ids: &[String]) {
         for id in ids {
@@ -275,6 +330,34 @@ async fn fetch_messages(
     Ok(found)
 }
 
+/// The ids of `user`'s blobs: `GET /blobs.json` as `user`, page by page, at most
+/// [`BLOB_PAGES`] pages; a list longer than that, or any page that is not a list, fails.
+async fn fetch_blobs(
+    client: &HttpClient,
+    policy: &Policy,
+    caller: &HeaderMap,
+    user: u64,
+) -> Result<HashSet<u64>, LookupError> {
+    let mut owned = HashSet::new();
+    for page in 1..=BLOB_PAGES {
+        let path = format!("/blobs.json?page={page}&per_page={BLOB_PER_PAGE}");
+        let (status, body) = get_as(client, policy, caller, &path, false, Some(user)).await?;
+        if status != StatusCode::OK {
+            return Err(LookupError::Failed);
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|_| LookupError::Failed)?;
+        let (ids, total) = crate::rules::blobs::read_page(&json).ok_or(LookupError::Failed)?;
+        let last = (ids.len() as u64) < BLOB_PER_PAGE;
+        owned.extend(ids);
+        if last || owned.len() as u64 >= total || page * BLOB_PER_PAGE >= total {
+            return Ok(owned);
+        }
+    }
+    // More blobs than the pages read: which are his is not known.
+    Err(LookupError::Failed)
+}
+
 async fn fetch_session(
     client: &HttpClient,
     policy: &Policy,
@@ -302,6 +385,18 @@ async fn get(
     path: &str,
     as_token: bool,
 ) -> Result<(StatusCode, Bytes), LookupError> {
+    get_as(client, policy, caller, path, as_token, None).await
+}
+
+/// [`get`], with the upstream key acting for `user` (`On-Behalf-Of`) when it is given.
+async fn get_as(
+    client: &HttpClient,
+    policy: &Policy,
+    caller: &HeaderMap,
+    path: &str,
+    as_token: bool,
+    user: Option<u64>,
+) -> Result<(StatusCode, Bytes), LookupError> {
     let upstream = &policy.upstream;
     let uri = format!("{}{}", upstream.base_path, path);
     let mut request = Request::get(uri)
@@ -318,6 +413,9 @@ async fn get(
         }
     } else if let Some(key) = &upstream.authorization {
         headers.insert(header::AUTHORIZATION, key.clone());
+        if let Some(user) = user {
+            headers.insert("on-behalf-of", http::HeaderValue::from(user));
+        }
     } else {
         for name in [header::AUTHORIZATION.as_str(), "on-behalf-of", "qb-token"] {
             if let Some(value) = caller.get(name) {
@@ -460,14 +558,15 @@ async fn fetch_subscriptions(
     caller: &HeaderMap,
     user: u64,
 ) -> Result<Vec<u64>, LookupError> {
-    let mut acting = HeaderMap::new();
-    let (status, body) = if policy.upstream.authorization.is_some() {
-        // `get` sends the upstream key alone: add the user to a copy of its request's headers.
-        acting.insert("on-behalf-of", http::HeaderValue::from(user));
-        get_as(client, policy, &acting, "/subscriptions.json").await?
-    } else {
-        get(client, policy, caller, "/subscriptions.json", false).await?
-    };
+    let (status, body) = get_as(
+        client,
+        policy,
+        caller,
+        "/subscriptions.json",
+        false,
+        Some(user),
+    )
+    .await?;
     match status {
         StatusCode::OK => {}
         StatusCode::NOT_FOUND => return Ok(Vec::new()),
@@ -484,42 +583,4 @@ async fn fetch_subscriptions(
                 .ok_or(LookupError::Failed)
         })
         .collect()
-}
-
-/// One GET with the upstream key and `acting`'s `On-Behalf-Of`.
-async fn get_as(
-    client: &HttpClient,
-    policy: &Policy,
-    acting: &HeaderMap,
-    path: &str,
-) -> Result<(StatusCode, Bytes), LookupError> {
-    let upstream = &policy.upstream;
-    let mut request = Request::get(format!("{}{}", upstream.base_path, path))
-        .body(ProxyBody::empty())
-        .map_err(|_| LookupError::Failed)?;
-    let headers = request.headers_mut();
-    headers.insert(
-        header::ACCEPT,
-        http::HeaderValue::from_static("application/json"),
-    );
-    if let Some(key) = &upstream.authorization {
-        headers.insert(header::AUTHORIZATION, key.clone());
-    }
-    if let Some(user) = acting.get("on-behalf-of") {
-        headers.insert("on-behalf-of", user.clone());
-    }
-    let response = tokio::time::timeout(upstream.timeout, client.send(&mut request))
-        .await
-        .map_err(|_| LookupError::Failed)?
-        .map_err(|_| LookupError::Failed)?;
-    let status = response.status();
-    let body = tokio::time::timeout(
-        upstream.timeout,
-        http_body_util::Limited::new(response.into_body(), MAX_LOOKUP_BYTES).collect(),
-    )
-    .await
-    .map_err(|_| LookupError::Failed)?
-    .map_err(|_| LookupError::Failed)?
-    .to_bytes();
-    Ok((status, body))
 }

@@ -34,6 +34,8 @@ pub enum Rule {
     Messages,
     /// The push rules ([`super::push`]; always enforced).
     Push,
+    /// Blob ownership ([`super::blobs`]; always enforced).
+    Blobs,
     /// A rule is decided for this endpoint but not built yet: forwarded unjudged, as before the
     /// catalog. Not enforced today.
     NotYetJudged,
@@ -51,6 +53,7 @@ impl Rule {
             Rule::Users => "users rules",
             Rule::Messages => "message rules",
             Rule::Push => "push rules",
+            Rule::Blobs => "blob rules",
             Rule::NotYetJudged => "not yet judged",
             Rule::Refused => "refused",
         }
@@ -255,27 +258,13 @@ const SUBSCRIPTION_DELETE: Entry = row(
 const BLOBS_LIST: Entry = row("GET", "/blobs", F::Blobs, R::Pass, false, "");
 const BLOB_CREATE: Entry = row("POST", "/blobs", F::Blobs, R::Pass, true, "");
 const BLOB_GET: Entry = row("GET", "/blobs/{id}", F::Blobs, R::Pass, false, "");
-const BLOB_PUT: Entry = row(
-    "PUT",
-    "/blobs/{id}",
-    F::Blobs,
-    R::NotYetJudged,
-    true,
-    "blobs",
-);
-const BLOB_DELETE: Entry = row(
-    "DELETE",
-    "/blobs/{id}",
-    F::Blobs,
-    R::NotYetJudged,
-    true,
-    "blobs",
-);
+const BLOB_PUT: Entry = row("PUT", "/blobs/{id}", F::Blobs, R::Blobs, true, "blobs");
+const BLOB_DELETE: Entry = row("DELETE", "/blobs/{id}", F::Blobs, R::Blobs, true, "blobs");
 const BLOB_COMPLETE: Entry = row(
     "PUT",
     "/blobs/{id}/complete",
     F::Blobs,
-    R::NotYetJudged,
+    R::Blobs,
     true,
     "blobs",
 );

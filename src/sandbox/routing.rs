@@ -2,7 +2,7 @@
 //! matches them.
 //!
 //! - Journey first normalizes the path: runs of `/` become one, a trailing `/` goes.
-//! - The fixed words (`session`, `chat`, `Dialog`, `Message`, `unread`, `notifications`, `users`, `external`, `tokens`, `events`, `subscriptions`) match in any letter case, folded as Unicode
+//! - The fixed words (`session`, `chat`, `Dialog`, `Message`, `unread`, `notifications`, `users`, `external`, `tokens`, `events`, `subscriptions`, `blobs`, `complete`) match in any letter case, folded as Unicode
 //!   folds case: besides ASCII, `ı` (U+0131) and `İ` (U+0130) fold to `i`, `ſ` (U+017F) to `s` and
 //!   the Kelvin sign (U+212A) to `k` ([`fold`]). No other character folds to an ASCII letter, and
 //!   the words are ASCII, so the table stops there (`Å` U+212B folds to `å`: never a match).
@@ -46,6 +46,12 @@ pub(super) enum Route {
     Subscriptions,
     /// `/subscriptions/<id>`, percent-decoded.
     Subscription(String),
+    /// `/blobs`.
+    Blobs,
+    /// `/blobs/<id>`, the id percent-decoded.
+    Blob(String),
+    /// `/blobs/<id>/complete`, the id percent-decoded.
+    BlobComplete(String),
     /// Routed, but Rails refuses its path parameters: the 400's message.
     BadPath(String),
     Unknown,
@@ -73,6 +79,11 @@ pub(super) fn route(path: &str) -> Routed {
         [subscriptions, last] if is_word(subscriptions, "subscriptions") => {
             (Route::Subscription(String::new()), *last)
         }
+        [blobs, last] if is_word(blobs, "blobs") => (Route::Blob(String::new()), *last),
+        [blobs, id, last] if is_word(blobs, "blobs") && !id.contains('.') => match parameter(id) {
+            Ok(id) => (Route::BlobComplete(id), *last),
+            Err(route) => (route, *last),
+        },
         [chat, dialog, last] if is_word(chat, "chat") && is_word(dialog, "dialog") => {
             (Route::Dialog(String::new()), *last)
         }
@@ -107,6 +118,9 @@ pub(super) fn route(path: &str) -> Routed {
         Route::Session if is_word(stem, "subscriptions") => Route::Subscriptions,
         Route::Event(_) => parameter(stem).map_or_else(|e| e, Route::Event),
         Route::Subscription(_) => parameter(stem).map_or_else(|e| e, Route::Subscription),
+        Route::Session if is_word(stem, "blobs") => Route::Blobs,
+        Route::Blob(_) => parameter(stem).map_or_else(|e| e, Route::Blob),
+        Route::BlobComplete(id) if is_word(stem, "complete") => Route::BlobComplete(id),
         Route::Dialogs if is_word(stem, "dialog") => Route::Dialogs,
         Route::Dialogs if is_word(stem, "message") => Route::Messages,
         Route::Message(_) if is_word(stem, "unread") => Route::MessagesUnread,
@@ -117,7 +131,11 @@ pub(super) fn route(path: &str) -> Routed {
         Route::Dialog(_) => parameter(stem).map_or_else(|e| e, Route::Dialog),
         Route::User(_) => parameter(stem).map_or_else(|e| e, Route::User),
         Route::UserExternal(_) => parameter(stem).map_or_else(|e| e, Route::UserExternal),
-        route @ Route::BadPath(_) if is_word(stem, "tokens") || is_word(stem, "notifications") => {
+        route @ Route::BadPath(_)
+            if is_word(stem, "tokens")
+                || is_word(stem, "notifications")
+                || is_word(stem, "complete") =>
+        {
             route
         }
         Route::UserTokens(id) if is_word(stem, "tokens") => Route::UserTokens(id),
