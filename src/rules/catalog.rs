@@ -36,9 +36,6 @@ pub enum Rule {
     Push,
     /// Blob ownership ([`super::blobs`]; always enforced).
     Blobs,
-    /// A rule is decided for this endpoint but not built yet: forwarded unjudged, as before the
-    /// catalog. Not enforced today.
-    NotYetJudged,
     /// Known, and refused with an API key: 403 `route_unknown` (a session is made by signature or
     /// carried in `QB-Token`, never through a scoped key). `unchecked_routes` does not reopen it.
     Refused,
@@ -54,7 +51,6 @@ impl Rule {
             Rule::Messages => "message rules",
             Rule::Push => "push rules",
             Rule::Blobs => "blob rules",
-            Rule::NotYetJudged => "not yet judged",
             Rule::Refused => "refused",
         }
     }
@@ -545,9 +541,6 @@ pub fn reach(key: &Key) -> String {
             } else {
                 "partly"
             });
-        }
-        if got.iter().any(|e| e.rule == Rule::NotYetJudged) {
-            notes.push("not yet judged");
         }
         reached.push(if notes.is_empty() {
             family.word().to_owned()
