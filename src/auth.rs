@@ -86,6 +86,9 @@ pub fn authenticate(
             {
                 return Err(GateError::KeyExpired);
             }
+            if matched.not_after.is_some() {
+                crate::metrics::rotating_digest(&entry.id, matched.prefix.as_str());
+            }
             let user = match (&entry.on_behalf_of, on_behalf_of) {
                 (OnBehalfOf::None, Some(_)) => return Err(GateError::UserRefused),
                 (OnBehalfOf::None, None) => None,

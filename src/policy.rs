@@ -233,6 +233,21 @@ impl Policy {
             .map(|(index, key, _)| (index, key))
     }
 
+    /// Every `(key id, digest prefix, not_after as Unix seconds)` of digests that have a
+    /// `not_after`, for `qbgate_key_digest_not_after_seconds`.
+    pub fn digest_deadlines(&self) -> impl Iterator<Item = (&Arc<str>, &str, f64)> {
+        self.keys.iter().flat_map(|key| {
+            key.digests.iter().filter_map(move |d| {
+                let at = d.not_after?;
+                let seconds = match at.duration_since(SystemTime::UNIX_EPOCH) {
+                    Ok(after) => after.as_secs_f64(),
+                    Err(before) => -before.duration().as_secs_f64(),
+                };
+                Some((&key.id, d.prefix.as_str(), seconds))
+            })
+        })
+    }
+
     /// The key whose digest is `digest`, with its index and which of its digests matched.
     pub fn key_and_digest(&self, digest: &[u8; 32]) -> Option<(u32, &Key, &KeyDigest)> {
         let (index, which) = *self.by_digest.get(digest)?;

@@ -517,4 +517,21 @@ async fn a_key_in_rotation_serves_its_live_digests_and_refuses_an_expired_one() 
         assert_eq!(reply.status, 200, "{key}: {:?}", reply.body);
     }
     assert_eq!(gate.sandbox.received().len(), 2);
+    // The old digests' requests and not_after by digest prefix; the new one is not counted.
+    let text = qbgate::metrics::render();
+    let (gone, old, new) = (&digest(GONE)[..8], &digest(OLD)[..8], &digest(NEW)[..8]);
+    for want in [
+        format!("qbgate_key_digest_requests_total{{key=\"rotating\",digest=\"{old}\"}} 1\n"),
+        format!("qbgate_key_digest_not_after_seconds{{key=\"rotating\",digest=\"{old}\"}} 32472144000\n"),
+        format!("qbgate_key_digest_not_after_seconds{{key=\"rotating\",digest=\"{gone}\"}} 1577836800\n"),
+    ] {
+        assert!(text.contains(&want), "{want} not in:\n{text}");
+    }
+    assert!(!text.contains(&format!("digest=\"{new}\"")), "{text}");
+    assert!(!text.contains(&format!(
+        "qbgate_key_digest_requests_total{{key=\"rotating\",digest=\"{gone}\"}}"
+    )));
+    for key in [GONE, OLD, NEW] {
+        assert!(!text.contains(key), "a key in /metrics");
+    }
 }
