@@ -233,6 +233,19 @@ impl Policy {
             .map(|(index, key, _)| (index, key))
     }
 
+    /// The full digests of the key at `index`, in policy order (for `gen-key --rotate`; a scan
+    /// of the whole table, not for the request path).
+    pub fn key_digests(&self, index: u32) -> Vec<[u8; 32]> {
+        let mut found: Vec<(u32, [u8; 32])> = self
+            .by_digest
+            .iter()
+            .filter(|(_, (i, _))| *i == index)
+            .map(|(digest, (_, which))| (*which, *digest))
+            .collect();
+        found.sort_unstable();
+        found.into_iter().map(|(_, digest)| digest).collect()
+    }
+
     /// Every `(key id, digest prefix, not_after as Unix seconds)` of digests that have a
     /// `not_after`, for `qbgate_key_digest_not_after_seconds`.
     pub fn digest_deadlines(&self) -> impl Iterator<Item = (&Arc<str>, &str, f64)> {
