@@ -46,6 +46,8 @@ struct Buffer {
 pub struct Line<'a> {
     pub request_id: &'a str,
     pub key: &'a str,
+    /// Which of the key's digests matched: its first 8 hex digits (`-` without a key).
+    pub digest: &'a str,
     pub user: Option<u64>,
     pub method: &'a str,
     pub path: &'a str,
@@ -80,6 +82,7 @@ pub fn record(line: &Line<'_>) {
             target: "qbgate::access",
             request_id = line.request_id,
             key = line.key,
+            digest = line.digest,
             user = line.user,
             method = line.method,
             path = line.path,
@@ -184,6 +187,8 @@ fn json_line(mut out: Out<'_>, seconds: &str, micros: u32, line: &Line<'_>) {
         .escaped(line.request_id)
         .str(r#"","key":""#)
         .escaped(line.key)
+        .str(r#"","digest":""#)
+        .escaped(line.digest)
         .str(r#"","#);
     if let Some(user) = line.user {
         out.str(r#""user":"#).int(user).str(",");
@@ -212,6 +217,8 @@ fn text_line(mut out: Out<'_>, seconds: &str, micros: u32, line: &Line<'_>) {
         .escaped(line.request_id)
         .str(" key=")
         .escaped(line.key)
+        .str(" digest=")
+        .escaped(line.digest)
         .str(" user=");
     match line.user {
         Some(user) => out.int(user),
@@ -309,6 +316,7 @@ mod tests {
         Line {
             request_id: "0a1b2c3d000000000001",
             key: "billing",
+            digest: "60303ae2",
             user,
             method: "PUT",
             path: "/chat/Dialog/\"x\".json",
@@ -336,6 +344,7 @@ mod tests {
         assert_eq!(v["target"], "qbgate::access");
         assert_eq!(v["request_id"], "0a1b2c3d000000000001");
         assert_eq!(v["key"], "billing");
+        assert_eq!(v["digest"], "60303ae2");
         assert_eq!(v["user"], 7);
         assert_eq!(v["method"], "PUT");
         assert_eq!(v["path"], "/chat/Dialog/\"x\".json");
@@ -364,7 +373,7 @@ mod tests {
         assert_eq!(
             String::from_utf8(buf).unwrap(),
             "2026-11-26T16:42:56.000005Z  INFO qbgate::access: request_id=0a1b2c3d000000000001 \
-             key=billing user=- method=PUT path=/chat/Dialog/\\\"x\\\".json status=422 \
+             key=billing digest=60303ae2 user=- method=PUT path=/chat/Dialog/\\\"x\\\".json status=422 \
              reason=rule_violation upstream_status=- total_ms=12345.678 upstream_ms=0.000\n"
         );
     }

@@ -29,6 +29,7 @@ impl Gateway {
     pub fn new(runtime: Runtime) -> Arc<Gateway> {
         metrics::handle();
         metrics::policy_info(&runtime.policy.digest, &runtime.policy.digest);
+        metrics::digest_not_after([], runtime.policy.digest_deadlines());
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             ids: proxy::RequestIds::new(),

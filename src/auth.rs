@@ -12,7 +12,7 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
 use crate::error::GateError;
-use crate::policy::{OnBehalfOf, Policy, QbTokenMode};
+use crate::policy::{DigestPrefix, OnBehalfOf, Policy, QbTokenMode};
 
 /// Key id that stands for session-token traffic in logs and metrics.
 static QB_TOKEN: HeaderName = HeaderName::from_static("qb-token");
@@ -31,6 +31,8 @@ pub struct Principal {
     pub user: Option<u64>,
     /// SHA-256 of the QB-Token, when the request carries one.
     pub token: Option<[u8; 32]>,
+    /// Which of the key's digests matched (its first 8 hex digits), for the access log.
+    pub digest: Option<DigestPrefix>,
 }
 
 /// Run the authentication phase. Short-circuits with 400 (malformed or ambiguous credentials),
@@ -65,17 +67,27 @@ pub fn authenticate(
                 key_id: TOKEN_ID.clone(),
                 user: None,
                 token: Some(Sha256::digest(token.as_bytes()).into()),
+                digest: None,
             })
         }
         (Some(authorization), None) => {
             let key = api_key(authorization.as_bytes()).ok_or(GateError::UnknownKey)?;
             let digest: [u8; 32] = Sha256::digest(key).into();
-            let (index, entry) = policy.key_by_digest(&digest).ok_or(GateError::UnknownKey)?;
+            let (index, entry, matched) = policy
+                .key_and_digest(&digest)
+                .ok_or(GateError::UnknownKey)?;
             if entry.disabled {
                 return Err(GateError::KeyDisabled);
             }
-            if entry.expires_at.is_some_and(|t| t <= now) {
+            // A rotated-out digest past its `not_after` is refused like an expired key; the key's
+            // other digests keep working.
+            if entry.expires_at.is_some_and(|t| t <= now)
+                || matched.not_after.is_some_and(|t| t <= now)
+            {
                 return Err(GateError::KeyExpired);
+            }
+            if matched.not_after.is_some() {
+                crate::metrics::rotating_digest(&entry.id, matched.prefix.as_str());
             }
             let user = match (&entry.on_behalf_of, on_behalf_of) {
                 (OnBehalfOf::None, Some(_)) => return Err(GateError::UserRefused),
@@ -94,6 +106,7 @@ pub fn authenticate(
                 key_id: entry.id.clone(),
                 user,
                 token: None,
+                digest: Some(matched.prefix),
             })
         }
     }

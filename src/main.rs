@@ -57,8 +57,18 @@ enum Command {
     },
     /// Read a key on stdin, print its policy digest.
     HashKey,
-    /// Print a new random key and its digest.
-    GenKey,
+    /// Print a new random key and its digest; with `--rotate`, also the `digests:` to paste into
+    /// that key's entry (the new digest added, the old ones given a `not_after`).
+    GenKey {
+        /// The id of the key to rotate (read from `--policy`; no secret is read).
+        #[arg(long, requires = "policy")]
+        rotate: Option<String>,
+        #[arg(long, requires = "rotate")]
+        policy: Option<PathBuf>,
+        /// When the old digests stop working (RFC 3339); default now + 7 days.
+        #[arg(long, requires = "rotate")]
+        not_after: Option<String>,
+    },
     /// Print the JSON Schema of the policy file (for editors' YAML language servers).
     Schema,
     /// Gateway + built-in QuickBlox sandbox with the example policy.
@@ -147,17 +157,39 @@ fn main() -> ExitCode {
             println!("{}", policy::digest_hex(key.as_bytes()));
             ExitCode::SUCCESS
         }
-        Command::GenKey => {
+        Command::GenKey {
+            rotate,
+            policy,
+            not_after,
+        } => {
+            // The entry to rotate is read before a key is made: nothing printed on an error.
+            let rotation = match (rotate, policy) {
+                (Some(id), Some(path)) => match rotation(&id, &path, not_after.as_deref()) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        eprintln!("qbgate: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                _ => None,
+            };
             let mut bytes = [0u8; 32];
             if let Err(e) = getrandom::fill(&mut bytes) {
                 eprintln!("qbgate: no randomness from the OS: {e}");
                 return ExitCode::FAILURE;
             }
             let key = format!("qbg_{}", hex::encode(bytes));
-            println!(
-                "key:    {key}\nsha256: {}",
-                policy::digest_hex(key.as_bytes())
-            );
+            let digest = policy::digest_hex(key.as_bytes());
+            println!("key:    {key}\nsha256: {digest}");
+            if let Some((id, old)) = rotation {
+                println!(
+                    "# In key `{id}`'s entry, replace `sha256:` (or `digests:`) with:\n    digests:"
+                );
+                for (sha, not_after) in old {
+                    println!("      - sha256: {sha}\n        not_after: {not_after}");
+                }
+                println!("      - sha256: {digest}");
+            }
             ExitCode::SUCCESS
         }
         Command::Run {
@@ -244,4 +276,42 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
         builder.with_ansi(std::io::stdout().is_terminal()).init();
     }
     guard
+}
+
+/// For `gen-key --rotate`: the key id and its current digests, each with the `not_after` to
+/// write (one it already has, else `not_after`, default now + 7 days). The policy is read
+/// offline: no secret it names is read.
+fn rotation(
+    id: &str,
+    path: &std::path::Path,
+    not_after: Option<&str>,
+) -> Result<(String, Vec<(String, String)>), String> {
+    let deadline = match not_after {
+        Some(text) => humantime::parse_rfc3339_weak(text.trim()).map_err(|_| {
+            format!(
+                "--not-after: must be an RFC 3339 time such as 2027-01-01T00:00:00Z, not `{text}`"
+            )
+        })?,
+        None => std::time::SystemTime::now() + std::time::Duration::from_secs(7 * 86_400),
+    };
+    let p = policy::load_with(path, policy::Secrets::Offline).map_err(|e| e.to_string())?;
+    let (index, key) = p
+        .keys
+        .iter()
+        .enumerate()
+        .find(|(_, k)| k.id.as_ref() == id)
+        .ok_or_else(|| format!("{}: no key `{id}`", path.display()))?;
+    let old = p
+        .key_digests(index as u32)
+        .into_iter()
+        .zip(&key.digests)
+        .map(|(sha, d)| {
+            let at = d.not_after.unwrap_or(deadline);
+            (
+                hex::encode(sha),
+                humantime::format_rfc3339_seconds(at).to_string(),
+            )
+        })
+        .collect();
+    Ok((id.to_string(), old))
 }

@@ -100,6 +100,14 @@ fn describe() {
         "qbgate_policy_reloads_total",
         "Policy reloads, by result (success or failure; a failure keeps the last good policy)."
     );
+    describe_counter!(
+        "qbgate_key_digest_requests_total",
+        "Authenticated requests on a key's digest that has a not_after (one being rotated out), by key and digest (its first 8 hex digits)."
+    );
+    describe_gauge!(
+        "qbgate_key_digest_not_after_seconds",
+        "A key digest's not_after as Unix seconds, by key and digest (first 8 hex digits); NaN once the policy no longer sets it."
+    );
     describe_gauge!(
         "qbgate_policy_info",
         "1 for the serving policy's digest, 0 for the one it replaced."
@@ -299,4 +307,40 @@ pub fn policy_info(old: &str, new: &str) {
         metrics::gauge!("qbgate_policy_info", "digest" => old.to_string()).set(0.0);
     }
     metrics::gauge!("qbgate_policy_info", "digest" => new.to_string()).set(1.0);
+}
+
+/// A request authenticated by a digest that has a `not_after` (a rotation's old digest). Only such
+/// digests are counted, so a key outside a rotation pays nothing for this family.
+pub fn rotating_digest(key: &Arc<str>, digest: &str) {
+    metrics::counter!(
+        "qbgate_key_digest_requests_total",
+        "key" => metrics::SharedString::from(key.clone()),
+        "digest" => digest.to_owned()
+    )
+    .increment(1);
+}
+
+/// `qbgate_key_digest_not_after_seconds{key,digest}` for a newly loaded policy: each of `new`'s
+/// `(key, digest, not_after)` is set; one of `old`'s that `new` no longer has becomes NaN (which
+/// compares false, so no alert fires on a digest that is gone).
+pub fn digest_not_after<'a>(
+    old: impl IntoIterator<Item = (&'a Arc<str>, &'a str, f64)>,
+    new: impl IntoIterator<Item = (&'a Arc<str>, &'a str, f64)>,
+) {
+    let gauge = |key: &Arc<str>, digest: &str| {
+        metrics::gauge!(
+            "qbgate_key_digest_not_after_seconds",
+            "key" => metrics::SharedString::from(key.clone()),
+            "digest" => digest.to_owned()
+        )
+    };
+    let new: Vec<_> = new.into_iter().collect();
+    for (key, digest, _) in old {
+        if !new.iter().any(|(k, d, _)| *k == key && *d == digest) {
+            gauge(key, digest).set(f64::NAN);
+        }
+    }
+    for (key, digest, seconds) in new {
+        gauge(key, digest).set(seconds);
+    }
 }

@@ -33,10 +33,10 @@ pub struct Policy {
     pub rate_limit: RateLimitStore,
     pub dialog_rules: DialogRules,
     pub keys: Vec<Key>,
-    /// SHA-256 digest of a key -> index into `keys`.
+    /// SHA-256 digest of a key -> index into `keys` and into that key's `digests`.
     /// foldhash: the table holds only the policy's own digests, so a presented key can only
     /// probe it, never grow a chain.
-    by_digest: HashMap<[u8; 32], u32, foldhash::fast::RandomState>,
+    by_digest: HashMap<[u8; 32], (u32, u32), foldhash::fast::RandomState>,
 }
 
 #[derive(Debug)]
@@ -114,11 +114,48 @@ pub struct Key {
     pub quota: Option<Quota>,
     pub expires_at: Option<SystemTime>,
     pub disabled: bool,
+    /// The key's live digests: one for `sha256`, several during a rotation (`digests`), in
+    /// policy order.
+    pub digests: Vec<KeyDigest>,
     /// Account-owner powers (`powers`); empty by default.
     pub powers: Powers,
     /// Routes outside the endpoint catalog forwarded unjudged (`unchecked_routes`); empty by
     /// default: such a route is refused.
     pub unchecked_routes: Vec<RoutePattern>,
+}
+
+/// One digest of a key, as logs and metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyDigest {
+    /// The first 8 hex digits of the digest: enough to tell a key's digests apart, never the key.
+    pub prefix: DigestPrefix,
+    /// Past this time the digest is refused (401 `key_expired`); the key's other digests are not.
+    pub not_after: Option<SystemTime>,
+}
+
+/// The first 8 lowercase hex digits of a key's SHA-256, held inline (no allocation per request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigestPrefix([u8; 8]);
+
+impl DigestPrefix {
+    /// The prefix of `digest`.
+    pub fn of(digest: &[u8; 32]) -> Self {
+        let mut hex = [0u8; 8];
+        // Four bytes are eight hex digits; the buffer is exactly their size.
+        let _ = hex::encode_to_slice(&digest[..4], &mut hex);
+        Self(hex)
+    }
+
+    /// The eight hex digits.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("-")
+    }
+}
+
+impl std::fmt::Display for DigestPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One account-owner power: what a key may do to user accounts beyond acting as its user.
@@ -192,8 +229,43 @@ pub enum Segment {
 impl Policy {
     /// The key whose digest is `digest`, with its index.
     pub fn key_by_digest(&self, digest: &[u8; 32]) -> Option<(u32, &Key)> {
-        let index = *self.by_digest.get(digest)?;
-        self.keys.get(index as usize).map(|key| (index, key))
+        self.key_and_digest(digest)
+            .map(|(index, key, _)| (index, key))
+    }
+
+    /// The full digests of the key at `index`, in policy order (for `gen-key --rotate`; a scan
+    /// of the whole table, not for the request path).
+    pub fn key_digests(&self, index: u32) -> Vec<[u8; 32]> {
+        let mut found: Vec<(u32, [u8; 32])> = self
+            .by_digest
+            .iter()
+            .filter(|(_, (i, _))| *i == index)
+            .map(|(digest, (_, which))| (*which, *digest))
+            .collect();
+        found.sort_unstable();
+        found.into_iter().map(|(_, digest)| digest).collect()
+    }
+
+    /// Every `(key id, digest prefix, not_after as Unix seconds)` of digests that have a
+    /// `not_after`, for `qbgate_key_digest_not_after_seconds`.
+    pub fn digest_deadlines(&self) -> impl Iterator<Item = (&Arc<str>, &str, f64)> {
+        self.keys.iter().flat_map(|key| {
+            key.digests.iter().filter_map(move |d| {
+                let at = d.not_after?;
+                let seconds = match at.duration_since(SystemTime::UNIX_EPOCH) {
+                    Ok(after) => after.as_secs_f64(),
+                    Err(before) => -before.duration().as_secs_f64(),
+                };
+                Some((&key.id, d.prefix.as_str(), seconds))
+            })
+        })
+    }
+
+    /// The key whose digest is `digest`, with its index and which of its digests matched.
+    pub fn key_and_digest(&self, digest: &[u8; 32]) -> Option<(u32, &Key, &KeyDigest)> {
+        let (index, which) = *self.by_digest.get(digest)?;
+        let key = self.keys.get(index as usize)?;
+        Some((index, key, key.digests.get(which as usize)?))
     }
 }
 

@@ -85,6 +85,7 @@ impl Default for RequestIds {
 /// What the access log line says about one request.
 struct Access {
     key: Option<Arc<str>>,
+    digest: Option<crate::policy::DigestPrefix>,
     user: Option<u64>,
     reason: &'static str,
     upstream_status: Option<u16>,
@@ -118,6 +119,7 @@ pub async fn handle(
     };
     let mut access = Access {
         key: None,
+        digest: None,
         user: None,
         reason: "",
         upstream_status: None,
@@ -178,6 +180,7 @@ pub async fn handle(
     crate::access_log::record(&crate::access_log::Line {
         request_id: request_id.to_str().unwrap_or_default(),
         key: access.key.as_deref().unwrap_or("-"),
+        digest: access.digest.as_ref().map_or("-", |d| d.as_str()),
         user: access.user,
         method: method.as_str(),
         path: uri.path(),
@@ -229,6 +232,7 @@ async fn phases(
     access.route = request.path().route_label();
     let principal = auth::authenticate(policy, request.headers(), SystemTime::now())?;
     access.key = Some(principal.key_id.clone());
+    access.digest = principal.digest;
     access.user = principal.user;
     allow_route(runtime, &principal, &request)?;
     catalog::admit(runtime, &principal, &request)?;

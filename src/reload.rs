@@ -224,6 +224,10 @@ pub async fn reload(
             gateway.swap(runtime);
             metrics::reload("success");
             metrics::policy_info(&current.policy.digest, &digest);
+            metrics::digest_not_after(
+                current.policy.digest_deadlines(),
+                gateway.runtime().policy.digest_deadlines(),
+            );
             tracing::info!(digest, "policy reloaded");
             true
         }

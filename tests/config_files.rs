@@ -117,3 +117,80 @@ fn check_reads_no_secret_unless_asked() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `qbgate gen-key --rotate ID --policy FILE` reads the key's entry offline (its secrets unset) and
+/// prints a new key and the `digests:` that, pasted in place of `sha256:`, compile: the old digest
+/// with its `not_after`, the new digest without one.
+#[test]
+fn gen_key_rotate_prints_digests_that_compile_when_pasted() {
+    let dir = std::env::temp_dir().join(format!("qbgate-rotate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.yaml");
+    let old = "cd".repeat(32);
+    let text = format!(
+        "version: 1\nupstream:\n  api_key: {{ env: QBGATE_TEST_UNSET_KEY }}\nkeys:\n  - id: other\n    sha256: {}\n  - id: svc\n    sha256: {old}\n    on_behalf_of: any\n",
+        "ab".repeat(32)
+    );
+    std::fs::write(&path, &text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qbgate"))
+        .args([
+            "gen-key",
+            "--rotate",
+            "svc",
+            "--not-after",
+            "2026-12-31T00:00:00Z",
+            "--policy",
+        ])
+        .arg(&path)
+        .env_remove("QBGATE_TEST_UNSET_KEY")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let key = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("key:    "))
+        .unwrap();
+    let fragment: String = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("    digests:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        fragment.contains("not_after: 2026-12-31T00:00:00Z"),
+        "{stdout}"
+    );
+    let pasted = text.replace(&format!("    sha256: {old}\n"), &fragment);
+    let policy = qbgate::policy::compile_with_env(&pasted, &|_| Some("upstream".into()))
+        .unwrap_or_else(|e| panic!("{e}\n{pasted}"));
+    let mut old_digest = [0u8; 32];
+    hex::decode_to_slice(&old, &mut old_digest).unwrap();
+    let mut new_digest = [0u8; 32];
+    hex::decode_to_slice(qbgate::policy::digest_hex(key.as_bytes()), &mut new_digest).unwrap();
+    let (_, k, d) = policy.key_and_digest(&old_digest).unwrap();
+    assert_eq!(k.id.as_ref(), "svc");
+    assert_eq!(
+        d.not_after,
+        Some(humantime::parse_rfc3339("2026-12-31T00:00:00Z").unwrap())
+    );
+    let (_, k, d) = policy.key_and_digest(&new_digest).unwrap();
+    assert_eq!((k.id.as_ref(), d.not_after), ("svc", None));
+    // Without --rotate the output is the two lines it always was.
+    let plain = std::process::Command::new(env!("CARGO_BIN_EXE_qbgate"))
+        .arg("gen-key")
+        .output()
+        .unwrap();
+    let plain = String::from_utf8(plain.stdout).unwrap();
+    let lines: Vec<&str> = plain.lines().collect();
+    assert!(
+        lines.len() == 2
+            && lines[0].starts_with("key:    qbg_")
+            && lines[1].starts_with("sha256: "),
+        "{plain}"
+    );
+}

@@ -489,3 +489,49 @@ async fn metrics_pass_promtool_check_metrics() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// A key in rotation through the gateway: the old digest past its `not_after` is refused 401
+/// `key_expired`, an old digest still in its window and the new digest are served as the key.
+#[tokio::test]
+async fn a_key_in_rotation_serves_its_live_digests_and_refuses_an_expired_one() {
+    use qbgate::sandbox::seed::OWNER;
+    const GONE: &str = "rotation-key-gone";
+    const OLD: &str = "rotation-key-old";
+    const NEW: &str = "rotation-key-new";
+    let keys = format!(
+        "- id: rotating\n  on_behalf_of: any\n  digests:\n  \
+         - {{ sha256: {}, not_after: 2020-01-01T00:00:00Z }}\n  \
+         - {{ sha256: {}, not_after: 2999-01-01T00:00:00Z }}\n  \
+         - {{ sha256: {} }}\n",
+        digest(GONE),
+        digest(OLD),
+        digest(NEW),
+    );
+    let gate = Gate::start_with_keys("", &keys).await;
+    let list = "/chat/Dialog.json";
+    gate.as_user(GONE, Some(OWNER), "GET", list, None)
+        .await
+        .assert_gate_error(401, "key_expired", "base");
+    for key in [OLD, NEW] {
+        let reply = gate.as_user(key, Some(OWNER), "GET", list, None).await;
+        assert_eq!(reply.status, 200, "{key}: {:?}", reply.body);
+    }
+    assert_eq!(gate.sandbox.received().len(), 2);
+    // The old digests' requests and not_after by digest prefix; the new one is not counted.
+    let text = qbgate::metrics::render();
+    let (gone, old, new) = (&digest(GONE)[..8], &digest(OLD)[..8], &digest(NEW)[..8]);
+    for want in [
+        format!("qbgate_key_digest_requests_total{{key=\"rotating\",digest=\"{old}\"}} 1\n"),
+        format!("qbgate_key_digest_not_after_seconds{{key=\"rotating\",digest=\"{old}\"}} 32472144000\n"),
+        format!("qbgate_key_digest_not_after_seconds{{key=\"rotating\",digest=\"{gone}\"}} 1577836800\n"),
+    ] {
+        assert!(text.contains(&want), "{want} not in:\n{text}");
+    }
+    assert!(!text.contains(&format!("digest=\"{new}\"")), "{text}");
+    assert!(!text.contains(&format!(
+        "qbgate_key_digest_requests_total{{key=\"rotating\",digest=\"{gone}\"}}"
+    )));
+    for key in [GONE, OLD, NEW] {
+        assert!(!text.contains(key), "a key in /metrics");
+    }
+}

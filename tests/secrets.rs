@@ -311,6 +311,19 @@ async fn no_key_token_or_upstream_key_in_logs_metrics_or_responses() {
         |a| a["request_id"].as_str().is_some_and(|id| !id.is_empty())
             && a["total_ms"].as_f64().is_some()
     ));
+    // Each line names the digest that matched by its first 8 hex digits (never the key).
+    for a in &access {
+        let want = match a["key"].as_str().unwrap() {
+            "valid" => digest(VALID_KEY)[..8].to_string(),
+            "limited" => digest(LIMITED_KEY)[..8].to_string(),
+            _ => "-".to_string(),
+        };
+        assert_eq!(a["digest"].as_str(), Some(want.as_str()), "{a}");
+    }
+    assert!(
+        access.iter().any(|a| a["key"] == "valid"),
+        "no line for the valid key"
+    );
 
     let mut outputs: Vec<(String, &str)> = vec![
         ("stdout (logs)".into(), &stdout),

@@ -141,3 +141,35 @@ fn qb_token_forward_or_reject() {
         GateError::TokenRejected
     );
 }
+
+#[test]
+fn a_rotated_out_digest_works_until_its_not_after_and_the_new_one_keeps_working() {
+    let d = |k: &str| crate::policy::digest_hex(k.as_bytes());
+    let p = compile(&format!(
+        "version: 1\nkeys:\n\
+         - id: svc\n  digests:\n  - {{sha256: {}, not_after: 2026-12-31T00:00:00Z}}\n  - {{sha256: {}}}\n",
+        d("old-key"),
+        d("new-key"),
+    ))
+    .unwrap();
+    let at = |key: &str, when: &str| {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            format!("ApiKey {key}").parse().unwrap(),
+        );
+        h.insert(&ON_BEHALF_OF, "7".parse().unwrap());
+        authenticate(&p, &h, humantime::parse_rfc3339(when).unwrap())
+    };
+    let before = "2026-12-30T23:59:59Z";
+    let after = "2026-12-31T00:00:00Z";
+    let old = at("old-key", before).unwrap();
+    assert_eq!(old.key_id.as_ref(), "svc");
+    assert_eq!(old.digest.unwrap().as_str(), &d("old-key")[..8]);
+    assert!(matches!(at("old-key", after), Err(GateError::KeyExpired)));
+    for when in [before, after, "2030-01-01T00:00:00Z"] {
+        let new = at("new-key", when).unwrap();
+        assert_eq!((new.key_id.as_ref(), new.key), ("svc", Some(0)));
+        assert_eq!(new.digest.unwrap().as_str(), &d("new-key")[..8]);
+    }
+}

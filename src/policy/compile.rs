@@ -15,8 +15,9 @@ use http::HeaderValue;
 
 use super::file::{self, At};
 use super::{
-    parse_route, split_url, unreachable_default, ClientLimits, DialogRules, Key, OnBehalfOf,
-    Policy, Power, Powers, QbTokenMode, Quota, RateLimitStore, RuleMode, ShutdownTiming, Upstream,
+    parse_route, split_url, unreachable_default, ClientLimits, DialogRules, DigestPrefix, Key,
+    KeyDigest, OnBehalfOf, Policy, Power, Powers, QbTokenMode, Quota, RateLimitStore, RuleMode,
+    ShutdownTiming, Upstream,
 };
 
 /// One thing wrong with a policy, with its place when known.
@@ -273,8 +274,12 @@ impl Compiler<'_> {
             keys: Vec::new(),
             by_digest,
         };
-        for (index, (digest, key)) in keys.into_iter().enumerate() {
-            policy.by_digest.insert(digest, index as u32);
+        for (index, (digests, key)) in keys.into_iter().enumerate() {
+            for (which, digest) in digests.into_iter().enumerate() {
+                policy
+                    .by_digest
+                    .insert(digest, (index as u32, which as u32));
+            }
             policy.keys.push(key);
         }
         policy
@@ -521,9 +526,85 @@ impl Compiler<'_> {
         }
     }
 
-    fn keys(&mut self, raw: Vec<file::Key>) -> Vec<([u8; 32], Key)> {
+    /// A key's `sha256` or `digests` (exactly one of them): the digests for the lookup table and
+    /// as the key holds them. A digest used twice anywhere in the policy is an error.
+    fn key_digests(
+        &mut self,
+        p: &str,
+        key: &file::Key,
+        seen: &mut HashSet<[u8; 32]>,
+    ) -> (Vec<[u8; 32]>, Vec<KeyDigest>) {
+        let mut raw = Vec::new();
+        match (&key.sha256, &key.digests) {
+            (Some(sha), Some(_)) => self.error(
+                format!("{p}.sha256"),
+                sha,
+                "a key has `sha256` or `digests`, not both",
+            ),
+            (Some(sha), None) => raw.push((format!("{p}.sha256"), sha, None)),
+            (None, None) => self.error(
+                format!("{p}.id"),
+                &key.id,
+                "a key needs `sha256` (or `digests` during a rotation)",
+            ),
+            (None, Some(list)) if list.is_empty() => self.error(
+                format!("{p}.digests"),
+                &key.id,
+                "must list at least one digest",
+            ),
+            (None, Some(list)) => {
+                for (j, d) in list.iter().enumerate() {
+                    raw.push((format!("{p}.digests[{j}].sha256"), &d.sha256, Some(j)));
+                }
+            }
+        }
+        let mut digests = Vec::with_capacity(raw.len());
+        let mut live = Vec::with_capacity(raw.len());
+        for (path, sha, j) in raw {
+            let mut digest = [0u8; 32];
+            let text = sha.value.trim();
+            if text.len() != 64 || hex::decode_to_slice(text, &mut digest).is_err() {
+                self.error(
+                    path,
+                    sha,
+                    "must be 64 hex characters: the SHA-256 of the key (`qbgate hash-key`)",
+                );
+                continue;
+            } else if !seen.insert(digest) {
+                self.error(path, sha, "the same digest is already used by another key");
+                continue;
+            }
+            let not_after = j.and_then(|j| {
+                let at = key.digests.as_ref()?.get(j)?.not_after.as_ref()?;
+                self.time(&format!("{p}.digests[{j}].not_after"), at)
+            });
+            digests.push(digest);
+            live.push(KeyDigest {
+                prefix: DigestPrefix::of(&digest),
+                not_after,
+            });
+        }
+        (digests, live)
+    }
+
+    /// An RFC 3339 time such as `expires_at`.
+    fn time(&mut self, path: &str, at: &At<String>) -> Option<std::time::SystemTime> {
+        match humantime::parse_rfc3339_weak(at.value.trim()) {
+            Ok(t) => Some(t),
+            Err(_) => {
+                self.error(
+                    path,
+                    at,
+                    "must be an RFC 3339 time such as 2027-01-01T00:00:00Z",
+                );
+                None
+            }
+        }
+    }
+
+    fn keys(&mut self, raw: Vec<file::Key>) -> Vec<(Vec<[u8; 32]>, Key)> {
         let mut ids = HashSet::new();
-        let mut digests = HashSet::new();
+        let mut seen = HashSet::new();
         let mut keys = Vec::with_capacity(raw.len());
         for (i, key) in raw.into_iter().enumerate() {
             let p = format!("keys[{i}]");
@@ -546,21 +627,7 @@ impl Compiler<'_> {
                     format!("duplicate key id `{id}`"),
                 );
             }
-            let mut digest = [0u8; 32];
-            let sha = key.sha256.value.trim();
-            if sha.len() != 64 || hex::decode_to_slice(sha, &mut digest).is_err() {
-                self.error(
-                    format!("{p}.sha256"),
-                    &key.sha256,
-                    "must be 64 hex characters: the SHA-256 of the key (`qbgate hash-key`)",
-                );
-            } else if !digests.insert(digest) {
-                self.error(
-                    format!("{p}.sha256"),
-                    &key.sha256,
-                    "the same digest is already used by another key",
-                );
-            }
+            let (digests, live) = self.key_digests(&p, &key, &mut seen);
             let on_behalf_of = match key.on_behalf_of.as_ref() {
                 None => OnBehalfOf::Any,
                 Some(at) => self.on_behalf_of(&format!("{p}.on_behalf_of"), at),
@@ -578,19 +645,10 @@ impl Compiler<'_> {
                 .rate_limit
                 .as_ref()
                 .and_then(|rl| self.quota(&format!("{p}.rate_limit"), rl));
-            let expires_at = key.expires_at.as_ref().and_then(|at| {
-                match humantime::parse_rfc3339_weak(at.value.trim()) {
-                    Ok(t) => Some(t),
-                    Err(_) => {
-                        self.error(
-                            format!("{p}.expires_at"),
-                            at,
-                            "must be an RFC 3339 time such as 2027-01-01T00:00:00Z",
-                        );
-                        None
-                    }
-                }
-            });
+            let expires_at = key
+                .expires_at
+                .as_ref()
+                .and_then(|at| self.time(&format!("{p}.expires_at"), at));
             let mut powers = Powers::NONE;
             for (j, at) in key.powers.iter().flatten().enumerate() {
                 let word = At {
@@ -613,7 +671,7 @@ impl Compiler<'_> {
                 }
             }
             keys.push((
-                digest,
+                digests,
                 Key {
                     id: Arc::from(id),
                     on_behalf_of,
@@ -621,6 +679,7 @@ impl Compiler<'_> {
                     quota,
                     expires_at,
                     disabled: key.disabled.unwrap_or(false),
+                    digests: live,
                     powers,
                     unchecked_routes,
                 },

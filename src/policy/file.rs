@@ -149,9 +149,12 @@ pub struct Key {
     /// Appears in logs and metrics; the key itself never does.
     #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{1,64}$"))]
     pub id: At<String>,
-    /// Lowercase hex SHA-256 of the key (`qbgate hash-key`).
+    /// Lowercase hex SHA-256 of the key (`qbgate hash-key`). A key has this or `digests`.
     #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
-    pub sha256: At<String>,
+    pub sha256: Option<At<String>>,
+    /// During a rotation: several live digests instead of `sha256`, each with an optional
+    /// `not_after` (`qbgate gen-key --rotate`).
+    pub digests: Option<Vec<KeyDigest>>,
     pub on_behalf_of: Option<At<OnBehalfOf>>,
     /// Optional allowlist of "METHOD /path" entries; `*` matches one segment.
     pub routes: Option<Vec<At<String>>>,
@@ -167,6 +170,18 @@ pub struct Key {
     /// forwarded unjudged (logged and counted); `*` matches one segment. Default none: a route
     /// outside the catalog is refused (403 `route_unknown`).
     pub unchecked_routes: Option<Vec<At<String>>>,
+}
+
+/// One of a key's digests during a rotation.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyDigest {
+    /// Lowercase hex SHA-256 of the key (`qbgate hash-key`).
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
+    pub sha256: At<String>,
+    /// RFC 3339 time after which this digest is refused (401 `key_expired`); the key's other
+    /// digests keep working.
+    pub not_after: Option<At<String>>,
 }
 
 /// One account-owner power, as written.

@@ -342,3 +342,81 @@ fn unchecked_routes_default_to_none_and_each_error_has_its_place() {
         "{errs:?}"
     );
 }
+
+const DIGEST_B: &str = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752";
+
+#[test]
+fn a_key_in_rotation_has_several_digests_each_with_its_not_after() {
+    let p = compile(&format!(
+        "version: 1\nkeys:\n  - id: a\n    digests:\n      - sha256: {DIGEST_B}\n        not_after: 2026-12-31T00:00:00Z\n      - sha256: {DIGEST}\n"
+    ))
+    .unwrap();
+    let mut old = [0u8; 32];
+    hex::decode_to_slice(DIGEST_B, &mut old).unwrap();
+    let mut new = [0u8; 32];
+    hex::decode_to_slice(DIGEST, &mut new).unwrap();
+    let (i, key, digest) = p.key_and_digest(&old).unwrap();
+    assert_eq!((i, key.id.as_ref()), (0, "a"));
+    assert_eq!(digest.prefix.as_str(), "60303ae2");
+    assert_eq!(
+        digest.not_after,
+        Some(humantime::parse_rfc3339("2026-12-31T00:00:00Z").unwrap())
+    );
+    let (i, _, digest) = p.key_and_digest(&new).unwrap();
+    assert_eq!(
+        (i, digest.prefix.as_str(), digest.not_after),
+        (0, "9f86d081", None)
+    );
+    assert_eq!(p.keys[0].digests.len(), 2);
+}
+
+#[test]
+fn a_key_has_sha256_or_digests_and_each_digest_once() {
+    let both = errors(&format!(
+        "version: 1\nkeys:\n  - id: a\n    sha256: {DIGEST}\n    digests:\n      - sha256: {DIGEST_B}\n"
+    ));
+    assert_eq!(both.len(), 1, "{both:?}");
+    assert!(
+        both[0].contains("keys[0].sha256") && both[0].contains("not both"),
+        "{both:?}"
+    );
+    assert!(
+        both[0].ends_with("(line 4, column 13)"),
+        "a place: {both:?}"
+    );
+    let neither = errors("version: 1\nkeys:\n  - id: a\n");
+    assert!(
+        neither[0].contains("keys[0].id") && neither[0].contains("needs `sha256`"),
+        "{neither:?}"
+    );
+    let empty = errors("version: 1\nkeys:\n  - id: a\n    digests: []\n");
+    assert!(
+        empty[0].contains("keys[0].digests") && empty[0].contains("at least one"),
+        "{empty:?}"
+    );
+    let twice = errors(&format!(
+        "version: 1\nkeys:\n  - id: a\n    sha256: {DIGEST}\n  - id: b\n    digests:\n      - sha256: {DIGEST_B}\n      - sha256: {DIGEST}\n"
+    ));
+    assert_eq!(twice.len(), 1, "{twice:?}");
+    assert!(
+        twice[0].contains("keys[1].digests[1].sha256") && twice[0].contains("already used"),
+        "{twice:?}"
+    );
+    assert!(twice[0].contains("(line 8,"), "a place: {twice:?}");
+    let bad = errors(&format!(
+        "version: 1\nkeys:\n  - id: a\n    digests:\n      - sha256: {DIGEST}\n        not_after: soon\n      - sha256: nothex\n"
+    ));
+    assert_eq!(bad.len(), 2, "{bad:?}");
+    assert!(
+        bad[0].contains("keys[0].digests[0].not_after") && bad[0].contains("RFC 3339"),
+        "{bad:?}"
+    );
+    assert!(
+        bad[1].contains("keys[0].digests[1].sha256") && bad[1].contains("64 hex"),
+        "{bad:?}"
+    );
+    let unknown = errors(&format!(
+        "version: 1\nkeys:\n  - id: a\n    digests:\n      - sha256: {DIGEST}\n        expires: 2027-01-01T00:00:00Z\n"
+    ));
+    assert!(unknown[0].contains("expires"), "{unknown:?}");
+}
