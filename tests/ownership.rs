@@ -1,5 +1,6 @@
 //! Least privilege as a property: random users of a scoped key (no powers) send random requests
-//! over the judged endpoints of the catalog, through the gateway, to the sandbox. After each one,
+//! over the judged endpoints of the catalog (dialogs, users, messages, push events and
+//! subscriptions, blobs), through the gateway, to the sandbox. After each one,
 //! the sandbox's state is compared with the state before it: whatever changed, the acting user
 //! must have been allowed to change it (by QuickBlox's rules as the gateway enforces them). A
 //! request the gateway forwarded that let U change what U does not own fails the property.
@@ -7,9 +8,10 @@
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use qbgate::sandbox::seed::{
-    GROUP_ID, GROUP_MESSAGE_BY_OCCUPANT, GROUP_MESSAGE_BY_RECIPE, NEW_OWNER, OCCUPANT,
-    OTHER_OCCUPANT, OUTSIDER, OWNER, PRIVATE_ID, PRIVATE_MESSAGE_BY_OCCUPANT,
-    PRIVATE_MESSAGE_BY_RECIPE, PUBLIC_ID, RECIPE_USER,
+    BLOB_BY_OCCUPANT, BLOB_BY_RECIPE, EVENT_BY_OCCUPANT, EVENT_BY_RECIPE, GROUP_ID,
+    GROUP_MESSAGE_BY_OCCUPANT, GROUP_MESSAGE_BY_RECIPE, NEW_OWNER, OCCUPANT, OTHER_OCCUPANT,
+    OUTSIDER, OWNER, PRIVATE_ID, PRIVATE_MESSAGE_BY_OCCUPANT, PRIVATE_MESSAGE_BY_RECIPE, PUBLIC_ID,
+    RECIPE_USER, SUBSCRIPTION_BY_OCCUPANT, SUBSCRIPTION_BY_RECIPE,
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,6 +34,10 @@ const MESSAGES: [&str; 4] = [
     PRIVATE_MESSAGE_BY_RECIPE,
 ];
 
+const EVENTS: [u64; 2] = [EVENT_BY_RECIPE, EVENT_BY_OCCUPANT];
+const SUBSCRIPTIONS: [u64; 2] = [SUBSCRIPTION_BY_RECIPE, SUBSCRIPTION_BY_OCCUPANT];
+const BLOBS: [u64; 2] = [BLOB_BY_RECIPE, BLOB_BY_OCCUPANT];
+
 /// One request of a random sequence, by index into the tables above.
 #[derive(Debug, Clone)]
 enum Op {
@@ -41,6 +47,10 @@ enum Op {
     DeleteUser { whom: usize },
     EditMessage { message: usize },
     ForceDeleteMessage { message: usize },
+    DeleteEvent { event: usize },
+    DeleteSubscription { subscription: usize },
+    RenameBlob { blob: usize },
+    DeleteBlob { blob: usize },
 }
 
 fn ops() -> impl Strategy<Value = Op> {
@@ -52,6 +62,10 @@ fn ops() -> impl Strategy<Value = Op> {
         (0..USERS.len()).prop_map(|whom| Op::DeleteUser { whom }),
         (0..MESSAGES.len()).prop_map(|message| Op::EditMessage { message }),
         (0..MESSAGES.len()).prop_map(|message| Op::ForceDeleteMessage { message }),
+        (0..EVENTS.len()).prop_map(|event| Op::DeleteEvent { event }),
+        (0..SUBSCRIPTIONS.len()).prop_map(|subscription| Op::DeleteSubscription { subscription }),
+        (0..BLOBS.len()).prop_map(|blob| Op::RenameBlob { blob }),
+        (0..BLOBS.len()).prop_map(|blob| Op::DeleteBlob { blob }),
     ]
 }
 
@@ -206,6 +220,81 @@ async fn run(gate: &Gate, actor: u64, op: &Op, n: usize) -> Result<(), String> {
                 return Err(format!(
                     "user {actor} force-deleted message {id} (dialog {dialog})"
                 ));
+            }
+        }
+        Op::DeleteEvent { event } => {
+            let id = EVENTS[event];
+            let owner = |sandbox: &qbgate::sandbox::Sandbox| {
+                sandbox
+                    .events()
+                    .into_iter()
+                    .find(|e| e["id"] == json!(id))
+                    .map(|e| e["user_id"].clone())
+            };
+            let Some(before) = owner(&gate.sandbox) else {
+                return Ok(());
+            };
+            let path = format!("/events/{id}.json");
+            gate.as_user(KEY_ANY, me, "DELETE", &path, None).await;
+            if owner(&gate.sandbox).is_none() {
+                changed();
+                if before != json!(actor) {
+                    return Err(format!("user {actor} deleted event {id} of {before}"));
+                }
+            }
+        }
+        Op::DeleteSubscription { subscription } => {
+            let id = SUBSCRIPTIONS[subscription];
+            let owner = |sandbox: &qbgate::sandbox::Sandbox| {
+                sandbox
+                    .subscriptions()
+                    .into_iter()
+                    .find(|e| e["id"] == json!(id))
+                    .map(|e| e["user_id"].clone())
+            };
+            let Some(before) = owner(&gate.sandbox) else {
+                return Ok(());
+            };
+            let path = format!("/subscriptions/{id}.json");
+            gate.as_user(KEY_ANY, me, "DELETE", &path, None).await;
+            if owner(&gate.sandbox).is_none() {
+                changed();
+                if before != json!(actor) {
+                    return Err(format!(
+                        "user {actor} deleted subscription {id} of {before}"
+                    ));
+                }
+            }
+        }
+        Op::RenameBlob { blob } => {
+            let id = BLOBS[blob];
+            let Some(before) = gate.sandbox.blob(id) else {
+                return Ok(());
+            };
+            let name = format!("file-{n}.txt");
+            let body = json!({ "blob": { "name": name } }).to_string();
+            let path = format!("/blobs/{id}.json");
+            gate.as_user(KEY_ANY, me, "PUT", &path, Some(&body)).await;
+            let after = gate.sandbox.blob(id);
+            if after.as_ref().map(|b| &b["blob"]["name"]) == Some(&json!(name)) {
+                changed();
+                if before["blob"]["owner_id"] != json!(actor) {
+                    return Err(format!("user {actor} renamed blob {id}: {before}"));
+                }
+            }
+        }
+        Op::DeleteBlob { blob } => {
+            let id = BLOBS[blob];
+            let Some(before) = gate.sandbox.blob(id) else {
+                return Ok(());
+            };
+            let path = format!("/blobs/{id}.json");
+            gate.as_user(KEY_ANY, me, "DELETE", &path, None).await;
+            if gate.sandbox.blob(id).is_none() {
+                changed();
+                if before["blob"]["owner_id"] != json!(actor) {
+                    return Err(format!("user {actor} deleted blob {id}: {before}"));
+                }
             }
         }
     }
