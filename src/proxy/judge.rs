@@ -101,9 +101,15 @@ pub(super) async fn users_phase(
         return Err(GateError::UnknownKey);
     };
     let route = users::classify(request.method(), request.path().route()).map_err(refused)?;
-    read_judged_body(request, body, (limit, timeout), access).await?;
-    let params = judged_params(request, "a user change")?;
-    users::check_token_param(&params).map_err(refused)?;
+    let params = judged_request(
+        request,
+        body,
+        (limit, timeout),
+        access,
+        true,
+        "a user change",
+    )
+    .await?;
     if let Some(route) = route {
         let caller = Caller {
             user: principal.user,
@@ -334,15 +340,16 @@ pub(super) async fn messages_phase(
         }
         return Ok(Checked::unjudged());
     };
-    if body
-        .as_ref()
-        .is_some_and(|b| !http_body::Body::is_end_stream(b))
-        || !route.is_read()
-    {
-        read_judged_body(request, body, (limit, timeout), access).await?;
-    }
-    let params = judged_params(request, "a message request")?;
-    users::check_token_param(&params).map_err(refused)?;
+    let write = !route.is_read();
+    let params = judged_request(
+        request,
+        body,
+        (limit, timeout),
+        access,
+        write,
+        "a message request",
+    )
+    .await?;
     let user = principal.user;
     let refuse = |rejection: rules::Rejection| {
         tracing::info!(key = %principal.key_id, rule = rejection.reason, "message rule rejected a request");
@@ -409,6 +416,29 @@ async fn look_up(
             .map_err(failed)?
     };
     Ok((dialog, found))
+}
+
+/// The parameter document of a request a rule judges, read as the upstream reads it: the body
+/// read whole (see [`read_judged_body`]) for a `write`, or when a read carries one (Rails merges
+/// it); a read without a body reads nothing. A `token` parameter is refused.
+async fn judged_request(
+    request: &mut Canonical,
+    body: &mut Option<Incoming>,
+    limits: (u64, std::time::Duration),
+    access: &mut Access,
+    write: bool,
+    what: &'static str,
+) -> Result<serde_json::Map<String, serde_json::Value>, GateError> {
+    if write
+        || body
+            .as_ref()
+            .is_some_and(|b| !http_body::Body::is_end_stream(b))
+    {
+        read_judged_body(request, body, limits, access).await?;
+    }
+    let params = judged_params(request, what)?;
+    users::check_token_param(&params).map_err(refused)?;
+    Ok(params)
 }
 
 /// Read a body a rule judges: whole, within the policy's bounds (`access` learns it was read to
@@ -487,15 +517,16 @@ pub(super) async fn push_phase(
         }
         return Ok(Checked::unjudged());
     };
-    if body
-        .as_ref()
-        .is_some_and(|b| !http_body::Body::is_end_stream(b))
-        || !route.is_read()
-    {
-        read_judged_body(request, body, (limit, timeout), access).await?;
-    }
-    let params = judged_params(request, "a push request")?;
-    users::check_token_param(&params).map_err(refused)?;
+    let write = !route.is_read();
+    let params = judged_request(
+        request,
+        body,
+        (limit, timeout),
+        access,
+        write,
+        "a push request",
+    )
+    .await?;
     let refuse = |rejection: rules::Rejection| {
         tracing::info!(key = %principal.key_id, rule = rejection.reason, "push rule rejected a request");
         refused(rejection)
@@ -584,9 +615,15 @@ pub(super) async fn blobs_phase(
         refused(rejection)
     };
     let route = route.map_err(refuse)?;
-    read_judged_body(request, body, (limit, timeout), access).await?;
-    let params = judged_params(request, "a blob change")?;
-    users::check_token_param(&params).map_err(refused)?;
+    let params = judged_request(
+        request,
+        body,
+        (limit, timeout),
+        access,
+        true,
+        "a blob change",
+    )
+    .await?;
     // An application key is refused by the catalog (`need_user`); this is a second fence.
     let Some(user) = principal.user else {
         return Err(rules::catalog::need_user().into());
