@@ -251,48 +251,25 @@ async fn phases(
     // request's future kilobytes larger, copied on every request.
     let judged = policy.dialog_rules.mode != RuleMode::Off
         && judge::is_dialog_change(request.method(), request.path());
-    let checked = if principal.key.is_some() && judge::is_message_route(request.path()) {
-        // Chat messages and a dialog's notification setting (before the dialog rules, which
-        // would take `PUT /chat/Dialog/{id}/notifications` for a dialog change).
-        Box::pin(judge::messages_phase(
-            runtime,
-            &principal,
-            &mut request,
-            body,
-            access,
-        ))
-        .await?
-    } else if principal.key.is_some() && judge::is_push_route(request.path()) {
-        // Push events and subscriptions (`rules/push.rs`).
-        Box::pin(judge::push_phase(
-            runtime,
-            &principal,
-            &mut request,
-            body,
-            access,
-        ))
-        .await?
+    let key = principal.key.is_some();
+    // The first family that takes the request judges it. Messages come before the dialog rules,
+    // which would take `PUT /chat/Dialog/{id}/notifications` for a dialog change.
+    let family = if key && judge::is_message_route(request.path()) {
+        Some(judge::Family::Messages)
+    } else if key && judge::is_push_route(request.path()) {
+        Some(judge::Family::Push)
     } else if judged {
-        Box::pin(judge::rules_phase(
-            runtime,
-            &principal,
-            &mut request,
-            body,
-            access,
-        ))
-        .await?
-    } else if principal.key.is_some() && judge::is_users_change(request.method(), request.path()) {
-        Box::pin(judge::users_phase(
-            runtime,
-            &principal,
-            &mut request,
-            body,
-            access,
-        ))
-        .await?
-    } else if principal.key.is_some() && judge::is_blob_write(request.method(), request.path()) {
-        // Blob ownership: the acting user's own blobs only.
-        Box::pin(judge::blobs_phase(
+        Some(judge::Family::Dialogs)
+    } else if key && judge::is_users_change(request.method(), request.path()) {
+        Some(judge::Family::Users)
+    } else if key && judge::is_blob_write(request.method(), request.path()) {
+        Some(judge::Family::Blobs)
+    } else {
+        None
+    };
+    let checked = if let Some(family) = family {
+        Box::pin(judge::run(
+            family,
             runtime,
             &principal,
             &mut request,
@@ -312,10 +289,7 @@ async fn phases(
         request.set_body(ProxyBody::full(bytes));
         Checked::unjudged()
     } else {
-        if let Some(incoming) = body.take() {
-            request.set_body(ProxyBody::stream(incoming, limit, timeout));
-        }
-        Checked::unjudged()
+        judge::stream_unjudged(&mut request, body, (limit, timeout))
     };
 
     if let Some(observer) = observer {

@@ -143,10 +143,7 @@ pub(super) async fn rules_phase(
     let mode = policy.dialog_rules.mode;
     let segments: Vec<&str> = request.path().segments().collect();
     let Some(route) = rules::classify(request.method(), &segments) else {
-        if let Some(incoming) = body.take() {
-            request.set_body(ProxyBody::stream(incoming, limit, timeout));
-        }
-        return Ok(Checked::unjudged());
+        return Ok(stream_unjudged(request, body, (limit, timeout)));
     };
     // Reading the body is never skipped, not even in report mode: what is forwarded is exactly
     // what was read.
@@ -335,10 +332,7 @@ pub(super) async fn messages_phase(
     let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
     let segments: Vec<&str> = request.path().segments().collect();
     let Some(route) = messages::classify(request.method(), &segments) else {
-        if let Some(incoming) = body.take() {
-            request.set_body(ProxyBody::stream(incoming, limit, timeout));
-        }
-        return Ok(Checked::unjudged());
+        return Ok(stream_unjudged(request, body, (limit, timeout)));
     };
     let write = !route.is_read();
     let params = judged_request(
@@ -512,10 +506,7 @@ pub(super) async fn push_phase(
     let (Some(route), Some(user)) = (push::classify(request.method(), &segments), principal.user)
     else {
         // Not judged here; an application key's writes were refused by the catalog.
-        if let Some(incoming) = body.take() {
-            request.set_body(ProxyBody::stream(incoming, limit, timeout));
-        }
-        return Ok(Checked::unjudged());
+        return Ok(stream_unjudged(request, body, (limit, timeout)));
     };
     let write = !route.is_read();
     let params = judged_request(
@@ -605,10 +596,7 @@ pub(super) async fn blobs_phase(
     let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
     let segments: Vec<&str> = request.path().segments().collect();
     let Some(route) = rules::blobs::classify(request.method(), &segments) else {
-        if let Some(incoming) = body.take() {
-            request.set_body(ProxyBody::stream(incoming, limit, timeout));
-        }
-        return Ok(Checked::unjudged());
+        return Ok(stream_unjudged(request, body, (limit, timeout)));
     };
     let refuse = |rejection: rules::Rejection| {
         tracing::info!(key = %principal.key_id, rule = rejection.reason, "blob rule rejected a request");
@@ -648,4 +636,44 @@ pub(super) async fn blobs_phase(
         would_reject: None,
         params: Some(params),
     })
+}
+
+/// A request no rule judges after all: its body streams through under the policy's bounds.
+pub(super) fn stream_unjudged(
+    request: &mut Canonical,
+    body: &mut Option<Incoming>,
+    (limit, timeout): (u64, std::time::Duration),
+) -> Checked {
+    if let Some(incoming) = body.take() {
+        request.set_body(ProxyBody::stream(incoming, limit, timeout));
+    }
+    Checked::unjudged()
+}
+
+/// The families of judged requests, each with its phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Family {
+    Messages,
+    Push,
+    Dialogs,
+    Users,
+    Blobs,
+}
+
+/// Run the phase of `family`.
+pub(super) async fn run(
+    family: Family,
+    runtime: &Runtime,
+    principal: &Principal,
+    request: &mut Canonical,
+    body: &mut Option<Incoming>,
+    access: &mut Access,
+) -> Result<Checked, GateError> {
+    match family {
+        Family::Messages => messages_phase(runtime, principal, request, body, access).await,
+        Family::Push => push_phase(runtime, principal, request, body, access).await,
+        Family::Dialogs => rules_phase(runtime, principal, request, body, access).await,
+        Family::Users => users_phase(runtime, principal, request, body, access).await,
+        Family::Blobs => blobs_phase(runtime, principal, request, body, access).await,
+    }
 }

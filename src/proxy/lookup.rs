@@ -68,22 +68,10 @@ impl Lookups {
     pub fn new(ttl: Duration) -> Self {
         Lookups {
             ttl,
-            dialogs: Cache::builder()
-                .max_capacity(MAX_ENTRIES)
-                .time_to_live(ttl.max(Duration::from_millis(1)))
-                .build(),
-            sessions: Cache::builder()
-                .max_capacity(MAX_ENTRIES)
-                .time_to_live(ttl.max(Duration::from_millis(1)))
-                .build(),
-            messages: Cache::builder()
-                .max_capacity(MAX_ENTRIES)
-                .time_to_live(ttl.max(Duration::from_millis(1)))
-                .build(),
-            blobs: Cache::builder()
-                .max_capacity(MAX_ENTRIES / 10)
-                .time_to_live(ttl.min(BLOB_TTL).max(Duration::from_millis(1)))
-                .build(),
+            dialogs: cache(MAX_ENTRIES, ttl),
+            sessions: cache(MAX_ENTRIES, ttl),
+            messages: cache(MAX_ENTRIES, ttl),
+            blobs: cache(MAX_ENTRIES / 10, ttl.min(BLOB_TTL)),
             push: PushLookups::new(ttl),
         }
     }
@@ -460,14 +448,8 @@ impl PushLookups {
     fn new(ttl: Duration) -> Self {
         PushLookups {
             ttl,
-            events: Cache::builder()
-                .max_capacity(MAX_ENTRIES)
-                .time_to_live(ttl.max(Duration::from_millis(1)))
-                .build(),
-            subscriptions: Cache::builder()
-                .max_capacity(MAX_ENTRIES)
-                .time_to_live(ttl.min(SUBSCRIPTIONS_TTL).max(Duration::from_millis(1)))
-                .build(),
+            events: cache(MAX_ENTRIES, ttl),
+            subscriptions: cache(MAX_ENTRIES, ttl.min(SUBSCRIPTIONS_TTL)),
         }
     }
 
@@ -583,4 +565,17 @@ async fn fetch_subscriptions(
                 .ok_or(LookupError::Failed)
         })
         .collect()
+}
+
+/// A bounded TTL cache of `capacity` entries; a zero TTL (lookups uncached) still builds one,
+/// which nothing reads.
+fn cache<K, V>(capacity: u64, ttl: Duration) -> Cache<K, V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    Cache::builder()
+        .max_capacity(capacity)
+        .time_to_live(ttl.max(Duration::from_millis(1)))
+        .build()
 }
