@@ -3,6 +3,7 @@
 
   report.py OUT                      print the report
   report.py OUT --append RESULTS.md  append it to RESULTS.md as a dated section with the commit
+                                     (full runs only)
 
 Reads OUT/meta.env, OUT/raw/<METHOD>-r<round>-<target>.json (bench/measure.py), OUT/raw/rss.txt
 and OUT/raw/startup-<form>.txt (bench/startup.py's output). Every figure is the median over the
@@ -240,6 +241,10 @@ def main():
         print(f"## bench/run {meta['MODE']}, {meta['DATE']}, commit {meta['COMMIT']}\n")
         print(text)
         return
+    if meta["MODE"] != "full":
+        sys.exit("report: only a full run is recorded in RESULTS.md (quick runs prove the setup works)")
+    if meta["COMMIT"].endswith("-dirty"):
+        sys.stderr.write("report: warning: the run was made with uncommitted changes\n")
     with open(args[2], "a") as f:
         f.write(f"\n## Run of {meta['DATE']}, commit {meta['COMMIT']} (`bench/run {meta['MODE']}`)\n\n")
         f.write(text)
