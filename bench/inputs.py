@@ -7,6 +7,7 @@ The keys, limits and dialog are those of the external gateway benchmark qbgate's
 compared with (issue "Performance II"), so the two harnesses measure the same work:
   load-keys.txt       1,000 keys, one a line (the wrk script rotates them)
   key0                the first key (smoke tests, h2load)
+  rl-key              the external benchmark's rate-limited key (100 r/s, burst 10; not loaded)
   nginx-keys.map      nginx `map $http_authorization $key_ok {}` body: "ApiKey <key>" 1;
   haproxy-keys.map    HAProxy map: <key> <its limit in requests/s>
   policy.yaml         qbgate's policy in the policy file format (version 1): the 1,000 keys at
@@ -113,6 +114,7 @@ def main():
 
     write("load-keys.txt", "".join(k + "\n" for k in keys))
     write("key0", keys[0])
+    write("rl-key", RL_KEY)
     write("nginx-keys.map", "".join(f'"ApiKey {k}" 1;\n' for k in keys + [RL_KEY]))
     write("haproxy-keys.map", "".join(f"{k} {RATE}\n" for k in keys) + f"{RL_KEY} 100\n")
     write("policy.yaml", policy(keys, up_port))

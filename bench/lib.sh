@@ -8,8 +8,8 @@
 #              limit_req per key (never triggers), keepalive upstream, one JSON access line per
 #              request to a file; a second listener speaks cleartext HTTP/2 (`listen ... http2`)
 #   haproxy    key map (key -> limit) -> 401, On-Behalf-Of -> 400, stick-table http_req_rate
-#              per key (never triggers), http-reuse always, one JSON access line per request to a
-#              file; a second frontend speaks cleartext HTTP/2 (`proto h2`)
+#              per key (never triggers), http-reuse always; no access log unless HAPROXY_LOG=1 (as
+#              the external benchmark has it); a second frontend speaks cleartext HTTP/2 (`proto h2`)
 #   qbgate     `qbgate run` with bench/inputs.py's policy (policy file format, 1,000 keys, dialog
 #              rules enforced), its JSON access log to a file; optionally the Redis store
 # Callers set: ROOT (the repository), WORK (a fresh temp dir), and call bench_begin first.
@@ -177,8 +177,20 @@ http {
     default 0;
     include $WORK/gen/nginx-keys.map;
   }
-  limit_req_zone \$http_authorization zone=per_key:10m rate=1000000r/s;
+  # Per-key limits as the external benchmark has them: each key counted in exactly one zone (an
+  # empty zone key is not counted), the rate-limited key in its own, lower one.
+  map \$http_authorization \$rl_key {
+    "ApiKey $(cat "$WORK/gen/rl-key")" \$http_authorization;
+    default "";
+  }
+  map \$http_authorization \$load_key {
+    "ApiKey $(cat "$WORK/gen/rl-key")" "";
+    default \$http_authorization;
+  }
+  limit_req_zone \$load_key zone=per_key:10m rate=1000000r/s;
+  limit_req_zone \$rl_key zone=per_key_rl:1m rate=100r/s;
   limit_req_status 429;
+  limit_req_log_level info;
   upstream api {
     server 127.0.0.1:$3;
     keepalive 128;
@@ -192,6 +204,7 @@ http {
     if (\$http_on_behalf_of = "") { return 400; }
     location / {
       limit_req zone=per_key burst=1000 nodelay;
+      limit_req zone=per_key_rl burst=10 nodelay;
       proxy_pass http://api;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
@@ -205,6 +218,23 @@ EOF
   wait_port nginx "$1" "$NGX_PID"
 }
 
+# HAPROXY_LOG=1: one JSON access line per request, like nginx's and qbgate's (to stdout: a file
+# here). Off by default, as in the external benchmark, whose HAProxy figures have no access log.
+haproxy_log() { # SECTION: the config lines that section needs for the access log, if any
+  [[ ${HAPROXY_LOG:-0} == 1 ]] || return 0
+  case $1 in
+    global) echo "  log stdout format raw local0" ;;
+    defaults) echo "  log global" ;;
+    frontend)
+      echo "  unique-id-format %{+X}o%ci%cp%rt"
+      echo "  http-request capture req.hdr(On-Behalf-Of) len 24"
+      cat <<'LOGFORMAT'
+  log-format '{"time":"%t","method":"%HM","path":"%{+E}HPO","status":%ST,"bytes_in":%U,"bytes_out":%B,"user":"%[capture.req.hdr(0),json(utf8s)]","request_id":"%ID","duration_ms":%Ta,"upstream_ms":%Tr}'
+LOGFORMAT
+      ;;
+  esac
+}
+
 start_haproxy() { # PORT H2_PORT UPSTREAM_PORT CPU: sets HAP_PID
   cat >"$WORK/haproxy.cfg" <<EOF
 global
@@ -212,10 +242,10 @@ global
   maxconn 4096
   pidfile $WORK/haproxy.pid
   tune.bufsize 16384
-  log stdout format raw local0
+$(haproxy_log global)
 defaults
   mode http
-  log global
+$(haproxy_log defaults)
   timeout connect 5s
   timeout client 30s
   timeout server 30s
@@ -227,10 +257,7 @@ backend per_key
 frontend gateway
   bind 127.0.0.1:$1
   bind 127.0.0.1:$2 proto h2
-  unique-id-format %{+X}o%ci%cp%rt
-  http-request capture req.hdr(On-Behalf-Of) len 24
-  # One JSON access line per request, like nginx's and qbgate's (to stdout: a file here).
-  log-format '{"time":"%t","method":"%HM","path":"%{+E}HPO","status":%ST,"bytes_in":%U,"bytes_out":%B,"user":"%[capture.req.hdr(0),json(utf8s)]","request_id":"%ID","duration_ms":%Ta,"upstream_ms":%Tr}'
+$(haproxy_log frontend)
   http-request set-var(txn.key) req.fhdr(Authorization),field(2,' ') if { req.fhdr(Authorization) -m beg "ApiKey " }
   http-request set-var(txn.limit) var(txn.key),map_str_int($WORK/gen/haproxy-keys.map)
   http-request deny deny_status 401 unless { var(txn.limit) -m found }

@@ -103,7 +103,8 @@ def render(out):
       f"{meta['REDIS']}. Server core (upstream, proxies, redis-server): CPU {meta['SUT_CPU']}; "
       f"load core: CPU {meta['LOAD_CPU']}. wrk -t{meta['THREADS']} -c{meta['CONNS']}; h2load "
       f"-t{meta['THREADS']} -c{meta['CONNS']} -m{meta['H2_STREAMS']}. Machine "
-      f"{meta['BUSY_BEFORE']}% busy before the start.")
+      f"{meta['BUSY_BEFORE']}% busy before the start. Access logs: nginx and qbgate JSON, HAProxy "
+      f"{'JSON' if meta.get('HAPROXY_LOG') == '1' else 'none'}.")
     p("")
     p("Figures: median over rounds [min-max]. CPU: microseconds on CPU per completed request, all "
       "threads of the process(es); user / kernel split from utime and stime.")
