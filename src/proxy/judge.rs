@@ -325,7 +325,7 @@ pub(super) async fn learn_messages(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if !parts.status.is_success() || !length.is_some_and(|n| n <= MAX_LEARN_BYTES) {
+    if !parts.status.is_success() || length.is_none_or(|n| n > MAX_LEARN_BYTES) {
         return Ok(body);
     }
     // The head is already taken from the upstream: an answer cut short is a failed upstream.
@@ -691,11 +691,10 @@ pub(super) async fn blobs_phase(
 /// write's, which Rails merges into the parameters (a form POST is read for `_method` anyway).
 /// Never a GET: a plain read streams through as before.
 pub(super) fn reads_token(principal: &Principal, request: &Canonical) -> bool {
-    principal.key.is_some()
-        && !matches!(
-            *request.method(),
-            Method::GET | Method::HEAD | Method::OPTIONS
-        )
+    !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) && principal.key.is_some()
         && request.media().map(Media::kind) == Some(request::MediaKind::Json)
 }
 
