@@ -277,13 +277,16 @@ async fn phases(
             access,
         ))
         .await?
-    } else if request::body::may_override(request.method(), request.media())
-        || judge::reads_token(&principal, &request)
-    {
+    } else if request::body::may_override(request.method(), request.media()) {
         let bytes = read_body(body, limit, timeout, access).await?;
         request::body::check_override(request.media(), &bytes)?;
+        if principal.key.is_some()
+            && request.media().map(request::Media::kind) == Some(request::MediaKind::Form)
+            && request::body::form_names(&bytes, b"token")?
+        {
+            return Err(judge::token_param());
+        }
         request.set_body(ProxyBody::full(bytes));
-        judge::check_body_token(&principal, &request)?;
         Checked::unjudged()
     } else {
         judge::stream_unjudged(&mut request, body, (limit, timeout))

@@ -687,39 +687,6 @@ pub(super) async fn blobs_phase(
     })
 }
 
-/// Must the body of an API-key request no rule judges be read for a `token` parameter? A JSON
-/// write's, which Rails merges into the parameters (a form POST is read for `_method` anyway).
-/// Never a GET: a plain read streams through as before.
-pub(super) fn reads_token(principal: &Principal, request: &Canonical) -> bool {
-    !matches!(
-        *request.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS
-    ) && principal.key.is_some()
-        && request.media().map(Media::kind) == Some(request::MediaKind::Json)
-}
-
-/// A `token` parameter in the body (already read whole) of an API-key request no rule judges:
-/// 400, as on the judged routes.
-pub(super) fn check_body_token(
-    principal: &Principal,
-    request: &Canonical,
-) -> Result<(), GateError> {
-    if principal.key.is_none() {
-        return Ok(());
-    }
-    let body = request.body_bytes().map_or(&[][..], |b| &b[..]);
-    match request.media().map(Media::kind) {
-        Some(request::MediaKind::Form) if request::body::form_names(body, b"token")? => {
-            Err(token_param())
-        }
-        Some(request::MediaKind::Json) => {
-            let params = judged_params(request, "a request")?;
-            users::check_token_param(&params).map_err(refused)
-        }
-        _ => Ok(()),
-    }
-}
-
 /// A request no rule judges after all: its body streams through under the policy's bounds.
 pub(super) fn stream_unjudged(
     request: &mut Canonical,
