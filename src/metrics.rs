@@ -43,6 +43,7 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                 .ok()
                 .inspect(|_| {
                     describe();
+                    LOOKUP_CACHE.get_or_init(lookup_cache_counters);
                     metrics::gauge!("qbgate_build_info", "version" => VERSION, "revision" => REVISION)
                         .set(1.0);
                 })
@@ -95,6 +96,10 @@ fn describe() {
     describe_counter!(
         "qbgate_dialog_cache_requests_total",
         "Dialog lookups for the rules, by result (hit or miss)."
+    );
+    describe_counter!(
+        "qbgate_lookup_cache_total",
+        "Lookups of upstream state for the rules, by cache (dialog, message, event, subscriptions, blobs) and result (hit: answered from the cache, miss: asked the upstream)."
     );
     describe_counter!(
         "qbgate_policy_reloads_total",
@@ -294,6 +299,69 @@ pub fn dialog_cache(result: &'static str) {
     });
     if cached.is_none() {
         dialog_cache_counter(result).increment(1);
+    }
+}
+
+/// The caches `qbgate_lookup_cache_total` counts, its `cache` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupCache {
+    Dialog,
+    Message,
+    Event,
+    Subscriptions,
+    Blobs,
+}
+
+impl LookupCache {
+    const ALL: [LookupCache; 5] = [
+        LookupCache::Dialog,
+        LookupCache::Message,
+        LookupCache::Event,
+        LookupCache::Subscriptions,
+        LookupCache::Blobs,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            LookupCache::Dialog => "dialog",
+            LookupCache::Message => "message",
+            LookupCache::Event => "event",
+            LookupCache::Subscriptions => "subscriptions",
+            LookupCache::Blobs => "blobs",
+        }
+    }
+}
+
+/// Every `qbgate_lookup_cache_total` series, registered with the recorder (so each shows from
+/// the first scrape, at 0): `[cache * 2 + miss]`. Counting one is an index and an atomic add.
+static LOOKUP_CACHE: OnceLock<Vec<Counter>> = OnceLock::new();
+
+fn lookup_cache_counters() -> Vec<Counter> {
+    LookupCache::ALL
+        .iter()
+        .flat_map(|cache| {
+            ["hit", "miss"].map(|result| {
+                metrics::counter!("qbgate_lookup_cache_total", "cache" => cache.label(), "result" => result)
+            })
+        })
+        .collect()
+}
+
+/// One lookup of `cache`, answered from it (`hit`) or not. Before the recorder: nothing.
+pub fn lookup_cache(cache: LookupCache, hit: bool) {
+    lookup_cache_n(cache, hit, 1);
+}
+
+/// `n` lookups of `cache` at once (the messages of one request).
+pub fn lookup_cache_n(cache: LookupCache, hit: bool, n: usize) {
+    if n == 0 {
+        return;
+    }
+    if let Some(counter) = LOOKUP_CACHE
+        .get()
+        .and_then(|all| all.get(cache as usize * 2 + usize::from(!hit)))
+    {
+        counter.increment(n as u64);
     }
 }
 

@@ -334,7 +334,10 @@ async fn phases(
     }
     let body = match &checked.route {
         Some(route) => Box::pin(judge::learn(runtime, route, parts.status, body)).await?,
-        None => body,
+        None => match checked.learn_messages {
+            Some(kind) => Box::pin(judge::learn_messages(runtime, kind, &parts, body)).await?,
+            None => body,
+        },
     };
     Ok(Response::from_parts(parts, body))
 }

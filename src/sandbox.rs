@@ -36,6 +36,8 @@
 //! | `PUT /blobs/<id>.json` | `{"blob":{..}}`: `blob[name]`, `blob[content_type]` replaced |
 //! | `PUT /blobs/<id>/complete.json` | `{}`: `blob[size]` set, marked complete |
 //! | `DELETE /blobs/<id>.json` | `{}` |
+//! | `POST /address_book.json` | `{"deleted","rejected","created","updated"}`: `contacts` merged into the acting user's book (`force=1` replaces it, `udid` picks a device's) |
+//! | `GET /address_book.json`, `GET /address_book/registered_users.json` | the acting user's book; the users whose phone is in it |
 //!
 //! The path and the parameters are read as QuickBlox's Rails reads them, by the sandbox's own
 //! reader (`sandbox/rack.rs`, `sandbox/routing.rs`), which shares nothing with the gateway's
@@ -91,17 +93,17 @@
 //! `rack/multipart.rs`) reads a request as Rack and Rails do, `sandbox/routing.rs` picks its
 //! route, `sandbox/sessions.rs` finds who is acting and answers `GET /session.json`,
 //! `sandbox/dialogs.rs` holds the dialogs and their endpoints, `sandbox/messages.rs` the chat
-//! messages and notification settings, `sandbox/push.rs` push events and subscriptions, `sandbox/users.rs` the user
-//! accounts and theirs, `sandbox/reply.rs` shapes the answers (faulty bodies included); the tests
-//! messages and notification settings, `sandbox/users.rs` the user
-//! accounts and theirs, `sandbox/blobs.rs` the blobs and their owners, `sandbox/reply.rs` shapes the answers (faulty bodies included); the tests
-//! are in `sandbox/tests.rs` and `sandbox/tests/`.
+//! messages and notification settings, `sandbox/push.rs` push events and subscriptions,
+//! `sandbox/users.rs` the user accounts and theirs, `sandbox/blobs.rs` the blobs and their
+//! owners, `sandbox/address_book.rs` every user's address books, `sandbox/reply.rs` shapes the
+//! answers (faulty bodies included); the tests are in `sandbox/tests.rs` and `sandbox/tests/`.
 //!
 //! # Faults
 //! A fault set with [`Sandbox::set_fault`] applies to every request received afterwards, session
 //! and dialog lookups included, until `Fault::None`. The request is recorded (and counted as a
 //! lookup) before the fault acts.
 
+mod address_book;
 mod blobs;
 mod dialogs;
 mod messages;
@@ -205,6 +207,11 @@ pub mod seed {
         format!("password-{user}")
     }
 
+    /// The phone of every seeded user, which an address book matches on.
+    pub fn phone(user: u64) -> String {
+        format!("+1555{user:09}")
+    }
+
     /// The seeded `external_user_id` of every seeded user.
     pub fn external_id(user: u64) -> u64 {
         7_000_000_000 + user
@@ -285,6 +292,8 @@ struct State {
     /// Push events and subscriptions (`sandbox/push.rs`), in creation order.
     events: Vec<push::Item>,
     subscriptions: Vec<push::Item>,
+    /// Every user's address books (`sandbox/address_book.rs`), by user and device.
+    address_books: HashMap<address_book::BookKey, Vec<address_book::Contact>>,
 }
 impl Sandbox {
     /// A sandbox seeded as the module doc describes. `api_key`: the key it accepts in
@@ -303,6 +312,7 @@ impl Sandbox {
             events,
             subscriptions,
             blobs: blobs::seed_blobs(),
+            address_books: HashMap::new(),
         };
         Sandbox {
             inner: Arc::new(Inner {
@@ -570,6 +580,11 @@ impl Sandbox {
             (Method::PUT | Method::PATCH, Route::Blob(id)) => self.update_blob(&id, &params),
             (Method::DELETE, Route::Blob(id)) => self.delete_blob(&id),
             (Method::PUT, Route::BlobComplete(id)) => self.complete_blob(&id, &params),
+            (Method::POST, Route::AddressBook) => self.upload_address_book(auth.actor, &params),
+            (Method::GET, Route::AddressBook) => self.get_address_book(auth.actor, &params),
+            (Method::GET, Route::AddressBookRegistered) => {
+                self.registered_users(auth.actor, &params)
+            }
             _ => base_error(StatusCode::NOT_FOUND, "Not found"),
         }
     }

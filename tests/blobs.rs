@@ -289,3 +289,56 @@ async fn a_failed_lookup_follows_on_lookup_error() {
     let reply = send(&gate, Some(OCCUPANT), "DELETE", &path, "", "").await;
     assert_refused(&gate, &reply, 403, "blob_not_owner", "answered lookup");
 }
+
+#[tokio::test]
+async fn blob_rows_in_the_query_and_a_form_create() {
+    let gate = Gate::start("").await;
+    // Parameters in the query: one's own blob takes the name, another's is refused.
+    let own = format!("/blobs/{BLOB_BY_OCCUPANT}.json?blob%5Bname%5D=q.png");
+    let reply = send(&gate, Some(OCCUPANT), "PUT", &own, "", "").await;
+    assert_forwarded(&gate, &reply, 200, "own, query");
+    assert_eq!(name_of(&gate, BLOB_BY_OCCUPANT), "q.png");
+    let complete = format!("/blobs/{BLOB_BY_OCCUPANT}/complete.json?blob%5Bsize%5D=9");
+    let reply = send(&gate, Some(OCCUPANT), "PUT", &complete, "", "").await;
+    assert_forwarded(&gate, &reply, 200, "complete, query");
+    assert_eq!(
+        gate.sandbox.blob(BLOB_BY_OCCUPANT).unwrap()["blob"]["size"],
+        9
+    );
+    for (method, path) in [
+        (
+            "PUT",
+            format!("/blobs/{BLOB_BY_RECIPE}.json?blob%5Bname%5D=q.png"),
+        ),
+        (
+            "PUT",
+            format!("/blobs/{BLOB_BY_RECIPE}/complete.json?blob%5Bsize%5D=1"),
+        ),
+        ("DELETE", format!("/blobs/{BLOB_BY_RECIPE}.json?force=1")),
+    ] {
+        let reply = send(&gate, Some(OCCUPANT), method, &path, "", "").await;
+        assert_refused(&gate, &reply, 403, "blob_not_owner", &path);
+    }
+    assert_eq!(
+        name_of(&gate, BLOB_BY_RECIPE),
+        format!("seeded{BLOB_BY_RECIPE}.png")
+    );
+    // A create (a pass row) in a form and in the query: the blob is the acting user's.
+    for (path, content_type, body) in [
+        (
+            "/blobs.json",
+            FORM,
+            "blob[name]=f.png&blob[content_type]=image/png",
+        ),
+        ("/blobs.json?blob%5Bname%5D=g.png", "", ""),
+    ] {
+        let reply = send(&gate, Some(RECIPE_USER), "POST", path, content_type, body).await;
+        assert_eq!(reply.status, 201, "{path}");
+        let id = reply.json()["blob"]["id"].as_u64().unwrap();
+        assert_eq!(
+            gate.sandbox.blob(id).unwrap()["blob"]["owner_id"],
+            RECIPE_USER
+        );
+        assert_eq!(gate.sandbox.take_received().len(), 1);
+    }
+}

@@ -171,6 +171,17 @@ async fn an_application_key_needs_a_user_for_every_write_that_needs_one() {
             .as_user(KEY_APP, None, entry.method, &path, Some("{}"))
             .await;
         assert_refused(&gate, &reply, 403, "need_user");
+        // The same with a form body and with query parameters.
+        let auth = format!("ApiKey {KEY_APP}");
+        let form = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ];
+        let reply = gate.send(entry.method, &path, &form, "a[b]=1&c=2").await;
+        assert_refused(&gate, &reply, 403, "need_user");
+        let query = format!("{path}?a%5Bb%5D=1&c=2");
+        let reply = gate.send(entry.method, &query, &form[..1], "").await;
+        assert_refused(&gate, &reply, 403, "need_user");
         // PATCH is routed as PUT: the same row.
         if entry.method == "PUT" {
             let reply = gate

@@ -732,14 +732,19 @@ fn verdict(row: &Row, answer: &Answer, stack: &Stack, new: &[&Value]) -> Result<
     Ok(Outcome::Agreed)
 }
 
-/// The gateway's own dialog lookup (`GET /chat/Dialog.json?_id=...`, no request id of a client).
+/// The gateway's own lookups (no request id of a client): a dialog (`GET
+/// /chat/Dialog.json?_id=...`), messages (`GET /chat/Message.json?chat_dialog_id=..&_id..`), an
+/// event (`GET /events/<id>.json`), a user's blobs or subscriptions.
 fn is_lookup(seen: &Value) -> bool {
-    seen["method"] == "GET"
-        && seen["path"] == LIST
-        && seen["query"]
-            .as_str()
-            .is_some_and(|q| q.starts_with("_id="))
-        && seen["id"].is_null()
+    let query = seen["query"].as_str().unwrap_or_default();
+    let path = seen["path"].as_str().unwrap_or_default();
+    let lookup = match path {
+        LIST => query.starts_with("_id="),
+        "/chat/Message.json" => query.starts_with("chat_dialog_id="),
+        "/blobs.json" | "/subscriptions.json" => true,
+        _ => path.starts_with("/events/"),
+    };
+    seen["method"] == "GET" && seen["id"].is_null() && lookup
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1285,6 +1290,76 @@ fn table() -> Vec<Row> {
         )
         .form("chat_dialog_id=x&sender_id=5")
         .expect(RefusedWith(422)),
+    );
+
+    // The rules that look up messages, events, blobs and subscriptions: Rack reads what they
+    // judged, with the reference upstream answering the lookups.
+    rows.push(
+        row(
+            "PUT own message text, JSON (message lookup)",
+            "PUT",
+            "/chat/Message/m1.json",
+        )
+        .json(r#"{"chat_dialog_id":"x","message":"new"}"#)
+        .expect(Forwarded),
+    );
+    rows.push(
+        row(
+            "PUT another's message text, form",
+            "PUT",
+            "/chat/Message/other1.json",
+        )
+        .form("chat_dialog_id=x&message=new")
+        .expect(RefusedWith(403)),
+    );
+    rows.push(
+        row(
+            "DELETE own messages force=1, form",
+            "DELETE",
+            "/chat/Message/m4,m5.json",
+        )
+        .form(&format!("force=1&chat_dialog_id={ID}"))
+        .expect(Forwarded),
+    );
+    rows.push(
+        row(
+            "DELETE own message force=1 in the query",
+            "DELETE",
+            &format!("/chat/Message/m3,m7.json?force=1&chat_dialog_id={ID}"),
+        )
+        .expect(Forwarded),
+    );
+    rows.push(
+        row(
+            "DELETE another's message force=1, JSON",
+            "DELETE",
+            "/chat/Message/m6,other2.json",
+        )
+        .json(&format!(r#"{{"force":1,"chat_dialog_id":"{ID}"}}"#))
+        .expect(RefusedWith(403)),
+    );
+    rows.push(row("DELETE own event", "DELETE", "/events/1.json").expect(Forwarded));
+    rows.push(row("DELETE another's event", "DELETE", "/events/2.json").expect(RefusedWith(404)));
+    rows.push(
+        row("PUT own event, form", "PUT", "/events/1.json")
+            .form("event[message]=bmV3")
+            .expect(Forwarded),
+    );
+    rows.push(
+        row("PUT own blob, form", "PUT", "/blobs/1.json")
+            .form("blob[name]=n.png")
+            .expect(Forwarded),
+    );
+    rows.push(row("DELETE own blob", "DELETE", "/blobs/2.json").expect(Forwarded));
+    rows.push(row("DELETE another's blob", "DELETE", "/blobs/9.json").expect(RefusedWith(403)));
+    rows.push(row("DELETE own subscription", "DELETE", "/subscriptions/1.json").expect(Forwarded));
+    rows.push(
+        row(
+            "DELETE another's subscription",
+            "DELETE",
+            "/subscriptions/9.json",
+        )
+        .expect(RefusedWith(403)),
     );
 
     // 7. The users rules and the token parameter: Rack reads the parameters the rules judged.

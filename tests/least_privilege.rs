@@ -3,6 +3,40 @@
 //! password, and the `token` parameter. Every allowed case reaches the sandbox and takes effect;
 //! every refused one gets its status and reason and nothing is forwarded; the `user` parameters in
 //! a JSON body, a form body and the query.
+//!
+//! # The least-privilege rule table, row by row, and the tests that cover it
+//! Each row: the allowed case (reaches the sandbox and takes effect) and every refused case
+//! (status, reason, nothing forwarded but lookups), with the parameters in a JSON body, a form
+//! body and the query where the row reads parameters ("no parameters": the path decides).
+//!
+//! | row | allowed | refused | encodings |
+//! |---|---|---|---|
+//! | outside the catalog: 403 `route_unknown`; `unchecked_routes` forwards | `catalog::unchecked_routes_are_forwarded_unjudged_and_counted` | `catalog::routes_outside_the_catalog_are_route_unknown`, `routes_still_narrows` | no parameters |
+//! | `token` parameter on an API key: 400 `token_param` | (not a top-level `token`: forwarded) `a_token_parameter_on_an_api_key_is_400_wherever_the_gateway_reads` | same; `the_token_parameter_is_refused_in_report_mode_too`; `address_book::an_upload_without_a_user_or_for_someone_else_is_refused_and_not_forwarded`; `blobs::bad_ids_tokens_and_application_keys_are_refused_without_a_lookup` | JSON, form, query |
+//! | application key: reads pass, writes that need a user 403 `need_user` | `catalog::an_application_key_reads_the_catalog` | `catalog::an_application_key_needs_a_user_for_every_write_that_needs_one` (every such row) | JSON, form, query |
+//! | application key: the dialog table's application rows | `dialog_rules::matrix_json_bodies`, `matrix_form_bodies` (`Who::App`) | same | JSON, form; query in `dialog_rules::bypasses_*` |
+//! | powers only with `powers`: 403 `power_required` | the tests of each power below | the same | as below |
+//! | `POST /users/{id}/tokens`: `mint_tokens` | `minting_a_token_needs_mint_tokens_for_any_user_and_any_key` | same | no parameters (path spellings) |
+//! | `POST /session`, `/login`, `GET`/`DELETE /session`: `route_unknown` | (QB-Token traffic) `catalog::qb_token_requests_are_not_subject_to_the_catalog` | `catalog::routes_outside_the_catalog_are_route_unknown` | no parameters |
+//! | `GET /users...`: pass | `catalog::an_application_key_reads_the_catalog`; `other_writes_under_users_are_outside_the_catalog` (a user's key) | none | query |
+//! | `POST /users.json`: `create_users` | `creating_a_user_needs_create_users` | same | JSON, form, query |
+//! | `PUT /users/{id}`: own or `manage_users`; `password` needs `old_password` (422) | `a_user_updates_his_own_account_and_only_manage_users_reaches_others`, `an_own_password_change_needs_the_old_password` | same; `a_user_id_that_is_not_a_positive_decimal_is_400` | JSON, form, query |
+//! | `DELETE /users/{id}`, `DELETE /users/external/{ext}`: own / `manage_users` | `deleting_a_user_is_his_own_or_needs_manage_users` | same | no parameters |
+//! | `POST /chat/Message` with `chat_dialog_id` (member, public) / `recipient_id`; both, neither, QuickBlox's fields: 422 | `messages::a_message_to_a_dialog_needs_a_member_unless_the_dialog_is_public` | same; `messages::a_message_names_one_target_and_no_field_quickblox_sets` | JSON, form, query |
+//! | `GET /chat/Message`: `chat_dialog_id`, a member; `GET /chat/Message/unread`: pass | `messages::a_message_list_needs_the_dialog_and_a_member` | same | query |
+//! | `PUT /chat/Message/{id}`: member; fields; text edit by the sender | `messages::a_message_update_marks_for_members_and_edits_for_the_sender`; `messages::messages_seen_in_answers_need_no_lookup` | same | JSON, form, query |
+//! | `DELETE /chat/Message/{ids}` without / with `force` | `messages::a_force_delete_needs_the_dialog_owner_and_his_own_messages` | same | JSON, form, query |
+//! | `GET`/`PUT /chat/Dialog/{id}/notifications` | `messages::notifications_are_a_members_own_setting` | same | JSON, form, query |
+//! | message rows for an application key | `messages::an_application_key_reads_but_does_not_write` | same | JSON, form, query |
+//! | `POST /events`: push, now, named users (at most 50) | `push::a_push_now_to_named_users_is_sent` | `push::an_event_that_is_not_a_push_now_to_named_users_is_refused` | JSON, form, query |
+//! | `GET /events`, `GET`/`POST /subscriptions`: pass | `push::lists_pass`; `push::a_user_deletes_only_his_own_subscriptions` (create) | none (need_user above) | JSON, form, query (create) |
+//! | `GET`/`PUT`/`DELETE /events/{id}`: own | `push::a_user_reads_changes_and_deletes_only_his_own_events` | same | JSON, form, query |
+//! | `DELETE /subscriptions/{id}`: own | `push::a_user_deletes_only_his_own_subscriptions` | same | no parameters |
+//! | `POST /blobs`, `GET /blobs...`: pass | `blobs::a_blob_created_through_the_gateway_is_known_at_once`, `blobs::blob_rows_in_the_query_and_a_form_create`; `catalog::an_application_key_reads_the_catalog` | none (need_user above) | JSON, form, query |
+//! | `PUT /blobs/{id}`, `PUT /blobs/{id}/complete`, `DELETE /blobs/{id}`: own | `blobs::an_owner_changes_completes_and_deletes_his_blob`, `blobs::blob_rows_in_the_query_and_a_form_create` | `blobs::another_users_blob_is_refused`, `blobs::blob_rows_in_the_query_and_a_form_create` | JSON, form, query |
+//! | `POST /blobs/{id}/upload`: pass | forwarded (`catalog::an_application_key_needs_a_user_for_every_write_that_needs_one`, a user's key; the sandbox has no upload) | need_user | form, JSON, query |
+//! | `POST`/`GET /address_book`, `GET /address_book/registered_users`: U's own | `address_book::a_user_uploads_reads_and_matches_his_own_book_in_every_encoding` | `address_book::an_upload_without_a_user_or_for_someone_else_is_refused_and_not_forwarded` | JSON, form, query |
+//! | any row, any key: nothing forwarded changes what U does not own; no key acts outside its list | `ownership::no_forwarded_request_lets_a_user_change_what_he_does_not_own` (property) | same | JSON, form |
 
 use qbgate::sandbox::seed::{self, GROUP_TOKEN, OUTSIDER, OWNER, RECIPE_USER};
 use serde_json::json;

@@ -563,3 +563,166 @@ async fn message_facts_are_cached() {
         .count();
     assert_eq!(lookups, 1);
 }
+
+/// Requests the sandbox received that were message lookups (`GET /chat/Message.json` naming `_id`).
+fn message_lookups(received: &[qbgate::sandbox::Recorded]) -> usize {
+    received
+        .iter()
+        .filter(|r| is_lookup(r) && r.uri.path() == "/chat/Message.json")
+        .count()
+}
+
+#[tokio::test]
+async fn messages_seen_in_answers_need_no_lookup() {
+    let gate = Gate::start("").await;
+    // A create through the gateway: its answer teaches the new message's sender and dialog.
+    for enc in encodings(&[("chat_dialog_id", GROUP_ID), ("message", "learned")]) {
+        let what = format!("create, {}", enc.name);
+        let reply = send(&gate, Some(RECIPE_USER), "POST", "/chat/Message.json", &enc).await;
+        let created = assert_forwarded(&gate, &reply, 200, &what);
+        let id = created["_id"].as_str().unwrap().to_owned();
+        let path = format!("/chat/Message/{id}.json");
+        // Its sender edits it, another member may not: neither looks the message up.
+        let edit = &encodings(&[("chat_dialog_id", GROUP_ID), ("message", "edited")])[1];
+        let reply = send(&gate, Some(RECIPE_USER), "PUT", &path, edit).await;
+        assert_eq!(reply.status, 200, "{what}");
+        let reply = send(&gate, Some(OTHER_OCCUPANT), "PUT", &path, edit).await;
+        assert_eq!(reply.reason(), Some("message_not_sender"), "{what}");
+        let received = gate.sandbox.take_received();
+        assert_eq!(message_lookups(&received), 0, "{what}: {received:?}");
+        assert_eq!(
+            gate.sandbox.message(&id).unwrap()["message"],
+            "edited",
+            "{what}"
+        );
+    }
+
+    // A list through the gateway teaches every message it shows: the owner of PRIVATE then
+    // force-deletes his own message there with no lookup at all (the dialog came with the list).
+    let reply = send(
+        &gate,
+        Some(OCCUPANT),
+        "GET",
+        "/chat/Message.json",
+        &query(&[("chat_dialog_id", PRIVATE_ID)]),
+    )
+    .await;
+    assert_forwarded(&gate, &reply, 200, "list");
+    let enc = &encodings(&[("force", "1"), ("chat_dialog_id", PRIVATE_ID)])[1];
+    let path = format!("/chat/Message/{PRIVATE_MESSAGE_BY_OCCUPANT}.json");
+    let reply = send(&gate, Some(OCCUPANT), "DELETE", &path, enc).await;
+    assert_eq!(reply.status, 200);
+    let received = gate.sandbox.take_received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert!(gate.sandbox.message(PRIVATE_MESSAGE_BY_OCCUPANT).is_none());
+    // The other message of the list is his member's, not his: refused, still no lookup.
+    let path = format!("/chat/Message/{PRIVATE_MESSAGE_BY_RECIPE}.json");
+    let reply = send(&gate, Some(OCCUPANT), "DELETE", &path, enc).await;
+    assert_refused(
+        &gate,
+        &reply,
+        403,
+        "message_force_not_owner",
+        "base",
+        "learned",
+    );
+    // A refusal answered by the upstream teaches nothing.
+    let reply = send(
+        &gate,
+        Some(OUTSIDER),
+        "GET",
+        "/chat/Message.json",
+        &query(&[("chat_dialog_id", PRIVATE_ID)]),
+    )
+    .await;
+    assert_eq!(reply.reason(), Some("message_not_occupant"));
+    gate.sandbox.take_received();
+}
+
+/// A counter's value in a Prometheus exposition (0 when absent).
+fn counter(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn lookup_caches_count_hits_and_misses_on_metrics() {
+    use qbgate::sandbox::seed::{BLOB_BY_RECIPE, EVENT_BY_RECIPE, SUBSCRIPTION_BY_RECIPE};
+    let gate = Gate::start("").await;
+    // The admin listener's /metrics, as Prometheus scrapes it.
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tokio::spawn(qbgate::serve(
+        gate.gateway.clone(),
+        proxy,
+        Some(admin),
+        std::future::pending(),
+    ));
+    let scrape = || async {
+        let reply = get_text(&format!("http://{admin_addr}/metrics")).await;
+        assert!(
+            reply.contains("# HELP qbgate_lookup_cache_total"),
+            "{reply}"
+        );
+        reply
+    };
+    let series = |cache: &str, result: &str| {
+        format!("qbgate_lookup_cache_total{{cache=\"{cache}\",result=\"{result}\"}}")
+    };
+    let before = scrape().await;
+    // Every series is there from the first scrape.
+    for cache in ["dialog", "message", "event", "subscriptions", "blobs"] {
+        for result in ["hit", "miss"] {
+            assert!(before.contains(&series(cache, result)), "{cache} {result}");
+        }
+    }
+    // Each lookup twice: a miss, then a hit.
+    let json = |fields: &[(&str, &str)]| encodings(fields).swap_remove(0);
+    let edit = json(&[("chat_dialog_id", GROUP_ID), ("read", "1")]);
+    let event = json(&[]);
+    let blob = json(&[]);
+    for _ in 0..2 {
+        let path = format!("/chat/Message/{GROUP_MESSAGE_BY_OCCUPANT}.json");
+        send(&gate, Some(RECIPE_USER), "PUT", &path, &edit).await;
+        let path = format!("/chat/Message/{GROUP_MESSAGE_BY_OCCUPANT}.json");
+        let text = json(&[("chat_dialog_id", GROUP_ID), ("message", "x")]);
+        send(&gate, Some(OTHER_OCCUPANT), "PUT", &path, &text).await;
+        let path = format!("/events/{EVENT_BY_RECIPE}.json");
+        send(&gate, Some(RECIPE_USER), "GET", &path, &event).await;
+        let path = format!("/subscriptions/{}.json", SUBSCRIPTION_BY_RECIPE + 1_000_000);
+        send(&gate, Some(RECIPE_USER), "DELETE", &path, &event).await;
+        let path = format!("/blobs/{BLOB_BY_RECIPE}.json");
+        send(&gate, Some(RECIPE_USER), "PUT", &path, &blob).await;
+    }
+    let after = scrape().await;
+    // Other tests share the process's recorder: at least this test's own counts.
+    for (cache, hits, misses) in [
+        ("dialog", 3, 1),
+        ("message", 1, 1),
+        ("event", 1, 1),
+        ("subscriptions", 0, 2),
+        ("blobs", 1, 1),
+    ] {
+        let delta = |result| {
+            counter(&after, &series(cache, result)) - counter(&before, &series(cache, result))
+        };
+        assert!(delta("hit") >= hits, "{cache} hits: {}", delta("hit"));
+        assert!(delta("miss") >= misses, "{cache} misses: {}", delta("miss"));
+    }
+}
+
+/// GET `uri`: the body as text, after asserting a 200.
+async fn get_text(uri: &str) -> String {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let request = http::Request::get(uri)
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}

@@ -321,11 +321,17 @@ async fn a_user_reads_changes_and_deletes_only_his_own_events() {
     // Another user's event, or none: 404 whatever the method, nothing changed.
     for path in [other.as_str(), "/events/999999.json", "/events/abc.json"] {
         for method in ["GET", "PUT", "DELETE"] {
-            let what = format!("{method} {path}");
-            let enc = &encodings(&[("event[message]", "bWluZQ==")])[0];
-            let enc = if method == "PUT" { enc } else { &nothing() };
-            let reply = send(&gate, Some(RECIPE_USER), method, path, enc).await;
-            assert_refused(&gate, &reply, 404, "event_not_owner", "base", &what);
+            // A change in a JSON body, a form body and the query.
+            let encs = if method == "PUT" {
+                encodings(&[("event[message]", "bWluZQ==")])
+            } else {
+                vec![nothing()]
+            };
+            for enc in &encs {
+                let what = format!("{method} {path} {}", enc.name);
+                let reply = send(&gate, Some(RECIPE_USER), method, path, enc).await;
+                assert_refused(&gate, &reply, 404, "event_not_owner", "base", &what);
+            }
         }
     }
     assert!(event_ids(&gate).contains(&EVENT_BY_OCCUPANT));

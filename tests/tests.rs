@@ -18,6 +18,8 @@
 //!   subscriptions), their lookups and `on_lookup_error`, through the gateway.
 //! - `blobs`: blob ownership (update, complete, delete only one's own), the paged lookup of a
 //!   user's blobs as him, its page cap and `on_lookup_error`, through the gateway.
+//! - `address_book`: every user's own address book (upload, read, registered users) in every
+//!   encoding; `need_user`, `user_not_allowed` and `token_param` refusals, through the gateway.
 //! - `operations`: hot reload under load, the directory watch, graceful drain, metrics.
 //! - `layers`: the import graph of `src/` against the layers and the "never" list; no cycles.
 //! - `integrity`: every way found to make the upstream read another request than the one judged.
@@ -33,6 +35,7 @@
 //!   Rack read equals what the gateway judged, or the gateway refused (needs ruby-rack, puma).
 //! - `secrets`: the real binary at trace level leaks no key, token or upstream key anywhere.
 
+mod address_book;
 mod blobs;
 mod catalog;
 mod config_files;

@@ -33,6 +33,9 @@ pub(super) struct Checked {
     pub(super) would_reject: Option<&'static str>,
     /// The parameter document judged, kept only for an observer.
     pub(super) params: Option<serde_json::Map<String, serde_json::Value>>,
+    /// A message list or a message create: the answer's messages (sender, dialog) are learned
+    /// into the message cache ([`learn_messages`]).
+    pub(super) learn_messages: Option<messages::Answer>,
 }
 
 impl Checked {
@@ -42,6 +45,7 @@ impl Checked {
             route: None,
             would_reject: None,
             params: None,
+            learn_messages: None,
         }
     }
 }
@@ -124,6 +128,7 @@ pub(super) async fn users_phase(
         route: None,
         would_reject: None,
         params: Some(params),
+        learn_messages: None,
     })
 }
 
@@ -173,6 +178,7 @@ pub(super) async fn rules_phase(
         route: Some(route),
         would_reject,
         params,
+        learn_messages: None,
     })
 }
 
@@ -300,6 +306,41 @@ pub(super) async fn learn(
     }
 }
 
+/// Largest message answer read to learn from: a list of 100 messages with text to spare. A
+/// longer one, or one of unknown length, streams through untaught.
+const MAX_LEARN_BYTES: u64 = 256 * 1024;
+
+/// After the upstream answered a message list or a message create: the messages' dialog and
+/// sender go into the message cache, so a later edit or force delete of them needs no lookup. Only
+/// a successful JSON answer of known, bounded length is read (whole, as it is then sent on);
+/// only the three fields are parsed. Anything else streams through untouched.
+pub(super) async fn learn_messages(
+    runtime: &Runtime,
+    kind: messages::Answer,
+    parts: &http::response::Parts,
+    body: UpstreamBody,
+) -> Result<ResponseBody, GateError> {
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if !parts.status.is_success() || length.is_none_or(|n| n > MAX_LEARN_BYTES) {
+        return Ok(body);
+    }
+    // The head is already taken from the upstream: an answer cut short is a failed upstream.
+    let limit = usize::try_from(MAX_LEARN_BYTES).unwrap_or(usize::MAX);
+    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return Err(GateError::UpstreamFailed),
+    };
+    let learned = messages::learned_from(kind, &bytes);
+    if !learned.is_empty() {
+        runtime.lookups.learn_messages(learned).await;
+    }
+    Ok(UpstreamBody::from(bytes))
+}
+
 /// Is this a request under `/chat/Message` or to `/chat/Dialog/{id}/notifications` (a look at
 /// the route key's segments; [`messages::classify`] decides exactly)?
 pub(super) fn is_message_route(path: &CanonicalPath) -> bool {
@@ -376,6 +417,12 @@ pub(super) async fn messages_phase(
         route: None,
         would_reject: None,
         params: Some(params),
+        learn_messages: match route {
+            MessageRoute::List => Some(messages::Answer::List),
+            MessageRoute::Create => Some(messages::Answer::One),
+            _ => None,
+        }
+        .filter(|_| runtime.lookups.learns_messages()),
     })
 }
 
@@ -568,6 +615,7 @@ pub(super) async fn push_phase(
         route: None,
         would_reject: None,
         params: Some(params),
+        learn_messages: None,
     })
 }
 
@@ -635,6 +683,7 @@ pub(super) async fn blobs_phase(
         route: None,
         would_reject: None,
         params: Some(params),
+        learn_messages: None,
     })
 }
 

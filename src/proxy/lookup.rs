@@ -23,6 +23,7 @@ use http::{header, HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use moka::future::Cache;
 
+use crate::metrics::{lookup_cache, lookup_cache_n, LookupCache};
 use crate::policy::Policy;
 use crate::rules::messages::MessageFacts;
 use crate::rules::Dialog;
@@ -95,13 +96,16 @@ impl Lookups {
     ) -> Result<Arc<Dialog>, LookupError> {
         if self.ttl.is_zero() {
             crate::metrics::dialog_cache("miss");
+            lookup_cache(LookupCache::Dialog, false);
             return fetch_dialog(client, policy, caller, id).await.map(Arc::new);
         }
         if let Some(dialog) = self.dialogs.get(id).await {
             crate::metrics::dialog_cache("hit");
+            lookup_cache(LookupCache::Dialog, true);
             return Ok(dialog);
         }
         crate::metrics::dialog_cache("miss");
+        lookup_cache(LookupCache::Dialog, false);
         self.dialogs
             .try_get_with(id.to_string(), async {
                 fetch_dialog(client, policy, caller, id).await.map(Arc::new)
@@ -162,6 +166,8 @@ impl Lookups {
                 _ => missing.push(id.as_str()),
             }
         }
+        lookup_cache_n(LookupCache::Message, true, found.len());
+        lookup_cache_n(LookupCache::Message, false, missing.len());
         match missing.as_slice() {
             [] => {}
             [id] if !self.ttl.is_zero() => {
@@ -195,6 +201,24 @@ impl Lookups {
         Ok(found)
     }
 
+    /// Whether message answers are worth learning from: not when lookups are uncached.
+    pub fn learns_messages(&self) -> bool {
+        !self.ttl.is_zero()
+    }
+
+    /// Messages an answer through the gateway showed (a list, a create): their dialog and sender
+    /// never change, so a later edit or force delete needs no lookup. One already cached is left
+    /// as it is (an insert costs more than the check).
+    pub async fn learn_messages(&self, learned: Vec<MessageFacts>) {
+        for facts in learned {
+            if !self.messages.contains_key(&facts.id) {
+                self.messages
+                    .insert(facts.id.clone(), Arc::new(facts))
+                    .await;
+            }
+        }
+    }
+
     /// These messages were deleted (or may have been): forget them.
     pub async fn evict_messages(&self, ids: &[String]) {
         for id in ids {
@@ -213,16 +237,19 @@ impl Lookups {
         id: u64,
     ) -> Result<Arc<HashSet<u64>>, LookupError> {
         if self.ttl.is_zero() {
+            lookup_cache(LookupCache::Blobs, false);
             return fetch_blobs(client, policy, caller, user)
                 .await
                 .map(Arc::new);
         }
         if let Some(owned) = self.blobs.get(&user).await {
             if owned.contains(&id) {
+                lookup_cache(LookupCache::Blobs, true);
                 return Ok(owned);
             }
             self.blobs.invalidate(&user).await;
         }
+        lookup_cache(LookupCache::Blobs, false);
         self.blobs
             .try_get_with(user, async {
                 fetch_blobs(client, policy, caller, user)
@@ -462,12 +489,21 @@ impl PushLookups {
         id: u64,
     ) -> Result<u64, LookupError> {
         if self.ttl.is_zero() {
+            lookup_cache(LookupCache::Event, false);
             return fetch_event_owner(client, policy, caller, id).await;
         }
-        self.events
-            .try_get_with(id, fetch_event_owner(client, policy, caller, id))
+        // A request that shares another's lookup in flight counts as a hit: it made none.
+        let mut fetched = false;
+        let owner = self
+            .events
+            .try_get_with(id, async {
+                fetched = true;
+                fetch_event_owner(client, policy, caller, id).await
+            })
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e| (*e).clone());
+        lookup_cache(LookupCache::Event, !fetched);
+        owner
     }
 
     /// Is `id` one of `user`'s subscriptions? A cached list without it is fetched again once (the
@@ -481,15 +517,18 @@ impl PushLookups {
         id: u64,
     ) -> Result<bool, LookupError> {
         if self.ttl.is_zero() {
+            lookup_cache(LookupCache::Subscriptions, false);
             let ids = fetch_subscriptions(client, policy, caller, user).await?;
             return Ok(ids.contains(&id));
         }
         if let Some(ids) = self.subscriptions.get(&user).await {
             if ids.contains(&id) {
+                lookup_cache(LookupCache::Subscriptions, true);
                 return Ok(true);
             }
             self.subscriptions.invalidate(&user).await;
         }
+        lookup_cache(LookupCache::Subscriptions, false);
         let ids = self
             .subscriptions
             .try_get_with(user, async {

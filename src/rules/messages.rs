@@ -86,6 +86,59 @@ impl MessageFacts {
     }
 }
 
+/// Most messages learned from one answer: QuickBlox's largest list page.
+pub const MAX_LEARNED: usize = 100;
+
+/// Which answer of the upstream a message cache may learn from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// `GET /chat/Message.json`: `{"items":[..]}`.
+    List,
+    /// `POST /chat/Message.json`: the message object.
+    One,
+}
+
+/// The messages an answer shows, for the message cache. Only `_id`, `chat_dialog_id` and
+/// `sender_id` are parsed (the text and custom fields are skipped, not built); an item without
+/// all three is left out; at most [`MAX_LEARNED`]. Not JSON, or another shape: none.
+pub fn learned_from(kind: Answer, answer: &[u8]) -> Vec<MessageFacts> {
+    #[derive(serde::Deserialize)]
+    struct Item {
+        #[serde(rename = "_id")]
+        id: Option<String>,
+        chat_dialog_id: Option<String>,
+        sender_id: Option<u64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct List {
+        items: Vec<Item>,
+    }
+    let facts = |item: Item| {
+        Some(MessageFacts {
+            id: item.id.filter(|s| !s.is_empty())?,
+            chat_dialog_id: item.chat_dialog_id.filter(|s| !s.is_empty())?,
+            sender_id: item.sender_id.filter(|&u| u > 0)?,
+        })
+    };
+    match kind {
+        Answer::List => serde_json::from_slice::<List>(answer).map_or_else(
+            |_| Vec::new(),
+            |list| {
+                list.items
+                    .into_iter()
+                    .take(MAX_LEARNED)
+                    .filter_map(facts)
+                    .collect()
+            },
+        ),
+        Answer::One => serde_json::from_slice::<Item>(answer)
+            .ok()
+            .and_then(facts)
+            .into_iter()
+            .collect(),
+    }
+}
+
 /// Classifies a request by method and decoded path segments (case kept; the words match in any
 /// ASCII case, the last segment's extension is dropped). `None`: not a message route.
 pub fn classify(method: &Method, segments: &[&str]) -> Option<MessageRoute> {
@@ -375,6 +428,39 @@ fn is_plain_id(id: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn answers_teach_their_messages() {
+        let list = json!({"skip": 0, "limit": 100, "items": [
+            {"_id": "m1", "chat_dialog_id": "d", "sender_id": 7, "message": "hi", "x": {"y": 1}},
+            {"_id": "m2", "chat_dialog_id": "d"},
+        ]});
+        let learned = learned_from(Answer::List, list.to_string().as_bytes());
+        assert_eq!(
+            learned,
+            vec![MessageFacts {
+                id: "m1".into(),
+                chat_dialog_id: "d".into(),
+                sender_id: 7
+            }]
+        );
+        let one = json!({"_id": "m3", "chat_dialog_id": "d", "sender_id": 8, "read_ids": [8]});
+        assert_eq!(
+            learned_from(Answer::One, one.to_string().as_bytes())[0].id,
+            "m3"
+        );
+        assert!(learned_from(Answer::List, b"not json").is_empty());
+        assert!(learned_from(Answer::One, b"[1,2]").is_empty());
+        assert!(learned_from(Answer::List, one.to_string().as_bytes()).is_empty());
+        let many: Vec<_> = (0..150)
+            .map(|n| json!({"_id": format!("m{n}"), "chat_dialog_id": "d", "sender_id": 1}))
+            .collect();
+        let many = json!({ "items": many }).to_string();
+        assert_eq!(
+            learned_from(Answer::List, many.as_bytes()).len(),
+            MAX_LEARNED
+        );
+    }
 
     fn params(v: Value) -> Map<String, Value> {
         v.as_object().cloned().unwrap()

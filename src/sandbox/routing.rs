@@ -2,7 +2,7 @@
 //! matches them.
 //!
 //! - Journey first normalizes the path: runs of `/` become one, a trailing `/` goes.
-//! - The fixed words (`session`, `chat`, `Dialog`, `Message`, `unread`, `notifications`, `users`, `external`, `tokens`, `events`, `subscriptions`, `blobs`, `complete`) match in any letter case, folded as Unicode
+//! - The fixed words (`session`, `chat`, `Dialog`, `Message`, `unread`, `notifications`, `users`, `external`, `tokens`, `events`, `subscriptions`, `blobs`, `complete`, `address_book`, `registered_users`) match in any letter case, folded as Unicode
 //!   folds case: besides ASCII, `ı` (U+0131) and `İ` (U+0130) fold to `i`, `ſ` (U+017F) to `s` and
 //!   the Kelvin sign (U+212A) to `k` ([`fold`]). No other character folds to an ASCII letter, and
 //!   the words are ASCII, so the table stops there (`Å` U+212B folds to `å`: never a match).
@@ -52,6 +52,10 @@ pub(super) enum Route {
     Blob(String),
     /// `/blobs/<id>/complete`, the id percent-decoded.
     BlobComplete(String),
+    /// `/address_book`.
+    AddressBook,
+    /// `/address_book/registered_users`.
+    AddressBookRegistered,
     /// Routed, but Rails refuses its path parameters: the 400's message.
     BadPath(String),
     Unknown,
@@ -80,6 +84,7 @@ pub(super) fn route(path: &str) -> Routed {
             (Route::Subscription(String::new()), *last)
         }
         [blobs, last] if is_word(blobs, "blobs") => (Route::Blob(String::new()), *last),
+        [book, last] if is_word(book, "address_book") => (Route::AddressBookRegistered, *last),
         [blobs, id, last] if is_word(blobs, "blobs") && !id.contains('.') => match parameter(id) {
             Ok(id) => (Route::BlobComplete(id), *last),
             Err(route) => (route, *last),
@@ -119,6 +124,10 @@ pub(super) fn route(path: &str) -> Routed {
         Route::Event(_) => parameter(stem).map_or_else(|e| e, Route::Event),
         Route::Subscription(_) => parameter(stem).map_or_else(|e| e, Route::Subscription),
         Route::Session if is_word(stem, "blobs") => Route::Blobs,
+        Route::Session if is_word(stem, "address_book") => Route::AddressBook,
+        Route::AddressBookRegistered if is_word(stem, "registered_users") => {
+            Route::AddressBookRegistered
+        }
         Route::Blob(_) => parameter(stem).map_or_else(|e| e, Route::Blob),
         Route::BlobComplete(id) if is_word(stem, "complete") => Route::BlobComplete(id),
         Route::Dialogs if is_word(stem, "dialog") => Route::Dialogs,

@@ -10,9 +10,13 @@
 # Rails answer 400 (check_param_encoding), reported here as `params_error`. Not emulated: path
 # parameters (`id`, `format`) that Rails merges over both, and ActiveSupport's time parsing.
 #
-# It also answers the gateway's dialog lookup (`GET /chat/Dialog.json?_id=<id>`) with a GROUP
-# dialog (type 2) owned by user 101, and `GET /__differential/seen` (sent straight to Puma, not
-# through the gateway) with every X-Request-Id it has been sent.
+# It also answers the gateway's lookups: a dialog (`GET /chat/Dialog.json?_id=<id>`) is a GROUP
+# (type 2) owned by user 101 with occupants 101..103; messages (`GET /chat/Message.json` with
+# `_id` or `_id[in]`) are in the dialog asked for, sent by 101, but an id starting with `other`
+# by 102; an event (`GET /events/<n>.json`) is 101's when n is 1, else 102's; a user's blobs
+# (`GET /blobs.json`) are 1 and 2; his subscriptions (`GET /subscriptions.json` without a request
+# id) are 1 and 2. And `GET /__differential/seen` (sent straight to Puma, not through the gateway)
+# with every X-Request-Id it has been sent.
 
 require "json"
 require "rack"
@@ -123,6 +127,26 @@ App = lambda do |env|
     out["limit"] = 100
     out["skip"] = 0
     out["total_entries"] = 1
+  end
+  params = out["params"].is_a?(Hash) ? out["params"] : {}
+  get = env["REQUEST_METHOD"] == "GET"
+  if get && env["PATH_INFO"] == "/chat/Message.json" && params["chat_dialog_id"].is_a?(String)
+    ids = params["_id"].is_a?(String) ? [params["_id"]] : []
+    ids = params["_id"]["in"].to_s.split(",") if params["_id"].is_a?(Hash)
+    out["items"] = ids.map do |id|
+      { "_id" => id, "chat_dialog_id" => params["chat_dialog_id"],
+        "sender_id" => id.start_with?("other") ? 102 : 101 }
+    end
+  end
+  if get && (m = env["PATH_INFO"].match(%r{\A/events/(\d+)\.json\z}))
+    out["event"] = { "id" => m[1].to_i, "user_id" => m[1] == "1" ? 101 : 102 }
+  end
+  if get && env["PATH_INFO"] == "/blobs.json"
+    out["items"] = [{ "blob" => { "id" => 1 } }, { "blob" => { "id" => 2 } }]
+    out["total_entries"] = 2
+  end
+  if get && env["PATH_INFO"] == "/subscriptions.json" && env["HTTP_X_REQUEST_ID"].nil?
+    out = [{ "subscription" => { "id" => 1 } }, { "subscription" => { "id" => 2 } }]
   end
   body = JSON.generate(out)
   [200, { "Content-Type" => "application/json", "Content-Length" => body.bytesize.to_s }, [body]]
