@@ -29,7 +29,7 @@ use crate::error::GateError;
 use crate::policy::RuleMode;
 use crate::ratelimit::{self, Decision};
 use crate::request::{self, Canonical, Judged, Observer};
-use crate::upstream::{self, ProxyBody, UpstreamBody};
+use crate::upstream::{self, UpstreamBody};
 
 mod catalog;
 mod judge;
@@ -277,19 +277,8 @@ async fn phases(
             access,
         ))
         .await?
-    } else if request::body::may_override(request.method(), request.media()) {
-        let bytes = read_body(body, limit, timeout, access).await?;
-        request::body::check_override(request.media(), &bytes)?;
-        if principal.key.is_some()
-            && request.media().map(request::Media::kind) == Some(request::MediaKind::Form)
-            && request::body::form_names(&bytes, b"token")?
-        {
-            return Err(judge::token_param());
-        }
-        request.set_body(ProxyBody::full(bytes));
-        Checked::unjudged()
     } else {
-        judge::stream_unjudged(&mut request, body, (limit, timeout))
+        judge::unjudged(&principal, &mut request, body, (limit, timeout), access).await?
     };
 
     if let Some(observer) = observer {

@@ -1,8 +1,8 @@
 //! The address book through the gateway against the sandbox's per-user books: a key acting for U
 //! uploads, reads and matches U's own book (reaching the sandbox, changing U's book and no one
 //! else's), in a JSON body, a Rails form and the query; an application key's upload is 403
-//! `need_user`, a user outside the key's list 403 `user_not_allowed`, a `token` parameter (form
-//! or query) 400 `token_param`, each with nothing forwarded.
+//! `need_user`, a user outside the key's list 403 `user_not_allowed`, a `token` parameter 400
+//! `token_param`, each with nothing forwarded.
 
 use qbgate::sandbox::seed::{self, OCCUPANT, OUTSIDER, OWNER, RECIPE_USER};
 use serde_json::{json, Value};
@@ -218,13 +218,16 @@ async fn an_upload_without_a_user_or_for_someone_else_is_refused_and_not_forward
             "user_not_allowed",
             &format!("list {name}"),
         );
-        // A `token` parameter beside the contacts is a credential: in a form body or the query.
-        // (A JSON body of a write no rule judges streams through unread, as uploads must: with
-        // a JSON body, the token goes in the query.)
-        let (path, body) = match (query.is_empty(), content_type) {
-            (true, JSON) => (format!("{path}?token=abc"), body),
-            (true, _) => (path, format!("{body}&token=abc")),
-            (false, _) => (format!("{path}&token=abc"), body),
+        // A `token` parameter beside the contacts is a credential.
+        let (path, body) = if query.is_empty() {
+            let body = if content_type == JSON {
+                body.replacen('{', r#"{"token":"abc","#, 1)
+            } else {
+                format!("{body}&token=abc")
+            };
+            (path, body)
+        } else {
+            (format!("{path}&token=abc"), body)
         };
         let reply = send(
             &gate,
@@ -244,5 +247,40 @@ async fn an_upload_without_a_user_or_for_someone_else_is_refused_and_not_forward
     // An application key's reads pass (the sandbox, as QuickBlox, wants a user for a book).
     let reply = send(&gate, KEY_APP, None, "GET", "/address_book.json", "", "").await;
     assert_eq!(reply.reason(), None);
+    assert_eq!(gate.sandbox.take_received().len(), 1);
+}
+
+/// A `token` in the JSON body of any API-key write the rules do not otherwise judge is a
+/// credential QuickBlox would honour: 400 `token_param`, nothing forwarded. Nested, it is data.
+#[tokio::test]
+async fn a_token_in_an_unjudged_json_write_is_refused() {
+    let gate = Gate::start("").await;
+    let writes = [
+        ("/blobs.json", r#"{"blob":{"name":"a"},"token":"abc"}"#),
+        (
+            "/subscriptions.json",
+            r#"{"token":"abc","notification_channel":"apns"}"#,
+        ),
+        (
+            "/address_book.json",
+            r#"{"contacts":[],"\u0074oken":"abc"}"#,
+        ),
+    ];
+    for (path, body) in writes {
+        let reply = send(&gate, KEY_ANY, Some(RECIPE_USER), "POST", path, JSON, body).await;
+        assert_refused(&gate, &reply, 400, "token_param", path);
+    }
+    let nested = r#"{"blob":{"name":"a","token":"data"}}"#;
+    let reply = send(
+        &gate,
+        KEY_ANY,
+        Some(RECIPE_USER),
+        "POST",
+        "/blobs.json",
+        JSON,
+        nested,
+    )
+    .await;
+    assert_eq!(reply.reason(), None, "{:?}", reply.body);
     assert_eq!(gate.sandbox.take_received().len(), 1);
 }

@@ -148,7 +148,7 @@ pub(super) async fn rules_phase(
     let mode = policy.dialog_rules.mode;
     let segments: Vec<&str> = request.path().segments().collect();
     let Some(route) = rules::classify(request.method(), &segments) else {
-        return Ok(stream_unjudged(request, body, (limit, timeout)));
+        return unjudged(principal, request, body, (limit, timeout), access).await;
     };
     // Reading the body is never skipped, not even in report mode: what is forwarded is exactly
     // what was read.
@@ -373,7 +373,7 @@ pub(super) async fn messages_phase(
     let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
     let segments: Vec<&str> = request.path().segments().collect();
     let Some(route) = messages::classify(request.method(), &segments) else {
-        return Ok(stream_unjudged(request, body, (limit, timeout)));
+        return unjudged(principal, request, body, (limit, timeout), access).await;
     };
     let write = !route.is_read();
     let params = judged_request(
@@ -553,7 +553,7 @@ pub(super) async fn push_phase(
     let (Some(route), Some(user)) = (push::classify(request.method(), &segments), principal.user)
     else {
         // Not judged here; an application key's writes were refused by the catalog.
-        return Ok(stream_unjudged(request, body, (limit, timeout)));
+        return unjudged(principal, request, body, (limit, timeout), access).await;
     };
     let write = !route.is_read();
     let params = judged_request(
@@ -644,7 +644,7 @@ pub(super) async fn blobs_phase(
     let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
     let segments: Vec<&str> = request.path().segments().collect();
     let Some(route) = rules::blobs::classify(request.method(), &segments) else {
-        return Ok(stream_unjudged(request, body, (limit, timeout)));
+        return unjudged(principal, request, body, (limit, timeout), access).await;
     };
     let refuse = |rejection: rules::Rejection| {
         tracing::info!(key = %principal.key_id, rule = rejection.reason, "blob rule rejected a request");
@@ -687,16 +687,51 @@ pub(super) async fn blobs_phase(
     })
 }
 
-/// A request no rule judges after all: its body streams through under the policy's bounds.
-pub(super) fn stream_unjudged(
+/// A request no rule judges, or that a family's phase hands back: a body the upstream reads as
+/// parameters is read whole and checked as on the judged routes, everything else streams.
+/// - a form or multipart POST: its `_method` (Rack would change the method) is refused;
+/// - on an API key, a form or JSON write: its `token` parameter (QuickBlox would read it as a
+///   session) is 400 `token_param`.
+///
+/// Any other body (an upload) streams through under the policy's bounds.
+pub(super) async fn unjudged(
+    principal: &Principal,
     request: &mut Canonical,
     body: &mut Option<Incoming>,
     (limit, timeout): (u64, std::time::Duration),
-) -> Checked {
-    if let Some(incoming) = body.take() {
-        request.set_body(ProxyBody::stream(incoming, limit, timeout));
+    access: &mut Access,
+) -> Result<Checked, GateError> {
+    let kind = request.media().map(Media::kind);
+    let write = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    let reads_token = write
+        && principal.key.is_some()
+        && matches!(
+            kind,
+            Some(request::MediaKind::Json | request::MediaKind::Form)
+        );
+    if !reads_token && !request::body::may_override(request.method(), request.media()) {
+        if let Some(incoming) = body.take() {
+            request.set_body(ProxyBody::stream(incoming, limit, timeout));
+        }
+        return Ok(Checked::unjudged());
     }
-    Checked::unjudged()
+    let bytes = read_body(body, limit, timeout, access).await?;
+    request::body::check_override(request.media(), &bytes)?;
+    let form_token = reads_token
+        && kind == Some(request::MediaKind::Form)
+        && request::body::form_names(&bytes, b"token")?;
+    request.set_body(ProxyBody::full(bytes));
+    if form_token {
+        return Err(token_param());
+    }
+    if reads_token && kind == Some(request::MediaKind::Json) {
+        let params = judged_params(request, "a request")?;
+        users::check_token_param(&params).map_err(refused)?;
+    }
+    Ok(Checked::unjudged())
 }
 
 /// The families of judged requests, each with its phase.
