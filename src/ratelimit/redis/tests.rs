@@ -5,7 +5,9 @@ use crate::ratelimit::{Limiters, Quota};
 use std::num::NonZeroU32;
 use std::process::Command;
 
+use crate::policy::RedisStore;
 use crate::ratelimit::test_server::Server;
+use ::redis::Client;
 
 fn nz(n: u32) -> Option<NonZeroU32> {
     NonZeroU32::new(n)
@@ -15,6 +17,11 @@ fn keys(list: &[(&str, Quota)]) -> Vec<(Arc<str>, Option<Quota>)> {
     list.iter()
         .map(|(id, q)| (Arc::from(*id), Some(q.clone())))
         .collect()
+}
+
+/// One server at `url`, no password.
+pub(crate) fn single(url: &str, on_error: OnError) -> RedisStore {
+    RedisStore::single(url, on_error == OnError::Allow)
 }
 
 async fn count(l: &Limiters, key: u32, user: Option<u64>, n: usize) -> usize {
@@ -37,10 +44,10 @@ async fn two_limiters_share_one_limit() {
         ..Quota::default()
     };
     let k = keys(&[("billing", q)]);
-    let a = Limiters::redis(&server.url(), OnError::Deny, &k)
+    let a = Limiters::redis(&single(&server.url(), OnError::Deny), &k)
         .await
         .expect("a");
-    let b = Limiters::redis(&server.url(), OnError::Deny, &k)
+    let b = Limiters::redis(&single(&server.url(), OnError::Deny), &k)
         .await
         .expect("b");
     let mut allowed = 0;
@@ -76,7 +83,7 @@ async fn all_or_nothing_and_headers() {
         per_user_per_second: nz(5),
         ..Quota::default()
     };
-    let l = Limiters::redis(&server.url(), OnError::Deny, &keys(&[("k", q)]))
+    let l = Limiters::redis(&single(&server.url(), OnError::Deny), &keys(&[("k", q)]))
         .await
         .expect("limiters");
     match l.check(0, Some(1)).await {
@@ -148,7 +155,7 @@ async fn rate_over_real_time() {
         burst: nz(5),
         ..Quota::default()
     };
-    let l = Limiters::redis(&server.url(), OnError::Deny, &keys(&[("k", q)]))
+    let l = Limiters::redis(&single(&server.url(), OnError::Deny), &keys(&[("k", q)]))
         .await
         .expect("limiters");
     let start = Instant::now();
@@ -181,10 +188,10 @@ async fn redis_down_up_and_back() {
         ..Quota::default()
     };
     let k = keys(&[("k", q)]);
-    let allow = Limiters::redis(&server.url(), OnError::Allow, &k)
+    let allow = Limiters::redis(&single(&server.url(), OnError::Allow), &k)
         .await
         .expect("allow");
-    let deny = Limiters::redis(&server.url(), OnError::Deny, &k)
+    let deny = Limiters::redis(&single(&server.url(), OnError::Deny), &k)
         .await
         .expect("deny");
     assert!(matches!(allow.check(0, None).await, Decision::Allowed(_)));
@@ -243,9 +250,7 @@ async fn start_with_redis_down() {
         per_hour: nz(2),
         ..Quota::default()
     };
-    let l = Limiters::redis(
-        &format!("redis://127.0.0.1:{port}/"),
-        OnError::Allow,
+    let l = Limiters::redis(&single(&format!("redis://127.0.0.1:{port}/"), OnError::Allow),
         &keys(&[("k", q)]),
     )
     .await
@@ -268,7 +273,7 @@ async fn stalled_redis_is_bounded_by_the_timeout() {
         per_hour: nz(100),
         ..Quota::default()
     };
-    let l = Limiters::redis(&server.url(), OnError::Allow, &keys(&[("k", q)]))
+    let l = Limiters::redis(&single(&server.url(), OnError::Allow), &keys(&[("k", q)]))
         .await
         .expect("limiters");
     assert!(matches!(l.check(0, None).await, Decision::Allowed(_)));
@@ -310,7 +315,7 @@ fn check_future_is_send() {
 
 #[tokio::test]
 async fn bad_url_fails() {
-    let err = Limiters::redis("http://nope", OnError::Allow, &[])
+    let err = Limiters::redis(&single("http://nope", OnError::Allow), &[])
         .await
         .expect_err("bad url");
     assert!(
