@@ -513,12 +513,13 @@ impl Compiler<'_> {
                     self.redis_nodes("rate_limit.redis.cluster", at, &at.value.nodes, &mut tls);
                 Some(RedisServers::Cluster { nodes })
             }
-            (Some(at), None, None) => self
-                .redis_address("rate_limit.redis.url", at, true)
-                .map(|(url, is_tls, _)| {
-                    tls.push(is_tls);
-                    RedisServers::Single { url }
-                }),
+            (Some(at), None, None) => {
+                self.redis_address("rate_limit.redis.url", at, true)
+                    .map(|(url, is_tls, _)| {
+                        tls.push(is_tls);
+                        RedisServers::Single { url }
+                    })
+            }
             (None, None, None) => None,
         };
         let servers = servers.unwrap_or_else(|| RedisServers::Single {

@@ -40,11 +40,9 @@ impl Runtime {
             Some(old) if old.policy.rate_limit == policy.rate_limit => old.limiters.rebuild(&keys),
             _ => match &policy.rate_limit {
                 policy::RateLimitStore::Memory => ratelimit::Limiters::memory(&keys),
-                policy::RateLimitStore::Redis(store) => {
-                    ratelimit::Limiters::redis(store, &keys)
-                        .await
-                        .map_err(|e| e.to_string())?
-                }
+                policy::RateLimitStore::Redis(store) => ratelimit::Limiters::redis(store, &keys)
+                    .await
+                    .map_err(|e| e.to_string())?,
             },
         };
         let rule_options = rules::RuleOptions {

@@ -491,4 +491,6 @@ async fn keep_connected(shared: Weak<Shared>, wake: Arc<Notify>) {
 }
 
 #[cfg(test)]
+mod deployments;
+#[cfg(test)]
 mod tests;

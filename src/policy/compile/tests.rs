@@ -296,10 +296,7 @@ fn what_run_cannot_connect_to_is_refused_by_check_too() {
     };
     assert!(compile(&text("redis://127.0.0.1:6379/0")).is_ok());
     assert!(compile(&text("rediss://cache:6380")).is_ok());
-    for url in [
-        "http://cache:6379",
-        "redis://cache:notaport",
-    ] {
+    for url in ["http://cache:6379", "redis://cache:notaport"] {
         let errs = errors(&text(url));
         assert_eq!(errs.len(), 1, "{url}: {errs:?}");
         assert!(
@@ -535,7 +532,9 @@ fn redis_block_errors_are_in_plain_words_with_their_place() {
 fn offline_check_does_not_read_the_redis_password() {
     let text = redis_policy("    password: { file: /nonexistent/redis-password }\n");
     assert!(compile_secrets(&text, &|_| None, Secrets::Offline).is_ok());
-    let errs = compile_secrets(&text, &|_| None, Secrets::Resolve).unwrap_err().0;
+    let errs = compile_secrets(&text, &|_| None, Secrets::Resolve)
+        .unwrap_err()
+        .0;
     assert_eq!(errs.len(), 1);
     assert_eq!(errs[0].path, "rate_limit.redis.password");
 }

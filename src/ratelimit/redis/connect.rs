@@ -58,7 +58,10 @@ impl Connector {
         };
         match &store.servers {
             RedisServers::Single { url } => {
-                let mut info = url.as_str().into_connection_info().map_err(Error::RedisUrl)?;
+                let mut info = url
+                    .as_str()
+                    .into_connection_info()
+                    .map_err(Error::RedisUrl)?;
                 if password.is_some() {
                     info.redis.password = password;
                 }
@@ -125,7 +128,9 @@ impl Connector {
                 if let Some(password) = password {
                     builder = builder.password(password);
                 }
-                Ok(Connector::Cluster(builder.build().map_err(Error::RedisUrl)?))
+                Ok(Connector::Cluster(
+                    builder.build().map_err(Error::RedisUrl)?,
+                ))
             }
         }
     }
