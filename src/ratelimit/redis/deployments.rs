@@ -117,7 +117,7 @@ fn base_args(port: u16) -> Vec<String> {
 /// and an ACL user `limiter` whose password is `password`; the default user is off.
 pub struct TlsRedis {
     pub server: Proc,
-    pub dir: TempDir,
+    _dir: TempDir,
     /// The CA that signed the server's certificate.
     pub ca_file: PathBuf,
     /// A CA that signed nothing the server shows.
@@ -172,7 +172,7 @@ impl TlsRedis {
         let server = Proc::spawn(port, &args);
         TlsRedis {
             server,
-            dir,
+            _dir: dir,
             ca_file,
             other_ca_file,
         }

@@ -603,7 +603,11 @@ async fn cluster_keeps_a_key_and_its_users_in_one_slot() {
     // User buckets of this quota are full again within microseconds and expire at once, so
     // their slot is asked of the cluster by name.
     let key = RedisKey::new(&Arc::from("billing"), &accuracy_quota()).expect("windows");
-    assert_eq!(names, [key.state_key.clone()], "the key's state");
+    assert_eq!(
+        names,
+        std::slice::from_ref(&key.state_key),
+        "the key's state"
+    );
     assert_eq!(holders.len(), 1);
     let slot = |name: &str| cli(holders[0], &["CLUSTER", "KEYSLOT", name]);
     for user in [1, 6, 99_999_999] {
@@ -707,4 +711,68 @@ async fn concurrent_requests_share_one_connection_pipelined_one_call_each() {
         1,
         "one connection: {clients}"
     );
+}
+
+/// Log lines written while the test runs (this thread's subscriber).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server (Debian, built with TLS); .ci/run installs it and runs it"]
+async fn tls_and_auth_failures_are_logged_without_the_password() {
+    const PASSWORD: &str = "pw-never-logged-7f3a";
+    let redis = TlsRedis::start(
+        "tls_and_auth_failures_are_logged_without_the_password",
+        PASSWORD,
+    );
+    let log = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let env = |_: &str| Some(PASSWORD.to_string());
+    let url = format!("rediss://limiter@127.0.0.1:{}/", redis.server.port);
+    let wrong_ca = redis_store(
+        &format!(
+            "    url: {url}\n    password: {{ env: P }}\n    ca_file: {}\n    on_error: deny\n",
+            redis.other_ca_file.display()
+        ),
+        &env,
+    );
+    only_on_error("a CA that did not sign the server", &wrong_ca).await;
+    let text = String::from_utf8_lossy(&log.0.lock().expect("log")).into_owned();
+    assert!(
+        text.contains("Redis unreachable") && text.to_lowercase().contains("certificate"),
+        "the warning names the TLS failure: {text}"
+    );
+    assert!(!text.contains(PASSWORD), "{text}");
+    let wrong_user = redis_store(
+        &format!(
+            "    url: rediss://nobody@127.0.0.1:{}/\n    password: {{ env: P }}\n    ca_file: {}\n    on_error: deny\n",
+            redis.server.port,
+            redis.ca_file.display()
+        ),
+        &env,
+    );
+    only_on_error("an unknown ACL user", &wrong_user).await;
+    let text = String::from_utf8_lossy(&log.0.lock().expect("log")).into_owned();
+    assert!(!text.contains(PASSWORD), "{text}");
 }
