@@ -667,18 +667,35 @@ async fn concurrent_requests_share_one_connection_pipelined_one_call_each() {
             tokio::spawn(async move { l.check(0, Some(1 + i as u64 % 2)).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let queued = unread_bytes(server.port);
-    signal("-CONT");
-    for t in tasks {
-        assert!(matches!(t.await.expect("task"), Decision::Allowed(_)));
+    // Until every call is on the socket (or a second), then let Redis run. The callers time
+    // out after COMMAND_TIMEOUT, but what they wrote stays queued for Redis.
+    let sent = Instant::now();
+    let mut queued = unread_bytes(server.port);
+    while queued < (N as u64) * 100 && sent.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        queued = unread_bytes(server.port);
     }
-    assert_eq!(l.redis_errors(), 0);
+    signal("-CONT");
+    let held = sent.elapsed();
     // An EVALSHA with two keys and 13 arguments is well over 100 bytes.
     assert!(
         queued >= (N as u64) * 100,
         "all {N} calls were in flight at once on the socket: {queued} bytes queued"
     );
+    let mut decisions = Vec::new();
+    for t in tasks {
+        decisions.push(t.await.expect("task"));
+    }
+    // On a machine so loaded that Redis stayed stopped past the command timeout, the callers
+    // gave up (on_error); Redis still ran every call it had received, counted below.
+    let in_time = held < COMMAND_TIMEOUT - Duration::from_millis(50);
+    if in_time {
+        assert!(
+            decisions.iter().all(|d| matches!(d, Decision::Allowed(_))),
+            "{decisions:?}"
+        );
+        assert_eq!(l.redis_errors(), 0);
+    }
     let stats = cli(server.port, &["INFO", "commandstats"]);
     assert!(
         stats.contains(&format!("cmdstat_evalsha:calls={N},")),
@@ -703,6 +720,9 @@ async fn concurrent_requests_share_one_connection_pipelined_one_call_each() {
         .collect();
     assert_eq!(called.len(), 1, "nothing but EVALSHA: {called:?}");
     let clients = cli(server.port, &["CLIENT", "LIST"]);
+    if !in_time {
+        return;
+    }
     assert_eq!(
         clients
             .lines()
