@@ -206,10 +206,18 @@ impl SentinelRedis {
     pub fn start(test: &str) -> SentinelRedis {
         require_redis(test);
         let dir = TempDir::new("redis-sentinel");
+        // Replication writes an RDB file even without `--save`: keep it in the temp dir.
+        let in_dir = |port: u16| {
+            let mut args = base_args(port);
+            let data = dir.0.join(port.to_string());
+            std::fs::create_dir_all(&data).expect("data dir");
+            args.extend(["--dir".to_string(), path(&data).to_string()]);
+            args
+        };
         let primary_port = free_port();
-        let primary = Proc::spawn(primary_port, &base_args(primary_port));
+        let primary = Proc::spawn(primary_port, &in_dir(primary_port));
         let replica_port = free_port();
-        let mut args = base_args(replica_port);
+        let mut args = in_dir(replica_port);
         args.extend(["--replicaof", "127.0.0.1", &primary_port.to_string()].map(String::from));
         let replica = Proc::spawn(replica_port, &args);
         let sentinel_port = free_port();
