@@ -466,62 +466,56 @@ impl Compiler<'_> {
             true,
             [("allow", true), ("deny", false)],
         );
+        // Each part is checked on its own, so every mistake is reported at once.
         let mut tls = Vec::new();
-        let servers = match (&raw.url, &raw.sentinel, &raw.cluster) {
-            (_, Some(sentinel), Some(_)) => {
-                self.error(
-                    "rate_limit.redis",
-                    sentinel,
-                    "give `sentinel` or `cluster`, not both",
-                );
-                None
-            }
-            (Some(url), Some(_), None) | (Some(url), None, Some(_)) => {
-                self.error(
-                    "rate_limit.redis.url",
-                    url,
-                    "`url` is for one server; with `sentinel` or `cluster` the addresses are their `nodes` (write rediss:// or a user name there)",
-                );
-                None
-            }
-            (None, Some(at), None) => {
-                let master_name = match &at.value.master_name {
-                    Some(name) if !name.value.trim().is_empty() => name.value.trim().to_string(),
-                    Some(name) => {
-                        self.error(
-                            "rate_limit.redis.sentinel.master_name",
-                            name,
-                            "must not be empty",
-                        );
-                        String::new()
-                    }
-                    None => {
-                        self.error(
-                            "rate_limit.redis.sentinel",
-                            at,
-                            "`master_name` is missing: the name the sentinels know the primary by",
-                        );
-                        String::new()
-                    }
-                };
-                let nodes =
-                    self.redis_nodes("rate_limit.redis.sentinel", at, &at.value.nodes, &mut tls);
-                Some(RedisServers::Sentinel { master_name, nodes })
-            }
-            (None, None, Some(at)) => {
-                let nodes =
-                    self.redis_nodes("rate_limit.redis.cluster", at, &at.value.nodes, &mut tls);
-                Some(RedisServers::Cluster { nodes })
-            }
-            (Some(at), None, None) => {
-                self.redis_address("rate_limit.redis.url", at, true)
-                    .map(|(url, is_tls, _)| {
-                        tls.push(is_tls);
-                        RedisServers::Single { url }
-                    })
-            }
-            (None, None, None) => None,
-        };
+        let single = raw.url.as_ref().and_then(|at| {
+            let (url, is_tls, _) = self.redis_address("rate_limit.redis.url", at, true)?;
+            tls.push(is_tls);
+            Some(RedisServers::Single { url })
+        });
+        let sentinel = raw.sentinel.as_ref().map(|at| {
+            let master_name = match &at.value.master_name {
+                Some(name) if !name.value.trim().is_empty() => name.value.trim().to_string(),
+                Some(name) => {
+                    self.error(
+                        "rate_limit.redis.sentinel.master_name",
+                        name,
+                        "must not be empty",
+                    );
+                    String::new()
+                }
+                None => {
+                    self.error(
+                        "rate_limit.redis.sentinel",
+                        at,
+                        "`master_name` is missing: the name the sentinels know the primary by",
+                    );
+                    String::new()
+                }
+            };
+            let nodes =
+                self.redis_nodes("rate_limit.redis.sentinel", at, &at.value.nodes, &mut tls);
+            RedisServers::Sentinel { master_name, nodes }
+        });
+        let cluster = raw.cluster.as_ref().map(|at| {
+            let nodes = self.redis_nodes("rate_limit.redis.cluster", at, &at.value.nodes, &mut tls);
+            RedisServers::Cluster { nodes }
+        });
+        if let (Some(at), Some(_)) = (&raw.sentinel, &raw.cluster) {
+            self.error(
+                "rate_limit.redis",
+                at,
+                "give `sentinel` or `cluster`, not both",
+            );
+        }
+        if let (Some(at), true) = (&raw.url, raw.sentinel.is_some() || raw.cluster.is_some()) {
+            self.error(
+                "rate_limit.redis.url",
+                at,
+                "`url` is for one server; with `sentinel` or `cluster` the addresses are their `nodes` (write rediss:// or a user name there)",
+            );
+        }
+        let servers = sentinel.or(cluster).or(single);
         let servers = servers.unwrap_or_else(|| RedisServers::Single {
             url: "redis://127.0.0.1:6379".to_string(),
         });

@@ -538,3 +538,25 @@ fn offline_check_does_not_read_the_redis_password() {
     assert_eq!(errs.len(), 1);
     assert_eq!(errs[0].path, "rate_limit.redis.password");
 }
+
+#[test]
+fn every_mistake_in_the_redis_block_is_reported_at_once() {
+    let errs = errors(&redis_policy(
+        "    url: rediss://u:hunter2@cache:6380\n    sentinel: { master_name: m, nodes: [a:1] }\n    cluster: { nodes: [bad] }\n",
+    ));
+    let paths: Vec<&str> = errs
+        .iter()
+        .map(|e| e.split(':').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "rate_limit.redis.url",
+            "rate_limit.redis.cluster.nodes[0]",
+            "rate_limit.redis",
+            "rate_limit.redis.url"
+        ],
+        "{errs:?}"
+    );
+    assert!(errs.iter().all(|e| !e.contains("hunter2")), "{errs:?}");
+}
