@@ -465,8 +465,9 @@ impl Drop for Shared {
     }
 }
 
-/// Connects while there is no connection, and again after a request marked it broken; at most
-/// one attempt per [`REDIS_RETRY_PAUSE`]. Ends once the store is gone.
+/// Connects while there is no connection, and again after a request marked it broken or (with
+/// Sentinel) the sentinels named another primary; at most one attempt per
+/// [`REDIS_RETRY_PAUSE`]. Ends once the store is gone.
 async fn keep_connected(shared: Weak<Shared>, wake: Arc<Notify>) {
     loop {
         let Some(store) = shared.upgrade() else {
@@ -474,8 +475,24 @@ async fn keep_connected(shared: Weak<Shared>, wake: Arc<Notify>) {
         };
         let needed = store.conn.load().is_none() || store.broken.swap(false, Ordering::Relaxed);
         if !needed {
+            let sentinel = matches!(store.connector, Connector::Sentinel(_));
             drop(store);
-            wake.notified().await;
+            if !sentinel {
+                wake.notified().await;
+                continue;
+            }
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(connect::SENTINEL_CHECK_EVERY) => {
+                    let Some(store) = shared.upgrade() else {
+                        return;
+                    };
+                    if store.connector.primary_moved().await {
+                        tracing::info!("rate-limit store: the sentinels name a new primary");
+                        store.broken.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
             continue;
         }
         match store.connector.connect().await {

@@ -10,9 +10,11 @@
 //! see the hash tag in `redis.rs`).
 //!
 //! Sentinel: each connection asks the sentinels for the current primary of `master_name`, and
-//! redis-rs checks with `ROLE` that it really is one. After a failover the old primary refuses
-//! writes (or is gone), the store's next request fails, and the store connects again: so the
-//! new primary is found within one retry pause of the sentinels agreeing on it.
+//! redis-rs checks with `ROLE` that it really is one. When the primary dies, the store's next
+//! request fails and the store connects again, to the new primary once the sentinels agree on
+//! it. When the old primary survives a failover it keeps taking writes until the sentinels
+//! demote it (seconds), so the store also asks a sentinel every second which server is the
+//! primary, and moves when the answer changes.
 
 use std::time::Duration;
 
@@ -36,9 +38,18 @@ pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// What makes connections: built once per store from the policy.
 pub(super) enum Connector {
     Single(Client),
-    /// `SentinelClient` caches its sentinel connections and needs `&mut` to use them.
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    Sentinel(Sentinel),
     Cluster(ClusterClient),
+}
+
+pub(super) struct Sentinel {
+    /// `SentinelClient` caches its sentinel connections and needs `&mut` to use them.
+    client: tokio::sync::Mutex<SentinelClient>,
+    master_name: String,
+    /// Where the current connection goes (host, port), as the sentinels named it.
+    primary: std::sync::Mutex<Option<(String, u16)>>,
+    /// A connection to one sentinel, kept for [`Connector::primary_moved`].
+    ask: tokio::sync::Mutex<Option<MultiplexedConnection>>,
 }
 
 /// One live connection, cheap to clone (clones share the socket).
@@ -102,7 +113,12 @@ impl Connector {
                     builder = builder.set_client_to_redis_password(password);
                 }
                 let client = builder.build().map_err(Error::RedisUrl)?;
-                Ok(Connector::Sentinel(tokio::sync::Mutex::new(client)))
+                Ok(Connector::Sentinel(Sentinel {
+                    client: tokio::sync::Mutex::new(client),
+                    master_name: master_name.clone(),
+                    primary: std::sync::Mutex::new(None),
+                    ask: tokio::sync::Mutex::new(None),
+                }))
             }
             RedisServers::Cluster { nodes } => {
                 let nodes = parse_nodes(nodes)?;
@@ -156,11 +172,19 @@ impl Connector {
                     .await
                     .map(Conn::Single),
                 Connector::Sentinel(sentinel) => {
-                    let client = sentinel.lock().await.async_get_client().await?;
-                    client
+                    let client = sentinel.client.lock().await.async_get_client().await?;
+                    let conn = client
                         .get_multiplexed_async_connection_with_config(&config)
-                        .await
-                        .map(Conn::Single)
+                        .await?;
+                    let at = match &client.get_connection_info().addr {
+                        ConnectionAddr::Tcp(host, port)
+                        | ConnectionAddr::TcpTls { host, port, .. } => Some((host.clone(), *port)),
+                        _ => None,
+                    };
+                    if let Ok(mut primary) = sentinel.primary.lock() {
+                        *primary = at;
+                    }
+                    Ok(Conn::Single(conn))
                 }
                 Connector::Cluster(client) => {
                     client.get_async_connection().await.map(Conn::Cluster)
@@ -176,6 +200,61 @@ impl Connector {
         }
     }
 }
+
+impl Connector {
+    /// Sentinel only: whether the sentinels now name another primary than the one connected
+    /// to. A failover the old primary survives (`SENTINEL FAILOVER`, maintenance) leaves it
+    /// accepting writes until the sentinels demote it, so waiting for a failed request is not
+    /// enough; the reconnect task asks this every [`SENTINEL_CHECK_EVERY`]. One command on a
+    /// kept sentinel connection; `false` when no sentinel answers.
+    pub(super) async fn primary_moved(&self) -> bool {
+        let Connector::Sentinel(sentinel) = self else {
+            return false;
+        };
+        let ask = async {
+            let mut ask = sentinel.ask.lock().await;
+            if ask.is_none() {
+                let client = sentinel
+                    .client
+                    .lock()
+                    .await
+                    .async_get_sentinel_client()
+                    .await?;
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(COMMAND_TIMEOUT)
+                    .set_response_timeout(COMMAND_TIMEOUT);
+                *ask = Some(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                );
+            }
+            let Some(conn) = ask.as_mut() else {
+                return Ok(None);
+            };
+            let reply: RedisResult<Option<(String, u16)>> = ::redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(&sentinel.master_name)
+                .query_async(conn)
+                .await;
+            if reply.is_err() {
+                *ask = None;
+            }
+            reply
+        };
+        let named = match tokio::time::timeout(CONNECT_TIMEOUT, ask).await {
+            Ok(Ok(Some(named))) => named,
+            _ => return false,
+        };
+        sentinel
+            .primary
+            .lock()
+            .is_ok_and(|primary| primary.as_ref().is_some_and(|p| *p != named))
+    }
+}
+
+/// How often the Sentinel mode asks whether the primary moved.
+pub(super) const SENTINEL_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
