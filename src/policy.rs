@@ -74,7 +74,55 @@ pub enum QbTokenMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RateLimitStore {
     Memory,
-    Redis { url: String, on_error_allow: bool },
+    Redis(RedisStore),
+}
+
+/// `rate_limit.redis`: where the shared limits live and how to reach them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisStore {
+    pub servers: RedisServers,
+    /// `password`, resolved from its `{env}` or `{file}` reference (never from the url).
+    pub password: Option<RedisPassword>,
+    /// `ca_file`: trusted besides the built-in roots on `rediss://` connections.
+    pub ca_file: Option<PathBuf>,
+    pub on_error_allow: bool,
+}
+
+/// How the Redis servers are found. Every address is a `redis://` or `rediss://` URL without a
+/// password; a user name may stand in it (Redis ACL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisServers {
+    /// `url`: one server (or a proxy in front of several).
+    Single { url: String },
+    /// `sentinel`: the sentinels tell which server is the primary of `master_name`.
+    Sentinel {
+        master_name: String,
+        nodes: Vec<String>,
+    },
+    /// `cluster`: the seed nodes of a Redis Cluster.
+    Cluster { nodes: Vec<String> },
+}
+
+/// The Redis password. Its `Debug` never shows it, so a logged policy cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisPassword(pub String);
+
+impl std::fmt::Debug for RedisPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisPassword(<redacted>)")
+    }
+}
+
+impl RedisStore {
+    /// One server at `url`, no password: what the defaults and most tests use.
+    pub fn single(url: impl Into<String>, on_error_allow: bool) -> RedisStore {
+        RedisStore {
+            servers: RedisServers::Single { url: url.into() },
+            password: None,
+            ca_file: None,
+            on_error_allow,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

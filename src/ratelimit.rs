@@ -92,7 +92,7 @@ use http::HeaderValue;
 use self::gcra::{Report, Window};
 use self::memory::Memory;
 use crate::error::ceil_secs;
-use crate::policy::Quota;
+use crate::policy::{Quota, RedisStore};
 
 pub use self::redis::{COMMAND_TIMEOUT, REDIS_RETRY_PAUSE};
 
@@ -129,8 +129,10 @@ pub struct Info {
 /// Failure to set up a store.
 #[derive(Debug)]
 pub enum Error {
-    /// `rate_limit.redis.url` is not a Redis URL.
+    /// `rate_limit.redis.url` (or a node) is not a Redis URL.
     RedisUrl(::redis::RedisError),
+    /// Another `rate_limit.redis` setting cannot be used (an unreadable `ca_file`).
+    RedisConfig(String),
 }
 
 /// All rate limiters of one policy generation.
@@ -169,13 +171,13 @@ impl Limiters {
     }
 
     /// The Redis store. Does not need Redis to be up: the connection is made in the background
-    /// and remade whenever it breaks; until then `on_error` applies. Fails only on a bad URL.
+    /// and remade whenever it breaks; until then `on_error` applies. Fails only on a bad URL or
+    /// an unreadable `ca_file`.
     pub async fn redis(
-        url: &str,
-        on_error: OnError,
+        store: &RedisStore,
         keys: &[(Arc<str>, Option<Quota>)],
     ) -> Result<Limiters, Error> {
-        let store = self::redis::RedisLimiters::new(url, on_error, keys).await?;
+        let store = self::redis::RedisLimiters::new(store, keys).await?;
         Ok(Limiters {
             store: Store::Redis(store),
         })
@@ -361,6 +363,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::RedisUrl(e) => write!(f, "rate_limit.redis.url: {e}"),
+            Error::RedisConfig(e) => write!(f, "rate_limit.redis: {e}"),
         }
     }
 }
@@ -369,6 +372,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::RedisUrl(e) => Some(e),
+            Error::RedisConfig(_) => None,
         }
     }
 }

@@ -469,3 +469,68 @@ async fn redis_reload_keeps_state_and_resets_changed_keys() {
     assert_eq!(count_allowed(&gate, KEY_RL2, Some(OWNER), 6).await, 4);
     assert_eq!(errors(&gate), 0);
 }
+
+// Redis as teams run it, through two gateways each: TLS with a private CA, an ACL user and a
+// password from a file; Sentinel; Cluster.
+
+use crate::support::redis_deployments::{ClusterRedis, SentinelRedis, TlsRedis};
+
+/// Two gateways with `section` share one `per_hour: 10` limit, with no Redis error.
+async fn two_gateways_share_ten(section: &str) {
+    let keys = key_entry("rl", KEY_RL, "per_hour: 10, per_user_per_second: 1000");
+    let a = Gate::start_with_keys(section, &keys).await;
+    let b = Gate::start_with_keys(section, &keys).await;
+    let mut allowed = 0;
+    for i in 0..30 {
+        let gate = if i % 2 == 0 { &a } else { &b };
+        let reply = gate.as_user(KEY_RL, Some(OWNER), "GET", LIST, None).await;
+        if reply.status == 429 {
+            reply.assert_gate_error(429, "rate_limited", "base");
+        } else {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 10, "one limit across both gateways");
+    assert_eq!(errors(&a) + errors(&b), 0, "no Redis errors");
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server (Debian, built with TLS); .ci/run installs it and runs it"]
+async fn redis_tls_acl_password_file_shared_by_two_gateways() {
+    let redis = TlsRedis::start(
+        "redis_tls_acl_password_file_shared_by_two_gateways",
+        "gw-pass",
+    );
+    let password = redis.ca_file.with_file_name("redis-password");
+    std::fs::write(&password, "gw-pass\n").unwrap();
+    let section = format!(
+        "rate_limit:\n  store: redis\n  redis:\n    url: rediss://limiter@127.0.0.1:{}/\n    password: {{ file: {} }}\n    ca_file: {}\n    on_error: deny\n",
+        redis.server.port,
+        password.display(),
+        redis.ca_file.display()
+    );
+    two_gateways_share_ten(&section).await;
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server (Debian; its --sentinel mode); .ci/run installs it and runs it"]
+async fn redis_sentinel_shared_by_two_gateways() {
+    let redis = SentinelRedis::start("redis_sentinel_shared_by_two_gateways");
+    let section = format!(
+        "rate_limit:\n  store: redis\n  redis:\n    sentinel: {{ master_name: {}, nodes: ['{}'] }}\n    on_error: deny\n",
+        SentinelRedis::MASTER,
+        redis.node()
+    );
+    two_gateways_share_ten(&section).await;
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server and redis-cli (Debian); .ci/run installs them and runs it"]
+async fn redis_cluster_shared_by_two_gateways() {
+    let redis = ClusterRedis::start("redis_cluster_shared_by_two_gateways");
+    let section = format!(
+        "rate_limit:\n  store: redis\n  redis:\n    cluster: {{ nodes: [{}] }}\n    on_error: deny\n",
+        redis.node_list().join(", ")
+    );
+    two_gateways_share_ten(&section).await;
+}

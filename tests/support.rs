@@ -5,6 +5,9 @@
 #[path = "../src/ratelimit/test_server.rs"]
 pub mod redis_server;
 
+#[path = "../src/ratelimit/redis/deployments.rs"]
+pub mod redis_deployments;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

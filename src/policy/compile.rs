@@ -16,8 +16,8 @@ use http::HeaderValue;
 use super::file::{self, At};
 use super::{
     parse_route, split_url, unreachable_default, ClientLimits, DialogRules, DigestPrefix, Key,
-    KeyDigest, OnBehalfOf, Policy, Power, Powers, QbTokenMode, Quota, RateLimitStore, RuleMode,
-    ShutdownTiming, Upstream,
+    KeyDigest, OnBehalfOf, Policy, Power, Powers, QbTokenMode, Quota, RateLimitStore,
+    RedisPassword, RedisServers, RedisStore, RuleMode, ShutdownTiming, Upstream,
 };
 
 /// One thing wrong with a policy, with its place when known.
@@ -445,47 +445,193 @@ impl Compiler<'_> {
     }
 
     fn store(&mut self, raw: file::RateLimitStore) -> RateLimitStore {
-        let redis = raw.redis.unwrap_or_default();
-        let on_error_allow = self.keyword(
-            "rate_limit.redis.on_error",
-            redis.on_error.as_ref(),
-            true,
-            [("allow", true), ("deny", false)],
-        );
-        let url = match redis.url.as_ref() {
-            None => "redis://127.0.0.1:6379".to_string(),
-            Some(at) => {
-                if at.value.starts_with("rediss://") {
-                    // What `run` would refuse, `check` refuses: this build speaks plain TCP.
-                    self.error(
-                        "rate_limit.redis.url",
-                        at,
-                        "rediss:// (Redis over TLS) is not supported by this build yet: use redis://",
-                    );
-                } else if !at.value.starts_with("redis://") {
-                    self.error("rate_limit.redis.url", at, "must start with redis://");
-                } else if redis::IntoConnectionInfo::into_connection_info(at.value.as_str())
-                    .is_err()
-                {
-                    self.error(
-                        "rate_limit.redis.url",
-                        at,
-                        "is not a valid redis:// URL (redis://[user[:password]@]host[:port][/db])",
-                    );
-                }
-                at.value.clone()
-            }
-        };
-        let redis = RateLimitStore::Redis {
-            url,
-            on_error_allow,
-        };
+        let redis = self.redis(raw.redis.unwrap_or_default());
         self.keyword(
             "rate_limit.store",
             raw.store.as_ref(),
             RateLimitStore::Memory,
-            [("memory", RateLimitStore::Memory), ("redis", redis)],
+            [
+                ("memory", RateLimitStore::Memory),
+                ("redis", RateLimitStore::Redis(redis)),
+            ],
         )
+    }
+
+    /// `rate_limit.redis`. Checked whether or not `store` is `redis`, so a block kept for later
+    /// cannot hide a mistake. The password is resolved like `upstream.api_key`.
+    fn redis(&mut self, raw: file::Redis) -> RedisStore {
+        let on_error_allow = self.keyword(
+            "rate_limit.redis.on_error",
+            raw.on_error.as_ref(),
+            true,
+            [("allow", true), ("deny", false)],
+        );
+        // Each part is checked on its own, so every mistake is reported at once.
+        let mut tls = Vec::new();
+        let single = raw.url.as_ref().and_then(|at| {
+            let (url, is_tls, _) = self.redis_address("rate_limit.redis.url", at, true)?;
+            tls.push(is_tls);
+            Some(RedisServers::Single { url })
+        });
+        let sentinel = raw.sentinel.as_ref().map(|at| {
+            let master_name = match &at.value.master_name {
+                Some(name) if !name.value.trim().is_empty() => name.value.trim().to_string(),
+                Some(name) => {
+                    self.error(
+                        "rate_limit.redis.sentinel.master_name",
+                        name,
+                        "must not be empty",
+                    );
+                    String::new()
+                }
+                None => {
+                    self.error(
+                        "rate_limit.redis.sentinel",
+                        at,
+                        "`master_name` is missing: the name the sentinels know the primary by",
+                    );
+                    String::new()
+                }
+            };
+            let nodes =
+                self.redis_nodes("rate_limit.redis.sentinel", at, &at.value.nodes, &mut tls);
+            RedisServers::Sentinel { master_name, nodes }
+        });
+        let cluster = raw.cluster.as_ref().map(|at| {
+            let nodes = self.redis_nodes("rate_limit.redis.cluster", at, &at.value.nodes, &mut tls);
+            RedisServers::Cluster { nodes }
+        });
+        if let (Some(at), Some(_)) = (&raw.sentinel, &raw.cluster) {
+            self.error(
+                "rate_limit.redis",
+                at,
+                "give `sentinel` or `cluster`, not both",
+            );
+        }
+        if let (Some(at), true) = (&raw.url, raw.sentinel.is_some() || raw.cluster.is_some()) {
+            self.error(
+                "rate_limit.redis.url",
+                at,
+                "`url` is for one server; with `sentinel` or `cluster` the addresses are their `nodes` (write rediss:// or a user name there)",
+            );
+        }
+        let servers = sentinel.or(cluster).or(single);
+        let servers = servers.unwrap_or_else(|| RedisServers::Single {
+            url: "redis://127.0.0.1:6379".to_string(),
+        });
+        let password = raw.password.as_ref().and_then(|at| {
+            self.secret("rate_limit.redis.password", at)
+                .map(RedisPassword)
+        });
+        let ca_file = raw.ca_file.as_ref().map(|at| {
+            let path = PathBuf::from(&at.value);
+            if !tls.iter().any(|&t| t) {
+                self.error(
+                    "rate_limit.redis.ca_file",
+                    at,
+                    "is only used over TLS: write the address as rediss://",
+                );
+            } else if !path.is_file() {
+                self.error(
+                    "rate_limit.redis.ca_file",
+                    at,
+                    format!("cannot read {}", at.value),
+                );
+            }
+            path
+        });
+        RedisStore {
+            servers,
+            password,
+            ca_file,
+            on_error_allow,
+        }
+    }
+
+    /// `sentinel.nodes` or `cluster.nodes`: at least one address, all with one scheme and user.
+    fn redis_nodes<T>(
+        &mut self,
+        path: &str,
+        block: &At<T>,
+        nodes: &Option<Vec<At<String>>>,
+        tls: &mut Vec<bool>,
+    ) -> Vec<String> {
+        let nodes = match nodes {
+            Some(nodes) if !nodes.is_empty() => nodes,
+            _ => {
+                self.error(
+                    format!("{path}.nodes"),
+                    block,
+                    "needs at least one address (host:port)",
+                );
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::with_capacity(nodes.len());
+        let mut first: Option<(bool, Option<String>)> = None;
+        for (i, at) in nodes.iter().enumerate() {
+            let place = format!("{path}.nodes[{i}]");
+            let Some((url, is_tls, user)) = self.redis_address(&place, at, false) else {
+                continue;
+            };
+            match &first {
+                None => first = Some((is_tls, user)),
+                Some(seen) if *seen != (is_tls, user) => self.error(
+                    place,
+                    at,
+                    "every node must use the same scheme (redis:// or rediss://) and user name",
+                ),
+                Some(_) => {}
+            }
+            tls.push(is_tls);
+            out.push(url);
+        }
+        out
+    }
+
+    /// One Redis address: a `redis://` or `rediss://` URL, or (for nodes) a bare `host:port`.
+    /// Returns the URL to connect to, whether it is TLS, and its ACL user name.
+    fn redis_address(
+        &mut self,
+        path: &str,
+        at: &At<String>,
+        whole_url: bool,
+    ) -> Option<(String, bool, Option<String>)> {
+        let text = at.value.trim();
+        let url = if text.starts_with("redis://") || text.starts_with("rediss://") {
+            text.to_string()
+        } else if text.contains("://") || whole_url {
+            self.error(path, at, "must start with redis:// or rediss:// (TLS)");
+            return None;
+        } else if is_host_port(text) {
+            format!("redis://{text}")
+        } else {
+            self.error(
+                path,
+                at,
+                "must be host:port (a port from 1 to 65535) or a redis:// or rediss:// URL",
+            );
+            return None;
+        };
+        // Never quote the value: it may hold a password.
+        let Ok(info) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) else {
+            self.error(
+                path,
+                at,
+                "is not a valid Redis URL (redis[s]://[user@]host[:port][/db])",
+            );
+            return None;
+        };
+        if info.redis.password.is_some() {
+            self.error(
+                path,
+                at,
+                "holds a password: give it under `rate_limit.redis.password` as { env: NAME } or { file: PATH }, never in the url",
+            );
+            return None;
+        }
+        let is_tls = matches!(info.addr, redis::ConnectionAddr::TcpTls { .. });
+        Some((url, is_tls, info.redis.username))
     }
 
     fn dialog_rules(&mut self, raw: file::DialogRules) -> DialogRules {
@@ -831,6 +977,23 @@ fn expected_in_words(expected: &str) -> String {
         other if other.starts_with("a sequence") => "a list".to_string(),
         other => other.to_string(),
     }
+}
+
+/// `host:port` with a port from 1 to 65535; an IPv6 host in brackets.
+fn is_host_port(text: &str) -> bool {
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        }
+    };
+    host_ok && port.parse::<u16>().is_ok_and(|p| p != 0) && !port.starts_with('+')
 }
 
 #[cfg(test)]

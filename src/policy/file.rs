@@ -124,10 +124,34 @@ pub struct RateLimitStore {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Redis {
+    /// `redis://` or `rediss://` (TLS), a user name may stand in it; no password.
     pub url: Option<At<String>>,
+    /// `{ env: NAME }` or `{ file: PATH }`.
+    pub password: Option<At<SecretRef>>,
+    /// PEM file of CAs trusted besides the built-in roots (rediss only).
+    pub ca_file: Option<At<String>>,
+    pub sentinel: Option<At<RedisSentinel>>,
+    pub cluster: Option<At<RedisCluster>>,
     /// `allow` (default) or `deny`: what to do while Redis is unreachable.
     #[schemars(regex(pattern = r"^(allow|deny)$"))]
     pub on_error: Option<At<String>>,
+}
+
+/// Find the primary through Redis Sentinel.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSentinel {
+    pub master_name: Option<At<String>>,
+    /// Sentinel addresses, `host:port` or `redis[s]://[user@]host:port`.
+    pub nodes: Option<Vec<At<String>>>,
+}
+
+/// Redis Cluster.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisCluster {
+    /// Seed nodes, `host:port` or `redis[s]://[user@]host:port`.
+    pub nodes: Option<Vec<At<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

@@ -40,19 +40,9 @@ impl Runtime {
             Some(old) if old.policy.rate_limit == policy.rate_limit => old.limiters.rebuild(&keys),
             _ => match &policy.rate_limit {
                 policy::RateLimitStore::Memory => ratelimit::Limiters::memory(&keys),
-                policy::RateLimitStore::Redis {
-                    url,
-                    on_error_allow,
-                } => {
-                    let on_error = if *on_error_allow {
-                        ratelimit::OnError::Allow
-                    } else {
-                        ratelimit::OnError::Deny
-                    };
-                    ratelimit::Limiters::redis(url, on_error, &keys)
-                        .await
-                        .map_err(|e| e.to_string())?
-                }
+                policy::RateLimitStore::Redis(store) => ratelimit::Limiters::redis(store, &keys)
+                    .await
+                    .map_err(|e| e.to_string())?,
             },
         };
         let rule_options = rules::RuleOptions {

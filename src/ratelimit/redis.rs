@@ -13,8 +13,14 @@
 //! across reloads and replicas. Every write sets `PEXPIRE` to the moment the bucket is full
 //! again, so idle state vanishes by itself and exactly when it no longer matters.
 //!
+//! Servers (`connect.rs`): one server by `url`, the primary that Sentinel names, or a Redis
+//! Cluster; over TLS (`rediss://`, with `ca_file` trusted besides the built-in roots), with an
+//! ACL user from the url and a password from the policy's secret reference. Concurrent requests
+//! share one multiplexed connection (per Cluster node), so their script calls travel pipelined.
+//!
 //! Failures: the connection is made in the background (a gateway starts while Redis is down)
-//! and remade by redis-rs's `ConnectionManager` whenever it breaks. Each command is bounded by
+//! and remade whenever a request fails on it (for Sentinel, by asking the sentinels again for
+//! the primary, which is how a failover is followed). Each command is bounded by
 //! [`COMMAND_TIMEOUT`], so a stalled Redis delays a request by at most that. While Redis is
 //! unreachable or failing, requests get `on_error` (`allow`: [`Decision::Unlimited`], `deny`:
 //! [`Decision::Limited`] with a one-second wait), each such request counts in
@@ -33,13 +39,18 @@
 //! (a Redis Cluster would need redis-rs's cluster client).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, RedisResult, Script};
+use ::redis::{RedisResult, Script};
+use arc_swap::ArcSwapOption;
+use tokio::sync::Notify;
 
+use self::connect::{Conn, Connector};
 use super::{decide, Decision, Error, Info, KeyMeta, OnError, Quota, Report, MAX_WINDOWS};
+use crate::policy::RedisStore;
+
+mod connect;
 
 /// Longest a request waits on Redis (connect or reply). Above a healthy Redis's latency (well
 /// under a millisecond nearby) by two orders of magnitude, and short enough that a stalled
@@ -51,9 +62,6 @@ pub const REDIS_RETRY_PAUSE: Duration = Duration::from_millis(250);
 
 /// At most one warning per this interval while Redis fails.
 const WARN_EVERY: Duration = Duration::from_secs(5);
-
-/// How often the background task tries to connect when Redis was down at start-up.
-const CONNECT_EVERY: Duration = Duration::from_secs(1);
 
 const MICROS_PER_SEC: u64 = 1_000_000;
 
@@ -145,10 +153,16 @@ pub(super) struct RedisLimiters {
     keys: Box<[Option<Arc<RedisKey>>]>,
 }
 
-/// What all generations built from one URL share: the connection, the script, the counters.
+/// What all generations built from one `rate_limit.redis` share: the connection, the script,
+/// the counters.
 struct Shared {
-    client: Client,
-    conn: OnceLock<ConnectionManager>,
+    connector: Connector,
+    /// The current connection; replaced by the reconnect task, never emptied once set.
+    conn: ArcSwapOption<Conn>,
+    /// Set by a request that failed in a way a new connection may cure; read by the task.
+    broken: AtomicBool,
+    /// Wakes the reconnect task.
+    wake: Arc<Notify>,
     script: Script,
     on_error: OnError,
     epoch: Instant,
@@ -173,14 +187,19 @@ struct RedisKey {
 
 impl RedisLimiters {
     pub(super) async fn new(
-        url: &str,
-        on_error: OnError,
+        store: &RedisStore,
         keys: &[(Arc<str>, Option<Quota>)],
     ) -> Result<RedisLimiters, Error> {
-        let client = Client::open(url).map_err(Error::RedisUrl)?;
+        let on_error = if store.on_error_allow {
+            OnError::Allow
+        } else {
+            OnError::Deny
+        };
         let shared = Arc::new(Shared {
-            client,
-            conn: OnceLock::new(),
+            connector: Connector::new(store)?,
+            conn: ArcSwapOption::empty(),
+            broken: AtomicBool::new(false),
+            wake: Arc::new(Notify::new()),
             script: Script::new(SCRIPT),
             on_error,
             epoch: Instant::now(),
@@ -189,18 +208,19 @@ impl RedisLimiters {
             quiet_until: AtomicU64::new(0),
             failing: AtomicBool::new(false),
         });
-        // Try once now so a healthy Redis is used from the first request; otherwise keep
-        // trying in the background rather than failing start-up.
-        match shared.connect().await {
-            Ok(conn) => {
-                let _ = shared.conn.set(conn);
-            }
+        // Try once now so a healthy Redis is used from the first request; otherwise the task
+        // keeps trying in the background rather than failing start-up.
+        match shared.connector.connect().await {
+            Ok(conn) => shared.conn.store(Some(Arc::new(conn))),
             Err(e) => {
                 shared.failing.store(true, Ordering::Relaxed);
                 shared.warn(&e);
-                tokio::spawn(connect_in_background(Arc::downgrade(&shared)));
             }
         }
+        tokio::spawn(keep_connected(
+            Arc::downgrade(&shared),
+            Arc::clone(&shared.wake),
+        ));
         Ok(RedisLimiters {
             keys: build_keys(keys),
             shared,
@@ -234,10 +254,9 @@ impl RedisLimiters {
             return Decision::Unlimited;
         }
         let shared = &self.shared;
-        let Some(conn) = shared.usable() else {
+        let Some(mut conn) = shared.usable() else {
             return shared.on_error(key, None);
         };
-        let mut conn = conn.clone();
         let mut invocation = shared.script.prepare_invoke();
         invocation.key(&key.state_key).arg(&key.args[..]);
         if let Some((user, args)) = user {
@@ -248,7 +267,10 @@ impl RedisLimiters {
         let reply: RedisResult<Vec<i64>> =
             match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn)).await {
                 Ok(reply) => reply,
-                Err(_) => return shared.on_error(key, Some(&"timed out")),
+                Err(_) => {
+                    let reconnect = !matches!(shared.connector, Connector::Cluster(_));
+                    return shared.on_error(key, Some((&"timed out", reconnect)));
+                }
             };
         match reply {
             Ok(reply) => match decode(&key.meta, user.is_some(), &reply) {
@@ -256,9 +278,12 @@ impl RedisLimiters {
                     shared.recovered();
                     decision
                 }
-                None => shared.on_error(key, Some(&"unexpected script reply")),
+                None => shared.on_error(key, Some((&"unexpected script reply", false))),
             },
-            Err(e) => shared.on_error(key, Some(&e)),
+            Err(e) => {
+                let reconnect = shared.connector.reconnect_after(&e);
+                shared.on_error(key, Some((&e, reconnect)))
+            }
         }
     }
 }
@@ -348,49 +373,33 @@ fn decode(meta: &KeyMeta, with_user: bool, reply: &[i64]) -> Option<Decision> {
 }
 
 impl Shared {
-    async fn connect(&self) -> RedisResult<ConnectionManager> {
-        // No retries inside the manager: requests must not queue behind a backoff schedule;
-        // REDIS_RETRY_PAUSE paces the attempts instead.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(COMMAND_TIMEOUT)
-            .set_response_timeout(COMMAND_TIMEOUT)
-            .set_number_of_retries(0);
-        match tokio::time::timeout(
-            COMMAND_TIMEOUT * 2,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(::redis::RedisError::from((
-                ::redis::ErrorKind::IoError,
-                "connect timed out",
-            ))),
-        }
-    }
-
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The connection, unless there is none yet or a recent failure pauses its use.
-    fn usable(&self) -> Option<&ConnectionManager> {
+    /// The connection (a clone sharing its socket), unless there is none yet or a recent
+    /// failure pauses its use.
+    fn usable(&self) -> Option<Conn> {
         if self.now_ms() < self.paused_until.load(Ordering::Relaxed) {
             return None;
         }
-        self.conn.get()
+        self.conn.load().as_deref().cloned()
     }
 
-    /// Answers per `on_error`. `error` is the failure of an attempt just made, `None` when the
-    /// request did not try (no connection yet, or paused): only attempts restart the pause, or
-    /// steady traffic would keep Redis paused forever.
-    fn on_error(&self, key: &RedisKey, error: Option<&dyn std::fmt::Display>) -> Decision {
+    /// Answers per `on_error`. `error` is the failure of an attempt just made, with whether a
+    /// new connection may cure it; `None` when the request did not try (no connection yet, or
+    /// paused): only attempts restart the pause, or steady traffic would keep Redis paused
+    /// forever.
+    fn on_error(&self, key: &RedisKey, error: Option<(&dyn std::fmt::Display, bool)>) -> Decision {
         self.errors.fetch_add(1, Ordering::Relaxed);
         crate::metrics::store_error(match self.on_error {
             OnError::Allow => "allow",
             OnError::Deny => "deny",
         });
-        if let Some(error) = error {
+        if let Some((error, reconnect)) = error {
+            if reconnect && !self.broken.swap(true, Ordering::Relaxed) {
+                self.wake.notify_one();
+            }
             self.failing.store(true, Ordering::Relaxed);
             let now = self.now_ms();
             let pause = u64::try_from(REDIS_RETRY_PAUSE.as_millis()).unwrap_or(u64::MAX);
@@ -449,22 +458,56 @@ impl Shared {
     }
 }
 
-/// Connects when Redis was down at start-up; ends once connected or once the store is gone.
-async fn connect_in_background(shared: Weak<Shared>) {
-    loop {
-        tokio::time::sleep(CONNECT_EVERY).await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        match shared.connect().await {
-            Ok(conn) => {
-                let _ = shared.conn.set(conn);
-                return;
-            }
-            Err(e) => shared.warn(&e),
-        }
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Lets the reconnect task see that the store is gone.
+        self.wake.notify_one();
     }
 }
 
+/// Connects while there is no connection, and again after a request marked it broken or (with
+/// Sentinel) the sentinels named another primary; at most one attempt per
+/// [`REDIS_RETRY_PAUSE`]. Ends once the store is gone.
+async fn keep_connected(shared: Weak<Shared>, wake: Arc<Notify>) {
+    loop {
+        let Some(store) = shared.upgrade() else {
+            return;
+        };
+        let needed = store.conn.load().is_none() || store.broken.swap(false, Ordering::Relaxed);
+        if !needed {
+            let sentinel = matches!(store.connector, Connector::Sentinel(_));
+            drop(store);
+            if !sentinel {
+                wake.notified().await;
+                continue;
+            }
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(connect::SENTINEL_CHECK_EVERY) => {
+                    let Some(store) = shared.upgrade() else {
+                        return;
+                    };
+                    if store.connector.primary_moved().await {
+                        tracing::info!("rate-limit store: the sentinels name a new primary");
+                        store.broken.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            continue;
+        }
+        match store.connector.connect().await {
+            Ok(conn) => store.conn.store(Some(Arc::new(conn))),
+            Err(e) => {
+                store.broken.store(true, Ordering::Relaxed);
+                store.warn(&e);
+            }
+        }
+        drop(store);
+        tokio::time::sleep(REDIS_RETRY_PAUSE).await;
+    }
+}
+
+#[cfg(test)]
+mod deployments;
 #[cfg(test)]
 mod tests;

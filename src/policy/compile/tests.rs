@@ -188,10 +188,7 @@ fn keyword_fields_list_their_words_and_map_each_word() {
     assert_eq!(p.qb_token, QbTokenMode::Reject);
     assert_eq!(
         p.rate_limit,
-        RateLimitStore::Redis {
-            url: "redis://127.0.0.1:6379".into(),
-            on_error_allow: false,
-        }
+        RateLimitStore::Redis(RedisStore::single("redis://127.0.0.1:6379", false))
     );
     assert_eq!(p.dialog_rules.mode, RuleMode::Off);
     assert!(p.dialog_rules.forward_on_lookup_error);
@@ -298,11 +295,8 @@ fn what_run_cannot_connect_to_is_refused_by_check_too() {
         format!("version: 1\nrate_limit:\n  store: redis\n  redis:\n    url: {url}\nkeys:\n  - id: a\n    sha256: {DIGEST}\n")
     };
     assert!(compile(&text("redis://127.0.0.1:6379/0")).is_ok());
-    for url in [
-        "rediss://cache:6380",
-        "http://cache:6379",
-        "redis://cache:notaport",
-    ] {
+    assert!(compile(&text("rediss://cache:6380")).is_ok());
+    for url in ["http://cache:6379", "redis://cache:notaport"] {
         let errs = errors(&text(url));
         assert_eq!(errs.len(), 1, "{url}: {errs:?}");
         assert!(
@@ -419,4 +413,150 @@ fn a_key_has_sha256_or_digests_and_each_digest_once() {
         "version: 1\nkeys:\n  - id: a\n    digests:\n      - sha256: {DIGEST}\n        expires: 2027-01-01T00:00:00Z\n"
     ));
     assert!(unknown[0].contains("expires"), "{unknown:?}");
+}
+
+fn redis_policy(block: &str) -> String {
+    format!("version: 1\nrate_limit:\n  store: redis\n  redis:\n{block}keys:\n  - id: a\n    sha256: {DIGEST}\n")
+}
+
+#[test]
+fn redis_modes_compile_to_their_servers() {
+    let env = |name: &str| (name == "REDIS_PW").then(|| "s3cret\n".to_string());
+    let p = compile_with_env(
+        &redis_policy(
+            "    url: rediss://limiter@cache:6380/2\n    password: { env: REDIS_PW }\n    on_error: deny\n",
+        ),
+        &env,
+    )
+    .expect("tls + acl");
+    let RateLimitStore::Redis(store) = &p.rate_limit else {
+        panic!("redis expected")
+    };
+    assert_eq!(
+        store.servers,
+        RedisServers::Single {
+            url: "rediss://limiter@cache:6380/2".into()
+        }
+    );
+    assert_eq!(store.password, Some(RedisPassword("s3cret".into())));
+    assert!(!format!("{store:?}").contains("s3cret"), "Debug hides it");
+    assert!(!store.on_error_allow);
+
+    let p = compile(&redis_policy(
+        "    sentinel: { master_name: mymaster, nodes: ['s1:26379', 'redis://s2:26379'] }\n",
+    ))
+    .expect("sentinel");
+    assert_eq!(
+        p.rate_limit,
+        RateLimitStore::Redis(RedisStore {
+            servers: RedisServers::Sentinel {
+                master_name: "mymaster".into(),
+                nodes: vec!["redis://s1:26379".into(), "redis://s2:26379".into()],
+            },
+            password: None,
+            ca_file: None,
+            on_error_allow: true,
+        })
+    );
+    let p = compile(&redis_policy(
+        "    cluster:\n      nodes: ['[::1]:7000', 10.0.0.2:7001]\n",
+    ))
+    .expect("cluster");
+    let RateLimitStore::Redis(store) = &p.rate_limit else {
+        panic!("redis expected")
+    };
+    assert_eq!(
+        store.servers,
+        RedisServers::Cluster {
+            nodes: vec!["redis://[::1]:7000".into(), "redis://10.0.0.2:7001".into()]
+        }
+    );
+}
+
+#[test]
+fn redis_block_errors_are_in_plain_words_with_their_place() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "    sentinel: { master_name: m, nodes: [a:1] }\n    cluster: { nodes: [b:2] }\n",
+            "rate_limit.redis: give `sentinel` or `cluster`, not both (line 5, column 15)",
+        ),
+        (
+            "    url: redis://a:1\n    cluster: { nodes: [b:2] }\n",
+            "rate_limit.redis.url: `url` is for one server; with `sentinel` or `cluster` the addresses are their `nodes` (write rediss:// or a user name there) (line 5, column 10)",
+        ),
+        (
+            "    cluster: { nodes: [] }\n",
+            "rate_limit.redis.cluster.nodes: needs at least one address (host:port) (line 5, column 14)",
+        ),
+        (
+            "    sentinel: { nodes: [a:1] }\n",
+            "rate_limit.redis.sentinel: `master_name` is missing: the name the sentinels know the primary by (line 5, column 15)",
+        ),
+        (
+            "    sentinel: { master_name: '', nodes: [a:1] }\n",
+            "rate_limit.redis.sentinel.master_name: must not be empty (line 5, column 30)",
+        ),
+        (
+            "    cluster: { nodes: ['a:1', 'b:70000'] }\n",
+            "rate_limit.redis.cluster.nodes[1]: must be host:port (a port from 1 to 65535) or a redis:// or rediss:// URL (line 5, column 31)",
+        ),
+        (
+            "    cluster: { nodes: ['a:1', 'rediss://b:2'] }\n",
+            "rate_limit.redis.cluster.nodes[1]: every node must use the same scheme (redis:// or rediss://) and user name (line 5, column 31)",
+        ),
+        (
+            "    url: redis://user:hunter2@cache:6379\n",
+            "rate_limit.redis.url: holds a password: give it under `rate_limit.redis.password` as { env: NAME } or { file: PATH }, never in the url (line 5, column 10)",
+        ),
+        (
+            "    url: redis://cache:6379\n    ca_file: /nonexistent.pem\n",
+            "rate_limit.redis.ca_file: is only used over TLS: write the address as rediss:// (line 6, column 14)",
+        ),
+        (
+            "    url: rediss://cache:6379\n    ca_file: /nonexistent/ca.pem\n",
+            "rate_limit.redis.ca_file: cannot read /nonexistent/ca.pem (line 6, column 14)",
+        ),
+        (
+            "    password: { env: NOT_SET_ANYWHERE_QBGATE }\n",
+            "rate_limit.redis.password: environment variable NOT_SET_ANYWHERE_QBGATE is not set (line 5, column 15)",
+        ),
+    ];
+    for (block, want) in cases {
+        let errs = errors(&redis_policy(block));
+        assert_eq!(errs, [*want], "{block}");
+        assert!(!errs[0].contains("hunter2"), "no password in errors");
+    }
+}
+
+#[test]
+fn offline_check_does_not_read_the_redis_password() {
+    let text = redis_policy("    password: { file: /nonexistent/redis-password }\n");
+    assert!(compile_secrets(&text, &|_| None, Secrets::Offline).is_ok());
+    let errs = compile_secrets(&text, &|_| None, Secrets::Resolve)
+        .unwrap_err()
+        .0;
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].path, "rate_limit.redis.password");
+}
+
+#[test]
+fn every_mistake_in_the_redis_block_is_reported_at_once() {
+    let errs = errors(&redis_policy(
+        "    url: rediss://u:hunter2@cache:6380\n    sentinel: { master_name: m, nodes: [a:1] }\n    cluster: { nodes: [bad] }\n",
+    ));
+    let paths: Vec<&str> = errs
+        .iter()
+        .map(|e| e.split(':').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "rate_limit.redis.url",
+            "rate_limit.redis.cluster.nodes[0]",
+            "rate_limit.redis",
+            "rate_limit.redis.url"
+        ],
+        "{errs:?}"
+    );
+    assert!(errs.iter().all(|e| !e.contains("hunter2")), "{errs:?}");
 }

@@ -5,7 +5,9 @@ use crate::ratelimit::{Limiters, Quota};
 use std::num::NonZeroU32;
 use std::process::Command;
 
+use crate::policy::RedisStore;
 use crate::ratelimit::test_server::Server;
+use ::redis::Client;
 
 fn nz(n: u32) -> Option<NonZeroU32> {
     NonZeroU32::new(n)
@@ -15,6 +17,11 @@ fn keys(list: &[(&str, Quota)]) -> Vec<(Arc<str>, Option<Quota>)> {
     list.iter()
         .map(|(id, q)| (Arc::from(*id), Some(q.clone())))
         .collect()
+}
+
+/// One server at `url`, no password.
+pub(crate) fn single(url: &str, on_error: OnError) -> RedisStore {
+    RedisStore::single(url, on_error == OnError::Allow)
 }
 
 async fn count(l: &Limiters, key: u32, user: Option<u64>, n: usize) -> usize {
@@ -37,10 +44,10 @@ async fn two_limiters_share_one_limit() {
         ..Quota::default()
     };
     let k = keys(&[("billing", q)]);
-    let a = Limiters::redis(&server.url(), OnError::Deny, &k)
+    let a = Limiters::redis(&single(&server.url(), OnError::Deny), &k)
         .await
         .expect("a");
-    let b = Limiters::redis(&server.url(), OnError::Deny, &k)
+    let b = Limiters::redis(&single(&server.url(), OnError::Deny), &k)
         .await
         .expect("b");
     let mut allowed = 0;
@@ -76,7 +83,7 @@ async fn all_or_nothing_and_headers() {
         per_user_per_second: nz(5),
         ..Quota::default()
     };
-    let l = Limiters::redis(&server.url(), OnError::Deny, &keys(&[("k", q)]))
+    let l = Limiters::redis(&single(&server.url(), OnError::Deny), &keys(&[("k", q)]))
         .await
         .expect("limiters");
     match l.check(0, Some(1)).await {
@@ -148,7 +155,7 @@ async fn rate_over_real_time() {
         burst: nz(5),
         ..Quota::default()
     };
-    let l = Limiters::redis(&server.url(), OnError::Deny, &keys(&[("k", q)]))
+    let l = Limiters::redis(&single(&server.url(), OnError::Deny), &keys(&[("k", q)]))
         .await
         .expect("limiters");
     let start = Instant::now();
@@ -181,10 +188,10 @@ async fn redis_down_up_and_back() {
         ..Quota::default()
     };
     let k = keys(&[("k", q)]);
-    let allow = Limiters::redis(&server.url(), OnError::Allow, &k)
+    let allow = Limiters::redis(&single(&server.url(), OnError::Allow), &k)
         .await
         .expect("allow");
-    let deny = Limiters::redis(&server.url(), OnError::Deny, &k)
+    let deny = Limiters::redis(&single(&server.url(), OnError::Deny), &k)
         .await
         .expect("deny");
     assert!(matches!(allow.check(0, None).await, Decision::Allowed(_)));
@@ -244,8 +251,7 @@ async fn start_with_redis_down() {
         ..Quota::default()
     };
     let l = Limiters::redis(
-        &format!("redis://127.0.0.1:{port}/"),
-        OnError::Allow,
+        &single(&format!("redis://127.0.0.1:{port}/"), OnError::Allow),
         &keys(&[("k", q)]),
     )
     .await
@@ -268,7 +274,7 @@ async fn stalled_redis_is_bounded_by_the_timeout() {
         per_hour: nz(100),
         ..Quota::default()
     };
-    let l = Limiters::redis(&server.url(), OnError::Allow, &keys(&[("k", q)]))
+    let l = Limiters::redis(&single(&server.url(), OnError::Allow), &keys(&[("k", q)]))
         .await
         .expect("limiters");
     assert!(matches!(l.check(0, None).await, Decision::Allowed(_)));
@@ -310,11 +316,531 @@ fn check_future_is_send() {
 
 #[tokio::test]
 async fn bad_url_fails() {
-    let err = Limiters::redis("http://nope", OnError::Allow, &[])
+    let err = Limiters::redis(&single("http://nope", OnError::Allow), &[])
         .await
         .expect_err("bad url");
     assert!(
         err.to_string().starts_with("rate_limit.redis.url: "),
         "{err}"
     );
+}
+
+// ---- Redis as teams run it: TLS + ACL, Sentinel, Cluster, and one pipelined round trip ----
+
+use super::deployments::{cli, ClusterRedis, SentinelRedis, TlsRedis};
+use crate::policy::{compile_with_env, RateLimitStore, RedisServers};
+
+/// The key every accuracy run limits: 400 per second, bursts of 20, and a per-user bucket that
+/// never binds but makes every other request a two-key script call (as a user's request is).
+fn accuracy_quota() -> Quota {
+    Quota {
+        per_second: nz(400),
+        burst: nz(20),
+        per_user_per_second: nz(100_000),
+        ..Quota::default()
+    }
+}
+
+/// Two gateways (`a` and `b`, four callers each) offer about 15 times the rate for `span`.
+/// Returns (admitted, burst + rate x elapsed), the count a perfect shared limit admits.
+async fn offered_load(a: &Arc<Limiters>, b: &Arc<Limiters>, span: Duration) -> (u64, f64) {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..8u64 {
+        let l = Arc::clone(if i % 2 == 0 { a } else { b });
+        tasks.push(tokio::spawn(async move {
+            let mut admitted = 0u64;
+            let mut n = 0u64;
+            while start.elapsed() < span && n < 20_000 {
+                n += 1;
+                let user = (n % 2 == 0).then_some(1 + n % 7);
+                if matches!(l.check(0, user).await, Decision::Allowed(_)) {
+                    admitted += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            admitted
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += t.await.expect("caller task");
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    (admitted, 20.0 + 400.0 * elapsed)
+}
+
+fn within_two_percent(what: &str, (admitted, expect): (u64, f64)) {
+    let off = (admitted as f64 - expect) / expect;
+    eprintln!(
+        "{what}: admitted {admitted}, expected {expect:.1} ({:+.2}%)",
+        off * 100.0
+    );
+    assert!(
+        off.abs() <= 0.02,
+        "{what}: admitted {admitted}, a shared limit admits {expect:.0} ({:+.2}%)",
+        off * 100.0
+    );
+}
+
+async fn two_gateways(store: &RedisStore) -> (Arc<Limiters>, Arc<Limiters>) {
+    let k = keys(&[("billing", accuracy_quota())]);
+    let a = Limiters::redis(store, &k).await.expect("gateway a");
+    let b = Limiters::redis(store, &k).await.expect("gateway b");
+    (Arc::new(a), Arc::new(b))
+}
+
+fn redis_store(policy_block: &str, env: &dyn Fn(&str) -> Option<String>) -> RedisStore {
+    let text = format!(
+        "version: 1\nrate_limit:\n  store: redis\n  redis:\n{policy_block}keys:\n  - id: a\n    sha256: {}\n",
+        "0".repeat(64)
+    );
+    match compile_with_env(&text, env).expect("policy").rate_limit {
+        RateLimitStore::Redis(store) => store,
+        RateLimitStore::Memory => panic!("redis store expected"),
+    }
+}
+
+/// Until a check is decided by Redis (not `on_error`), within 5 s.
+async fn wait_until_connected(l: &Limiters) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let errors = l.redis_errors();
+        let decision = l.check(0, None).await;
+        if l.redis_errors() == errors && !matches!(decision, Decision::Unlimited) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never reached Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every check in `rounds` meets `on_error: deny` and is counted.
+async fn only_on_error(what: &str, store: &RedisStore) {
+    let l = Limiters::redis(store, &keys(&[("k", accuracy_quota())]))
+        .await
+        .expect(what);
+    for _ in 0..3 {
+        match l.check(0, None).await {
+            Decision::Limited { retry_after, .. } => {
+                assert_eq!(retry_after, Duration::from_secs(1), "{what}")
+            }
+            other => panic!("{what}: on_error deny expected, got {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(l.redis_errors(), 3, "{what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (Debian, built with TLS); .ci/run installs it and runs it"]
+async fn tls_with_ca_file_acl_user_and_password_from_env() {
+    let redis = TlsRedis::start("tls_with_ca_file_acl_user_and_password_from_env", "pw-0k!");
+    let port = redis.server.port;
+    let block = |ca: &std::path::Path, env: &str| {
+        format!(
+            "    url: rediss://limiter@127.0.0.1:{port}/\n    password: {{ env: {env} }}\n    ca_file: {}\n    on_error: deny\n",
+            ca.display()
+        )
+    };
+    let env = |name: &str| match name {
+        "QBGATE_TEST_REDIS_PASSWORD" => Some("pw-0k!\n".to_string()),
+        "QBGATE_TEST_WRONG_PASSWORD" => Some("not-it".to_string()),
+        _ => None,
+    };
+    let store = redis_store(&block(&redis.ca_file, "QBGATE_TEST_REDIS_PASSWORD"), &env);
+    assert!(!format!("{store:?}").contains("pw-0k!"), "password hidden");
+    let (a, b) = two_gateways(&store).await;
+    within_two_percent(
+        "TLS",
+        offered_load(&a, &b, Duration::from_millis(1500)).await,
+    );
+    assert_eq!(a.redis_errors() + b.redis_errors(), 0);
+
+    // What must not connect gets on_error, never a panic or a request that waits long.
+    let wrong_ca = redis_store(
+        &block(&redis.other_ca_file, "QBGATE_TEST_REDIS_PASSWORD"),
+        &env,
+    );
+    only_on_error("a CA that did not sign the server", &wrong_ca).await;
+    let wrong_password = redis_store(&block(&redis.ca_file, "QBGATE_TEST_WRONG_PASSWORD"), &env);
+    only_on_error("a wrong password", &wrong_password).await;
+    let mut no_ca = store.clone();
+    no_ca.ca_file = None;
+    only_on_error("the built-in roots only", &no_ca).await;
+    let plain = RedisStore::single(format!("redis://127.0.0.1:{port}/"), false);
+    only_on_error("plain TCP to a TLS port", &plain).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (Debian; its --sentinel mode); .ci/run installs it and runs it"]
+async fn sentinel_follows_a_failover_under_load() {
+    failover_under_load(
+        "sentinel_follows_a_failover_under_load",
+        Failover::KillPrimary,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (Debian; its --sentinel mode); .ci/run installs it and runs it"]
+async fn sentinel_follows_a_manual_failover_under_load() {
+    failover_under_load(
+        "sentinel_follows_a_manual_failover_under_load",
+        Failover::Command,
+    )
+    .await;
+}
+
+enum Failover {
+    /// The primary dies: nothing answers until the sentinel promotes the replica.
+    KillPrimary,
+    /// `SENTINEL FAILOVER`: the old primary becomes a replica and refuses writes.
+    Command,
+}
+
+async fn failover_under_load(test: &str, how: Failover) {
+    let mut redis = SentinelRedis::start(test);
+    let store = RedisStore {
+        servers: RedisServers::Sentinel {
+            master_name: SentinelRedis::MASTER.into(),
+            nodes: vec![format!("redis://{}", redis.node())],
+        },
+        password: None,
+        ca_file: None,
+        on_error_allow: false,
+    };
+    let (a, b) = two_gateways(&store).await;
+    within_two_percent(
+        "Sentinel",
+        offered_load(&a, &b, Duration::from_millis(1200)).await,
+    );
+    assert_eq!(a.redis_errors() + b.redis_errors(), 0);
+
+    // Kill the primary while both gateways keep asking. `key 1`: 100 per second, bursts of 5.
+    let q = Quota {
+        per_second: nz(100),
+        burst: nz(5),
+        ..Quota::default()
+    };
+    let k = keys(&[("billing", accuracy_quota()), ("failover", q)]);
+    let (a, b) = (Arc::new(a.rebuild(&k)), Arc::new(b.rebuild(&k)));
+    let start = Instant::now();
+    let load = |l: Arc<Limiters>| {
+        tokio::spawn(async move {
+            // (admitted, refused by on_error, admitted after an on_error refusal)
+            let (mut admitted, mut after_outage) = (0u64, 0u64);
+            let mut outage = false;
+            while start.elapsed() < Duration::from_secs(8) {
+                let errors = l.redis_errors();
+                match l.check(1, None).await {
+                    Decision::Allowed(_) => {
+                        admitted += 1;
+                        after_outage += u64::from(outage);
+                    }
+                    Decision::Limited { .. } if l.redis_errors() > errors => outage = true,
+                    Decision::Limited { .. } => {}
+                    Decision::Unlimited => panic!("deny never answers unlimited"),
+                }
+                if after_outage >= 100 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (admitted, after_outage)
+        })
+    };
+    let tasks = [
+        load(Arc::clone(&a)),
+        load(Arc::clone(&b)),
+        load(Arc::clone(&a)),
+    ];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match how {
+        Failover::KillPrimary => redis.primary.kill(),
+        Failover::Command => {
+            let reply = cli(
+                redis.sentinel.port,
+                &["SENTINEL", "FAILOVER", SentinelRedis::MASTER],
+            );
+            assert!(reply.contains("OK"), "SENTINEL FAILOVER: {reply}");
+        }
+    }
+    let mut admitted = 0;
+    let mut after = 0;
+    for t in tasks {
+        let (n, m) = t.await.expect("no panic under failover");
+        admitted += n;
+        after += m;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if let Failover::KillPrimary = how {
+        assert!(
+            a.redis_errors() + b.redis_errors() > 0,
+            "on_error applied while no primary answered"
+        );
+    }
+    match how {
+        Failover::KillPrimary => assert!(
+            after >= 100,
+            "the new primary serves: {after} admitted after the outage"
+        ),
+        // Effects replicate as writes, so script calls on the former replica came from us.
+        Failover::Command => {
+            let stats = cli(redis.replica.port, &["INFO", "commandstats"]);
+            assert!(
+                stats.contains("cmdstat_evalsha:"),
+                "the limiter moved to the new primary: {stats}"
+            );
+        }
+    }
+    // What the old primary took after the promotion is lost, so the new one may grant one
+    // more burst (its stored times lag, and a lagging bucket is simply full): never more.
+    let most = (5.0 + 100.0 * elapsed) * 1.02 + 5.0;
+    assert!(
+        (admitted as f64) <= most,
+        "limit held through the failover: {admitted} admitted, at most {most:.0}"
+    );
+    let master = cli(
+        redis.sentinel.port,
+        &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SentinelRedis::MASTER],
+    );
+    assert!(
+        master.contains(&redis.replica.port.to_string()),
+        "the replica was promoted: {master}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and redis-cli (Debian); .ci/run installs them and runs it"]
+async fn cluster_keeps_a_key_and_its_users_in_one_slot() {
+    let redis = ClusterRedis::start("cluster_keeps_a_key_and_its_users_in_one_slot");
+    let store = RedisStore {
+        servers: RedisServers::Cluster {
+            nodes: redis
+                .node_list()
+                .iter()
+                .map(|n| format!("redis://{n}"))
+                .collect(),
+        },
+        password: None,
+        ca_file: None,
+        on_error_allow: false,
+    };
+    let (a, b) = two_gateways(&store).await;
+    within_two_percent(
+        "Cluster",
+        offered_load(&a, &b, Duration::from_millis(1500)).await,
+    );
+    // A script whose keys spanned two slots would fail (CROSSSLOT) and count here.
+    assert_eq!(a.redis_errors() + b.redis_errors(), 0);
+    let mut holders = Vec::new();
+    let mut names = Vec::new();
+    for node in &redis.nodes {
+        let found = cli(node.port, &["KEYS", "qbgate:*"]);
+        let found: Vec<String> = found
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        if !found.is_empty() {
+            holders.push(node.port);
+        }
+        names.extend(found);
+    }
+    // User buckets of this quota are full again within microseconds and expire at once, so
+    // their slot is asked of the cluster by name.
+    let key = RedisKey::new(&Arc::from("billing"), &accuracy_quota()).expect("windows");
+    assert_eq!(
+        names,
+        std::slice::from_ref(&key.state_key),
+        "the key's state"
+    );
+    assert_eq!(holders.len(), 1);
+    let slot = |name: &str| cli(holders[0], &["CLUSTER", "KEYSLOT", name]);
+    for user in [1, 6, 99_999_999] {
+        assert_eq!(
+            slot(&format!("{}{user}", key.user_prefix)),
+            slot(&key.state_key),
+            "a user's bucket shares its key's slot"
+        );
+    }
+}
+
+/// Bytes the server side of loopback TCP connections to `port` has received and not read.
+fn unread_bytes(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address, rem_address, st (01: established), tx_queue:rx_queue
+            (f.get(1)?.ends_with(&local) && *f.get(3)? == "01")
+                .then(|| u64::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok())?
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (Debian); .ci/run installs it and runs it"]
+async fn concurrent_requests_share_one_connection_pipelined_one_call_each() {
+    let server = Server::start("concurrent_requests_share_one_connection_pipelined_one_call_each");
+    let q = Quota {
+        per_second: nz(100_000),
+        per_user_per_second: nz(100_000),
+        ..Quota::default()
+    };
+    let l = Arc::new(
+        Limiters::redis(&single(&server.url(), OnError::Deny), &keys(&[("k", q)]))
+            .await
+            .expect("limiters"),
+    );
+    wait_until_connected(&l).await;
+    assert!(cli(server.port, &["CONFIG", "RESETSTAT"]).contains("OK"));
+    let signal = |sig: &str| {
+        let status = Command::new("kill")
+            .args([sig, &server.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    // Redis stopped: every request is written before any reply could come back.
+    signal("-STOP");
+    const N: usize = 64;
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let l = Arc::clone(&l);
+            tokio::spawn(async move { l.check(0, Some(1 + i as u64 % 2)).await })
+        })
+        .collect();
+    // Until every call is on the socket (or a second), then let Redis run. The callers time
+    // out after COMMAND_TIMEOUT, but what they wrote stays queued for Redis.
+    let sent = Instant::now();
+    let mut queued = unread_bytes(server.port);
+    while queued < (N as u64) * 100 && sent.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        queued = unread_bytes(server.port);
+    }
+    signal("-CONT");
+    let held = sent.elapsed();
+    // An EVALSHA with two keys and 13 arguments is well over 100 bytes.
+    assert!(
+        queued >= (N as u64) * 100,
+        "all {N} calls were in flight at once on the socket: {queued} bytes queued"
+    );
+    let mut decisions = Vec::new();
+    for t in tasks {
+        decisions.push(t.await.expect("task"));
+    }
+    // On a machine so loaded that Redis stayed stopped past the command timeout, the callers
+    // gave up (on_error); Redis still ran every call it had received, counted below.
+    let in_time = held < COMMAND_TIMEOUT - Duration::from_millis(50);
+    if in_time {
+        assert!(
+            decisions.iter().all(|d| matches!(d, Decision::Allowed(_))),
+            "{decisions:?}"
+        );
+        assert_eq!(l.redis_errors(), 0);
+    }
+    let stats = cli(server.port, &["INFO", "commandstats"]);
+    assert!(
+        stats.contains(&format!("cmdstat_evalsha:calls={N},")),
+        "one script call per request: {stats}"
+    );
+    let called: Vec<&str> = stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_"))
+        // What the script runs inside its one call, and this test's own commands.
+        .filter(|l| {
+            ![
+                "time",
+                "hmget",
+                "hset",
+                "pexpire",
+                "info",
+                "config|resetstat",
+            ]
+            .iter()
+            .any(|c| l.starts_with(&format!("cmdstat_{c}:")))
+        })
+        .collect();
+    assert_eq!(called.len(), 1, "nothing but EVALSHA: {called:?}");
+    let clients = cli(server.port, &["CLIENT", "LIST"]);
+    if !in_time {
+        return;
+    }
+    assert_eq!(
+        clients
+            .lines()
+            .filter(|l| !l.contains("cmd=client"))
+            .count(),
+        1,
+        "one connection: {clients}"
+    );
+}
+
+/// Log lines written while the test runs (this thread's subscriber).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server (Debian, built with TLS); .ci/run installs it and runs it"]
+async fn tls_and_auth_failures_are_logged_without_the_password() {
+    const PASSWORD: &str = "pw-never-logged-7f3a";
+    let redis = TlsRedis::start(
+        "tls_and_auth_failures_are_logged_without_the_password",
+        PASSWORD,
+    );
+    let log = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let env = |_: &str| Some(PASSWORD.to_string());
+    let url = format!("rediss://limiter@127.0.0.1:{}/", redis.server.port);
+    let wrong_ca = redis_store(
+        &format!(
+            "    url: {url}\n    password: {{ env: P }}\n    ca_file: {}\n    on_error: deny\n",
+            redis.other_ca_file.display()
+        ),
+        &env,
+    );
+    only_on_error("a CA that did not sign the server", &wrong_ca).await;
+    let text = String::from_utf8_lossy(&log.0.lock().expect("log")).into_owned();
+    assert!(
+        text.contains("Redis unreachable") && text.to_lowercase().contains("certificate"),
+        "the warning names the TLS failure: {text}"
+    );
+    assert!(!text.contains(PASSWORD), "{text}");
+    let wrong_user = redis_store(
+        &format!(
+            "    url: rediss://nobody@127.0.0.1:{}/\n    password: {{ env: P }}\n    ca_file: {}\n    on_error: deny\n",
+            redis.server.port,
+            redis.ca_file.display()
+        ),
+        &env,
+    );
+    only_on_error("an unknown ACL user", &wrong_user).await;
+    let text = String::from_utf8_lossy(&log.0.lock().expect("log")).into_owned();
+    assert!(!text.contains(PASSWORD), "{text}");
 }
