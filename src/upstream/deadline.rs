@@ -13,6 +13,7 @@
 //! connection would not reach: they keep the timer.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::task::{Context, Poll};
@@ -54,34 +55,51 @@ impl Watch {
             .is_ok()
     }
 
-    /// Run `future` until it is ready or `timeout` after `sent` has passed (`None`).
-    pub(super) async fn within<F: Future>(
+    /// Run `future` until it is ready or `timeout` after `sent` has passed (`None`). Armed from
+    /// now until the returned future is done or dropped.
+    pub(super) fn within<F: Future>(
         &self,
         sent: Instant,
         timeout: Duration,
         future: F,
-    ) -> Option<F::Output> {
-        let deadline =
-            nanos(sent).saturating_add(u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX));
-        self.deadline
-            .store(deadline.min(EXPIRED - 1), Ordering::Release);
-        // Disarmed however the wait ends, dropped with the request included.
-        let armed = Armed(self);
-        let mut future = std::pin::pin!(future);
-        std::future::poll_fn(|cx: &mut Context<'_>| {
-            if let Poll::Ready(output) = future.as_mut().poll(cx) {
-                return Poll::Ready(Some(output));
-            }
-            // The sweep wakes this task after it marks the deadline expired.
-            if armed.0.deadline.load(Ordering::Acquire) == EXPIRED {
-                return Poll::Ready(None);
-            }
-            Poll::Pending
-        })
-        .await
+    ) -> Within<'_, F> {
+        let timeout = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        let deadline = nanos(sent).saturating_add(timeout).min(EXPIRED - 1);
+        self.deadline.store(deadline, Ordering::Release);
+        Within {
+            future,
+            armed: Armed(self),
+        }
     }
 }
 
+pin_project_lite::pin_project! {
+    /// See [`Watch::within`]. Written out rather than an `async fn`, which would hold the wrapped
+    /// future twice in its state and copy it on the first poll.
+    pub(super) struct Within<'a, F> {
+        #[pin]
+        future: F,
+        armed: Armed<'a>,
+    }
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(output) = this.future.poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        // The sweep wakes this task after it marks the deadline expired.
+        if this.armed.0.deadline.load(Ordering::Acquire) == EXPIRED {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+}
+
+/// Disarms its watch when dropped: however the wait ends, the request's future included.
 struct Armed<'a>(&'a Watch);
 
 impl Drop for Armed<'_> {
