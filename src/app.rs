@@ -121,13 +121,19 @@ pub async fn serve(
         let gateway = gateway.clone();
         let connections = connections.clone();
         async move {
-            let mut timeout = gateway.runtime().policy.client.header_timeout;
+            let timeouts = || {
+                let policy = &gateway.runtime().policy;
+                (policy.client.header_timeout, policy.upstream.timeout)
+            };
+            let (mut head, mut upstream) = timeouts();
             loop {
-                tokio::time::sleep(conn::sweep_interval(timeout)).await;
-                // Read each time: a reload may have changed it.
-                timeout = gateway.runtime().policy.client.header_timeout;
+                // Often enough for both: the sweep also ends HTTP/1.1 requests past their
+                // upstream deadline (`upstream/deadline.rs`).
+                tokio::time::sleep(conn::sweep_interval(head.min(upstream))).await;
+                // Read each time: a reload may have changed them.
+                (head, upstream) = timeouts();
                 // Each cut connection logs its own end.
-                connections.sweep(std::time::Instant::now(), timeout);
+                connections.sweep(std::time::Instant::now(), head);
             }
         }
     });
@@ -208,13 +214,17 @@ pub async fn serve(
             };
             let io = TokioIo::new(stream);
             let tracker = shared.clone();
+            // HTTP/1.1 runs the request in this task: the sweep can time its upstream wait.
+            let swept = protocol == Protocol::Http1;
             let service = service_fn(move |request| {
                 let gw = gw.clone();
                 // Counted in progress until hyper drops the response body.
                 let token = tracker.request();
                 async move {
+                    let watch = swept.then(|| token.watch());
                     let response =
-                        proxy::handle(gw.runtime(), &gw.ids, gw.observer.get(), request).await;
+                        proxy::handle(gw.runtime(), &gw.ids, gw.observer.get(), watch, request)
+                            .await;
                     Ok::<_, std::convert::Infallible>(
                         response.map(|body| conn::Tracked::new(body, token)),
                     )

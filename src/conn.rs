@@ -52,6 +52,8 @@ pub struct Shared {
     /// `CUT`, `IDLE` or `DRAIN`, set by the sweep or the drain.
     signal: AtomicU8,
     waker: AtomicWaker,
+    /// The upstream deadline of the request in progress (HTTP/1.1), read by the sweep.
+    upstream: crate::upstream::Watch,
 }
 
 impl Shared {
@@ -70,6 +72,14 @@ impl Shared {
 
 /// One request in progress on a connection; see [`Shared::request`].
 pub struct RequestToken(Arc<Shared>);
+
+impl RequestToken {
+    /// The connection's upstream deadline, for a request that runs in the connection's task
+    /// (HTTP/1.1; `upstream/deadline.rs`).
+    pub fn watch(&self) -> &crate::upstream::Watch {
+        &self.0.upstream
+    }
+}
 
 impl Drop for RequestToken {
     fn drop(&mut self) {
@@ -122,7 +132,8 @@ impl Connections {
 
     /// Act on the connections idle for `timeout` or more at `now`: cut the ones that never
     /// started a request or were asked to close a timeout ago; ask the others to close (`IDLE`),
-    /// and time a new wait. Forget the ones that ended. Returns how many were signalled.
+    /// and time a new wait. Wake the ones whose request is past its upstream deadline. Forget
+    /// the ones that ended. Returns how many were signalled.
     pub fn sweep(&self, now: Instant, timeout: Duration) -> usize {
         let mut signalled = 0;
         self.lock().list.retain_mut(|entry| {
@@ -133,6 +144,11 @@ impl Connections {
             let finished = conn.finished.load(Ordering::Relaxed);
             let started = conn.started.load(Ordering::Relaxed);
             if started != finished {
+                // A request past its upstream deadline is woken, to answer 504.
+                if conn.upstream.expire(now) {
+                    conn.waker.wake();
+                    signalled += 1;
+                }
                 entry.idle_since = None;
                 return true;
             }
@@ -188,7 +204,8 @@ impl Connections {
     }
 }
 
-/// How often to sweep for a head timeout: a quarter of it, and not more than every 10 ms.
+/// How often to sweep for a timeout (the head timeout, or the upstream one when shorter): a
+/// quarter of it, and not more than every 10 ms.
 pub fn sweep_interval(timeout: Duration) -> Duration {
     (timeout / 4).max(Duration::from_millis(10))
 }

@@ -145,12 +145,44 @@ static STATUS: LazyLock<Vec<Arc<str>>> = LazyLock::new(|| {
 });
 
 /// Labels of one `qbgate_requests_total` series.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct RequestLabels {
-    key: Option<Arc<str>>,
+struct RequestLabels<'a> {
+    key: Option<&'a Arc<str>>,
     route: &'static str,
     status: u16,
     reason: &'static str,
+}
+
+/// A `qbgate_requests_total` series found by where its label strings live, not by their text:
+/// hashing four integers instead of four strings. The strings are static (route, reason) or
+/// held by the entry itself (the key id's `Arc`, in [`Resolved::key`]), so an address cannot be
+/// reused for other text while its entry exists. The same text at two addresses (a key id after
+/// a reload) only makes two entries for one series: the handles resolve to the same counter.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Identity {
+    key: (usize, usize),
+    route: (usize, usize),
+    status: u16,
+    reason: (usize, usize),
+}
+
+impl Identity {
+    fn of(labels: &RequestLabels<'_>) -> Self {
+        let at = |s: &str| (s.as_ptr() as usize, s.len());
+        Identity {
+            key: labels.key.map_or((0, 0), |k| at(k)),
+            route: at(labels.route),
+            status: labels.status,
+            reason: at(labels.reason),
+        }
+    }
+}
+
+/// The handles one request updates, resolved once per series.
+struct Resolved {
+    requests: Counter,
+    duration: Histogram,
+    /// Keeps the key id's address (part of the [`Identity`]) from being reused.
+    _key: Option<Arc<str>>,
 }
 
 /// Metric handles already resolved on this thread. Resolving a labelled handle through the
@@ -160,8 +192,7 @@ struct RequestLabels {
 /// reloads cannot grow it without bound.
 #[derive(Default)]
 struct Handles {
-    requests: HashMap<RequestLabels, Counter, foldhash::fast::RandomState>,
-    durations: HashMap<&'static str, Histogram, foldhash::fast::RandomState>,
+    requests: HashMap<Identity, Resolved, foldhash::fast::RandomState>,
     upstream: Option<Histogram>,
     /// `qbgate_dialog_cache_requests_total` by `result`: counted on every judged request.
     dialog_cache: HashMap<&'static str, Counter, foldhash::fast::RandomState>,
@@ -200,10 +231,10 @@ fn status_label(status: u16) -> metrics::SharedString {
     }
 }
 
-fn request_counter(labels: &RequestLabels) -> Counter {
+fn request_counter(labels: &RequestLabels<'_>) -> Counter {
     metrics::counter!(
         "qbgate_requests_total",
-        "key" => shared(labels.key.as_ref()),
+        "key" => shared(labels.key),
         "route" => labels.route,
         "status" => status_label(labels.status),
         "reason" => labels.reason
@@ -226,24 +257,22 @@ pub fn request(
     seconds: f64,
 ) {
     let labels = RequestLabels {
-        key: key.cloned(),
+        key,
         route,
         status,
         reason,
     };
     let cached = with_handles(|handles| {
-        if let Some(counter) = handles.requests.get(&labels) {
-            counter.increment(1);
-        } else {
-            let counter = request_counter(&labels);
-            counter.increment(1);
-            handles.requests.insert(labels.clone(), counter);
-        }
-        handles
-            .durations
-            .entry(route)
-            .or_insert_with(|| duration_histogram(route))
-            .record(seconds);
+        let resolved = handles
+            .requests
+            .entry(Identity::of(&labels))
+            .or_insert_with(|| Resolved {
+                requests: request_counter(&labels),
+                duration: duration_histogram(route),
+                _key: key.cloned(),
+            });
+        resolved.requests.increment(1);
+        resolved.duration.record(seconds);
     });
     if cached.is_none() {
         request_counter(&labels).increment(1);

@@ -15,7 +15,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -32,6 +32,7 @@ use crate::request::{self, Canonical, Judged, Observer};
 use crate::upstream::{self, UpstreamBody};
 
 mod catalog;
+mod clock;
 mod judge;
 pub mod lookup;
 mod runtime;
@@ -99,11 +100,17 @@ struct Access {
 }
 
 /// Serve one request through every phase. `observer` (tests) sees what was judged for every
-/// request that is forwarded.
+/// request that is forwarded. `watch`: the client connection's upstream deadline, when the
+/// connection's sweep times the upstream wait (HTTP/1.1; `upstream/deadline.rs`).
+///
+/// Clock reads: one when the request starts (the wall clock for the key's expiry is derived
+/// from it, `proxy/clock.rs`), one before and one after the upstream (its deadline and the
+/// pool's idle times come from the first), one at the end.
 pub async fn handle(
     runtime: Arc<Runtime>,
     ids: &RequestIds,
     observer: Option<&Observer>,
+    watch: Option<&upstream::Watch>,
     request: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
@@ -133,7 +140,7 @@ pub async fn handle(
         &runtime,
         parts,
         &mut body,
-        &request_id,
+        (&request_id, started, watch),
         observer,
         &mut access,
     )
@@ -222,7 +229,7 @@ async fn phases(
     runtime: &Runtime,
     mut parts: http::request::Parts,
     body: &mut Option<Incoming>,
-    request_id: &HeaderValue,
+    (request_id, started, watch): (&HeaderValue, Instant, Option<&upstream::Watch>),
     observer: Option<&Observer>,
     access: &mut Access,
 ) -> Result<Response<ResponseBody>, GateError> {
@@ -230,12 +237,12 @@ async fn phases(
     let body_empty = body.as_ref().is_none_or(Body::is_end_stream);
     let mut request = request::normalize(&mut parts, body_empty)?;
     access.route = request.path().route_label();
-    let principal = auth::authenticate(policy, request.headers(), SystemTime::now())?;
+    let principal = auth::authenticate(policy, request.headers(), clock::wall(started))?;
     access.key = Some(principal.key_id.clone());
     access.digest = principal.digest;
     access.user = principal.user;
     allow_route(runtime, &principal, &request)?;
-    catalog::admit(runtime, &principal, &request)?;
+    let row = catalog::admit(runtime, &principal, &request)?;
     rate_limit(runtime, &principal, access).await?;
     judge::check_query_token(&principal, &request)?;
 
@@ -248,24 +255,17 @@ async fn phases(
     // Most requests stream through unread. Dialog changes and API-key writes under `/users` are
     // judged and form POSTs read whole (a `token` field refused on an API key), the judged ones
     // boxed: their state (body reading, dialog lookups) would otherwise make every
-    // request's future kilobytes larger, copied on every request.
-    let judged = policy.dialog_rules.mode != RuleMode::Off
-        && judge::is_dialog_change(request.method(), request.path());
-    let key = principal.key.is_some();
-    // The first family that takes the request judges it. Messages come before the dialog rules,
-    // which would take `PUT /chat/Dialog/{id}/notifications` for a dialog change.
-    let family = if key && judge::is_message_route(request.path()) {
-        Some(judge::Family::Messages)
-    } else if key && judge::is_push_route(request.path()) {
-        Some(judge::Family::Push)
-    } else if judged {
-        Some(judge::Family::Dialogs)
-    } else if key && judge::is_users_change(request.method(), request.path()) {
-        Some(judge::Family::Users)
-    } else if key && judge::is_blob_write(request.method(), request.path()) {
-        Some(judge::Family::Blobs)
-    } else {
-        None
+    // request's future kilobytes larger, copied on every request. An API-key request's judge
+    // comes with its catalog row; the others' is told by the route.
+    let dialog_rules = policy.dialog_rules.mode != RuleMode::Off;
+    let family = match row {
+        Some(row) => judge::family(row, dialog_rules),
+        None => judge::family_by_route(
+            principal.key.is_some(),
+            dialog_rules,
+            request.method(),
+            request.path(),
+        ),
     };
     let checked = if let Some(family) = family {
         Box::pin(judge::run(
@@ -296,7 +296,8 @@ async fn phases(
         request_id,
     );
     let sent = Instant::now();
-    let response = upstream::send(&runtime.client, policy.upstream.timeout, &mut forward).await;
+    let timeout = policy.upstream.timeout;
+    let response = upstream::send(&runtime.client, timeout, watch, sent, &mut forward).await;
     access.upstream = Some(sent.elapsed());
     // An upload the upstream answered before taking whole leaves the client's body unread.
     access.body_done = access.body_done || forward.request().body().is_end_stream();
@@ -322,7 +323,10 @@ async fn phases(
             .insert(WOULD_REJECT.clone(), HeaderValue::from_static(reason));
     }
     let body = match &checked.route {
-        Some(route) => Box::pin(judge::learn(runtime, route, parts.status, body)).await?,
+        Some(route) => {
+            let against = checked.against.as_ref();
+            Box::pin(judge::learn(runtime, route, against, parts.status, body)).await?
+        }
         None => match checked.learn_messages {
             Some(kind) => Box::pin(judge::learn_messages(runtime, kind, &parts, body)).await?,
             None => body,
@@ -457,7 +461,7 @@ mod tests {
     fn the_future_of_a_request_stays_small() {
         let size = future_size(
             |runtime: Arc<Runtime>, ids: &'static RequestIds, request: Request<Incoming>| {
-                handle(runtime, ids, None, request)
+                handle(runtime, ids, None, None, request)
             },
         );
         assert!(size <= 8 * 1024, "{size} bytes");

@@ -5,8 +5,11 @@
 //! are retried once: a PUT, POST or DELETE may have reached the upstream, and the dialog rules
 //! judged it against a dialog that the first attempt may already have changed.
 
+mod deadline;
 mod h1;
 mod pool;
+
+pub use deadline::{nanos as deadline_nanos, Watch};
 
 #[doc(hidden)]
 pub use h1::decode as decode_h1_answer;
@@ -14,7 +17,7 @@ pub use pool::UpstreamBody;
 
 use std::error::Error as StdError;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
@@ -144,9 +147,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Send a request as it was judged ([`Forward`]), with the upstream timeout on the response head,
 /// one retry for bodiless idempotent requests, and errors mapped to 502/504 (413/408 for our own
 /// body limits). The request is lent: afterwards its body tells how much of it went out.
+///
+/// `sent` is the caller's clock reading, taken just before: the timeout counts from it. With a
+/// `watch` (a request on an HTTP/1.1 client connection) the timeout is the connection sweep's
+/// (`upstream/deadline.rs`); without, a timer's.
 pub async fn send(
     client: &HttpClient,
     timeout: Duration,
+    watch: Option<&Watch>,
+    sent: Instant,
     forward: &mut Forward,
 ) -> Result<Response<UpstreamBody>, GateError> {
     let request = forward.request_mut();
@@ -156,11 +165,11 @@ pub async fn send(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     ) && request.body().is_end_stream();
-    match attempt(client, timeout, request).await {
+    match attempt(client, timeout, watch, sent, request).await {
         // The pool lends the request out, so the same one can go again.
         Err(e) if e != GateError::UpstreamTimeout && retry => {
             tracing::debug!(error = e.reason(), "retrying an idempotent request once");
-            attempt(client, timeout, request).await
+            attempt(client, timeout, watch, Instant::now(), request).await
         }
         other => other,
     }
@@ -169,12 +178,19 @@ pub async fn send(
 async fn attempt(
     client: &HttpClient,
     timeout: Duration,
+    watch: Option<&Watch>,
+    sent: Instant,
     request: &mut Request<ProxyBody>,
 ) -> Result<Response<UpstreamBody>, GateError> {
-    match tokio::time::timeout(timeout, client.send(request)).await {
-        Err(_) => Err(GateError::UpstreamTimeout),
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(e)) => Err(classify(&e)),
+    let sending = client.send(request, sent);
+    let answered = match watch {
+        Some(watch) => watch.within(sent, timeout, sending).await,
+        None => tokio::time::timeout(timeout, sending).await.ok(),
+    };
+    match answered {
+        None => Err(GateError::UpstreamTimeout),
+        Some(Ok(response)) => Ok(response),
+        Some(Err(e)) => Err(classify(&e)),
     }
 }
 

@@ -365,6 +365,92 @@ async fn a_stalled_response_is_504_after_the_upstream_timeout() {
     assert_recovers(&gate).await;
 }
 
+/// A gateway whose upstream times out after 500 ms, its fault armed.
+async fn gate_with_short_upstream_timeout(fault: Fault) -> Gate {
+    let sandbox = Sandbox::new(Some(UPSTREAM_KEY.to_string()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sb = sandbox.clone();
+    tokio::spawn(async move { sb.serve(listener, std::future::pending()).await });
+    let text = policy_text(&format!("http://{addr}"), "", "")
+        .replace("  timeout: 2s\n", "  timeout: 500ms\n");
+    assert!(text.contains("timeout: 500ms"));
+    let gate = Gate::start_policy(sandbox, addr, &text).await;
+    arm(&gate, fault).await;
+    gate
+}
+
+/// One GET on `client`: its status and `X-Qbgate-Reason`, and how long it took.
+async fn timed_get<C>(
+    client: &hyper_util::client::legacy::Client<C, Full<Bytes>>,
+    gate: &Gate,
+) -> (u16, Option<String>, Duration)
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let request = http::Request::builder()
+        .uri(format!("http://{}{LIST}", gate.addr))
+        .header("authorization", auth(KEY_APP))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let started = Instant::now();
+    let response = client.request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let reason = response
+        .headers()
+        .get("x-qbgate-reason")
+        .map(|v| v.to_str().unwrap().to_owned());
+    response.into_body().collect().await.unwrap();
+    (status, reason, started.elapsed())
+}
+
+/// On an HTTP/1.1 client connection the upstream timeout is the connection sweep's: a request
+/// that follows a timed-out one on the same keep-alive connection gets its own whole timeout
+/// (an upstream slower than half of it is still answered), and one that stalls again is 504 again.
+#[tokio::test]
+async fn each_request_on_a_keep_alive_connection_gets_its_own_upstream_timeout() {
+    let gate = gate_with_short_upstream_timeout(Fault::Delay(Duration::from_secs(5))).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(1)
+        .build_http::<Full<Bytes>>();
+    let (status, reason, elapsed) = timed_get(&client, &gate).await;
+    assert_eq!((status, reason.as_deref()), (504, Some("upstream_timeout")));
+    assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
+    gate.sandbox
+        .set_fault(Fault::Delay(Duration::from_millis(300)));
+    for _ in 0..3 {
+        let (status, reason, _) = timed_get(&client, &gate).await;
+        assert_eq!((status, reason), (200, None));
+    }
+    gate.sandbox.set_fault(Fault::Delay(Duration::from_secs(5)));
+    let (status, reason, elapsed) = timed_get(&client, &gate).await;
+    assert_eq!((status, reason.as_deref()), (504, Some("upstream_timeout")));
+    assert!(
+        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_millis(1500),
+        "{elapsed:?}"
+    );
+    assert_recovers(&gate).await;
+}
+
+/// HTTP/2 client connections keep a timer for the upstream timeout (their requests run in tasks
+/// of their own, out of the connection sweep's reach): a stalled answer is 504 there too.
+#[tokio::test]
+async fn a_stalled_response_is_504_after_the_upstream_timeout_over_cleartext_http2() {
+    let gate = gate_with_short_upstream_timeout(Fault::Delay(Duration::from_secs(5))).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let (status, reason, elapsed) = timed_get(&client, &gate).await;
+    assert_eq!((status, reason.as_deref()), (504, Some("upstream_timeout")));
+    assert!(
+        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_millis(1500),
+        "{elapsed:?}"
+    );
+    gate.sandbox.set_fault(Fault::None);
+    let (status, _, _) = timed_get(&client, &gate).await;
+    assert_eq!(status, 200);
+}
+
 #[tokio::test]
 async fn upstream_5xx_pass_through_unchanged_and_are_not_retried() {
     let gate = Gate::start("").await;

@@ -7,18 +7,19 @@
 use crate::auth::Principal;
 use crate::error::GateError;
 use crate::request::Canonical;
-use crate::rules::catalog::{self, Rule};
+use crate::rules::catalog::{self, Entry, Rule};
 
 use super::Runtime;
 
-/// Catalog phase; short-circuits with 403 `route_unknown` or `need_user`.
+/// Catalog phase; short-circuits with 403 `route_unknown` or `need_user`. The row an API-key
+/// request matched is handed on: its rule picks the request's judge ([`super::judge::family`]).
 pub(super) fn admit(
     runtime: &Runtime,
     principal: &Principal,
     request: &Canonical,
-) -> Result<(), GateError> {
+) -> Result<Option<&'static Entry>, GateError> {
     let Some(index) = principal.key else {
-        return Ok(());
+        return Ok(None);
     };
     let Some(key) = runtime.policy.keys.get(index as usize) else {
         return Err(GateError::UnknownKey);
@@ -28,7 +29,7 @@ pub(super) fn admit(
         Some(entry) if entry.needs_user && principal.user.is_none() => {
             Err(catalog::need_user().into())
         }
-        Some(_) => Ok(()),
+        Some(entry) => Ok(Some(entry)),
         None if key
             .unchecked_routes
             .iter()
@@ -41,7 +42,7 @@ pub(super) fn admit(
                 "unchecked route forwarded unjudged (unchecked_routes)"
             );
             crate::metrics::unchecked(&principal.key_id);
-            Ok(())
+            Ok(None)
         }
         None => Err(catalog::route_unknown().into()),
     }

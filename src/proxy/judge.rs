@@ -20,6 +20,7 @@ use crate::params;
 use crate::policy::stem;
 use crate::policy::RuleMode;
 use crate::request::{self, Canonical, CanonicalPath, Media};
+use crate::rules::catalog::{self, Entry, Rule};
 use crate::rules::messages::{self, MessageFacts, MessageRoute};
 use crate::rules::users::{self, Caller};
 use crate::rules::{self, Actor, DialogRequest, DialogRoute};
@@ -36,6 +37,17 @@ pub(super) struct Checked {
     /// A message list or a message create: the answer's messages (sender, dialog) are learned
     /// into the message cache ([`learn_messages`]).
     pub(super) learn_messages: Option<messages::Answer>,
+    /// A dialog update's: the cached dialog it was judged against.
+    pub(super) against: Option<Against>,
+}
+
+/// The dialog a judged update was checked against, and whether the update can change what the
+/// dialog cache holds of it (owner, occupants, admins, type: what the rules read).
+pub(super) struct Against {
+    dialog: std::sync::Arc<rules::Dialog>,
+    /// Only fields the rules do not read (name, photo, custom data): the cached dialog stays
+    /// right whatever the upstream answers, so its answer need not be read.
+    neutral: bool,
 }
 
 impl Checked {
@@ -46,6 +58,7 @@ impl Checked {
             would_reject: None,
             params: None,
             learn_messages: None,
+            against: None,
         }
     }
 }
@@ -125,10 +138,8 @@ pub(super) async fn users_phase(
         })?;
     }
     Ok(Checked {
-        route: None,
-        would_reject: None,
         params: Some(params),
-        learn_messages: None,
+        ..Checked::unjudged()
     })
 }
 
@@ -153,8 +164,16 @@ pub(super) async fn rules_phase(
     // Reading the body is never skipped, not even in report mode: what is forwarded is exactly
     // what was read.
     read_judged_body(request, body, (limit, timeout), access).await?;
-    let mut params = None;
-    let verdict = judge(runtime, principal, request, &route, &mut params).await;
+    let (mut params, mut against) = (None, None);
+    let verdict = judge(
+        runtime,
+        principal,
+        request,
+        &route,
+        &mut params,
+        &mut against,
+    )
+    .await;
     let would_reject = match verdict {
         Ok(()) => None,
         // Not a dialog rule: refused in every mode.
@@ -179,17 +198,19 @@ pub(super) async fn rules_phase(
         would_reject,
         params,
         learn_messages: None,
+        against,
     })
 }
 
 /// Judge one dialog change against the rule table. The parameter document it read is left in
-/// `read`.
+/// `read`; an update that passed leaves the dialog it was judged against in `against`.
 async fn judge(
     runtime: &Runtime,
     principal: &Principal,
     request: &Canonical,
     route: &DialogRoute,
     read: &mut Option<serde_json::Map<String, serde_json::Value>>,
+    against: &mut Option<Against>,
 ) -> Result<(), GateError> {
     let headers = request.headers();
     let params = judged_params(request, "a dialog change")?;
@@ -221,6 +242,16 @@ async fn judge(
             };
             let found = dialog(id.clone()).await?;
             rules::check_update(&doc, &found, actor)?;
+            // Fields named by `allow_fields` are not read by the rules: whatever they are, they
+            // count as a change.
+            let neutral = doc.owner.is_none()
+                && doc.push_all.is_none()
+                && doc.pull_all.is_none()
+                && doc.extra.is_empty();
+            *against = Some(Against {
+                dialog: found,
+                neutral,
+            });
         }
         DialogRequest::Delete { ids, force } => {
             if force {
@@ -271,10 +302,14 @@ pub(super) async fn forget(runtime: &Runtime, route: &DialogRoute) {
 }
 
 /// After the upstream answered a judged request: a successful update's dialog replaces the cached
-/// one; a refusal or a force delete evicts what the cache knew.
+/// one; a refusal or a force delete evicts what the cache knew. The answer to a successful update
+/// is read whole either way (one cut short is answered 502, and forgotten); one that changed no
+/// field the rules read (`against`, neutral) is not parsed: the cached dialog is still right
+/// about everything the rules read.
 pub(super) async fn learn(
     runtime: &Runtime,
     route: &DialogRoute,
+    against: Option<&Against>,
     status: StatusCode,
     body: UpstreamBody,
 ) -> Result<ResponseBody, GateError> {
@@ -288,8 +323,16 @@ pub(super) async fn learn(
                     return Err(GateError::UpstreamFailed);
                 }
             };
+            if against.is_some_and(|a| a.neutral) {
+                return Ok(UpstreamBody::from(bytes));
+            }
             match rules::Dialog::from_slice(&bytes) {
-                Some(dialog) if &dialog.id == id => runtime.lookups.replace(dialog).await,
+                // The answer is what the update was judged against: nothing to learn.
+                Some(dialog) if against.is_some_and(|a| *a.dialog == dialog) => {}
+                Some(dialog) if &dialog.id == id => match against {
+                    Some(_) => runtime.lookups.insert(dialog).await,
+                    None => runtime.lookups.replace(dialog).await,
+                },
                 _ => runtime.lookups.evict(std::slice::from_ref(id)).await,
             }
             Ok(UpstreamBody::from(bytes))
@@ -414,8 +457,6 @@ pub(super) async fn messages_phase(
         }
     }
     Ok(Checked {
-        route: None,
-        would_reject: None,
         params: Some(params),
         learn_messages: match route {
             MessageRoute::List => Some(messages::Answer::List),
@@ -423,6 +464,7 @@ pub(super) async fn messages_phase(
             _ => None,
         }
         .filter(|_| runtime.lookups.learns_messages()),
+        ..Checked::unjudged()
     })
 }
 
@@ -612,10 +654,8 @@ pub(super) async fn push_phase(
         _ => {}
     }
     Ok(Checked {
-        route: None,
-        would_reject: None,
         params: Some(params),
-        learn_messages: None,
+        ..Checked::unjudged()
     })
 }
 
@@ -680,10 +720,8 @@ pub(super) async fn blobs_phase(
         runtime.lookups.evict_blobs(user).await;
     }
     Ok(Checked {
-        route: None,
-        would_reject: None,
         params: Some(params),
-        learn_messages: None,
+        ..Checked::unjudged()
     })
 }
 
@@ -744,6 +782,45 @@ pub(super) enum Family {
     Blobs,
 }
 
+/// The judge of an API-key request found in the catalog, from its row: the same family that
+/// [`family_by_route`] picks for it (a test holds the two in agreement on every row), with no
+/// second look at the route. The rows under `/events` and `/subscriptions` and the message rows
+/// go to their phase whatever their rule (the phase streams what it does not judge).
+pub(super) fn family(row: &Entry, dialog_rules: bool) -> Option<Family> {
+    match (row.family, row.rule) {
+        (catalog::Family::Messages, _) | (_, Rule::Messages) => Some(Family::Messages),
+        (catalog::Family::Push, _) | (_, Rule::Push) => Some(Family::Push),
+        (_, Rule::Dialogs) if dialog_rules => Some(Family::Dialogs),
+        (_, Rule::Users) => Some(Family::Users),
+        (_, Rule::Blobs) => Some(Family::Blobs),
+        _ => None,
+    }
+}
+
+/// The judge of a request that has no catalog row (`QB-Token` requests, and an API key's
+/// `unchecked_routes`), told by its route: the first family that takes it. Messages come before
+/// the dialog rules, which would take `PUT /chat/Dialog/{id}/notifications` for a dialog change.
+pub(super) fn family_by_route(
+    key: bool,
+    dialog_rules: bool,
+    method: &Method,
+    path: &CanonicalPath,
+) -> Option<Family> {
+    if key && is_message_route(path) {
+        Some(Family::Messages)
+    } else if key && is_push_route(path) {
+        Some(Family::Push)
+    } else if dialog_rules && is_dialog_change(method, path) {
+        Some(Family::Dialogs)
+    } else if key && is_users_change(method, path) {
+        Some(Family::Users)
+    } else if key && is_blob_write(method, path) {
+        Some(Family::Blobs)
+    } else {
+        None
+    }
+}
+
 /// Run the phase of `family`.
 pub(super) async fn run(
     family: Family,
@@ -759,5 +836,53 @@ pub(super) async fn run(
         Family::Dialogs => rules_phase(runtime, principal, request, body, access).await,
         Family::Users => users_phase(runtime, principal, request, body, access).await,
         Family::Blobs => blobs_phase(runtime, principal, request, body, access).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(text: &str) -> CanonicalPath {
+        let raw = http::uri::PathAndQuery::try_from(text).unwrap();
+        CanonicalPath::parse(&raw).unwrap()
+    }
+
+    /// The row's judge is the one the route tests pick, for every row, every method that finds
+    /// it, and both states of the dialog rules.
+    #[test]
+    fn a_catalog_row_picks_the_judge_its_route_would() {
+        for row in catalog::CATALOG {
+            let text: Vec<&str> = row
+                .path
+                .split('/')
+                .map(|s| match s {
+                    "{ids}" => "5d75a,5d75b",
+                    "{ext}" => "ext-9",
+                    s if s.starts_with('{') => "5d75",
+                    s => s,
+                })
+                .collect();
+            let mut methods = vec![Method::from_bytes(row.method.as_bytes()).unwrap()];
+            match row.method {
+                "GET" => methods.push(Method::HEAD),
+                "PUT" => methods.push(Method::PATCH),
+                _ => {}
+            }
+            for suffix in ["", ".json"] {
+                let path = path(&format!("{}{suffix}", text.join("/")));
+                for method in &methods {
+                    assert_eq!(catalog::find(method, &path), Some(row));
+                    for dialog_rules in [true, false] {
+                        assert_eq!(
+                            family(row, dialog_rules),
+                            family_by_route(true, dialog_rules, method, &path),
+                            "{method} {} (dialog rules {dialog_rules})",
+                            row.path
+                        );
+                    }
+                }
+            }
+        }
     }
 }

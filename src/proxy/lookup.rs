@@ -146,6 +146,14 @@ impl Lookups {
             .await;
     }
 
+    /// A successful update returned the dialog as it now is, different from what it was judged
+    /// against: later checks see it at once.
+    pub async fn insert(&self, dialog: Dialog) {
+        self.dialogs
+            .insert(dialog.id.clone(), Arc::new(dialog))
+            .await;
+    }
+
     /// The messages `ids` of dialog `dialog` that exist (a missing one is left out), from the
     /// cache or the upstream: one id is one shared lookup, several uncached ones one
     /// `_id[in]` lookup. A cached message of another dialog is returned as it is (the rules
@@ -438,10 +446,13 @@ async fn get_as(
             }
         }
     }
-    let response = tokio::time::timeout(upstream.timeout, client.send(&mut request))
-        .await
-        .map_err(|_| LookupError::Failed)?
-        .map_err(|_| LookupError::Failed)?;
+    let response = tokio::time::timeout(
+        upstream.timeout,
+        client.send(&mut request, std::time::Instant::now()),
+    )
+    .await
+    .map_err(|_| LookupError::Failed)?
+    .map_err(|_| LookupError::Failed)?;
     let status = response.status();
     let body = tokio::time::timeout(
         upstream.timeout,

@@ -126,12 +126,17 @@ impl Pool {
     ///
     /// The request is lent, not given: after a failure its head is still there to send again,
     /// and so is its body unless some of it went out.
+    ///
+    /// `now` is the caller's clock reading from just before (no clock read of the pool's own):
+    /// it times the idle connections, where a connection idle since the start of the request
+    /// that gave it back only looks older than it is.
     pub async fn send(
         self: &Arc<Self>,
         request: &mut Request<ProxyBody>,
+        now: Instant,
     ) -> Result<Response<UpstreamBody>, Error> {
         loop {
-            let (conn, reused) = match self.checkout().await {
+            let (conn, reused) = match self.checkout(now).await {
                 Some(conn) => (conn, true),
                 // Boxed: a TLS handshake's state is large, and most requests find a connection.
                 None => (Box::pin(self.connect()).await?, false),
@@ -140,7 +145,7 @@ impl Pool {
                 Conn::H1(conn) => match conn.send(request, &self.host).await {
                     Ok(h1::Answer::Whole(response, conn)) => {
                         if let Some(conn) = conn {
-                            self.put_back(conn);
+                            self.put_back(conn, now);
                         }
                         return Ok(response.map(UpstreamBody::whole));
                     }
@@ -180,7 +185,7 @@ impl Pool {
 
     /// A live connection: the shared HTTP/2 one, or the oldest idle HTTP/1.1 one that is still
     /// open and fresh.
-    async fn checkout(&self) -> Option<Conn> {
+    async fn checkout(&self, now: Instant) -> Option<Conn> {
         if let Some(shared) = self.h2.load_full() {
             if !shared.is_closed() {
                 return Some(Conn::H2(shared));
@@ -188,7 +193,7 @@ impl Pool {
             self.h2.compare_and_swap(&Some(shared), None);
         }
         while let Some(Idle { mut conn, since }) = self.idle.pop() {
-            if since.elapsed() <= IDLE_TIMEOUT && conn.is_open() {
+            if now.saturating_duration_since(since) <= IDLE_TIMEOUT && conn.is_open() {
                 return Some(Conn::H1(conn));
             }
         }
@@ -238,12 +243,10 @@ impl Pool {
         owned
     }
 
-    fn put_back(&self, conn: h1::Conn) {
+    /// Idle from `since` on (earlier than now makes it only look older, never fresher).
+    fn put_back(&self, conn: h1::Conn, since: Instant) {
         // A full queue drops the connection: enough are idle already.
-        let _ = self.idle.push(Idle {
-            conn,
-            since: Instant::now(),
-        });
+        let _ = self.idle.push(Idle { conn, since });
     }
 }
 
@@ -293,7 +296,7 @@ impl Body for UpstreamBody {
                     // Ended (or failed): a clean end gives the connection back.
                     _ => {
                         if let Some(conn) = slot.take().and_then(h1::Reader::into_conn) {
-                            pool.put_back(conn);
+                            pool.put_back(conn, Instant::now());
                         }
                     }
                 }
