@@ -19,6 +19,9 @@
 //! - `blobs`: blob ownership (update, complete, delete only one's own), the paged lookup of a
 //!   user's blobs as him, its page cap and `on_lookup_error`, through the gateway.
 //! - `operations`: hot reload under load, the directory watch, graceful drain, metrics.
+//! - `policy_dir`: `--policy DIR` (keys across files, one file per section, errors naming the
+//!   file), reloaded as one unit after a `..data` swap; a broken or half-written set keeps the last
+//!   good policy.
 //! - `layers`: the import graph of `src/` against the layers and the "never" list; no cycles.
 //! - `integrity`: every way found to make the upstream read another request than the one judged.
 //! - `hostile`: smuggling, oversized or broken heads, slow clients, hostile bodies and JSON, h2 floods.
@@ -48,6 +51,7 @@ mod least_privilege;
 mod messages;
 mod operations;
 mod ownership;
+mod policy_dir;
 mod pool;
 mod push;
 mod rate_limit;
