@@ -77,8 +77,7 @@ pub struct PolicyFile {
     pub qb_token: Option<At<String>>,
     pub rate_limit: Option<RateLimitStore>,
     pub dialog_rules: Option<DialogRules>,
-    /// Required in a policy file; in a policy directory, each file may hold some of the keys or
-    /// none (the compiler says when a single file lacks it).
+    /// The API keys. Required; in a policy directory each file may hold some of them, or none.
     #[schemars(required)]
     pub keys: Option<Vec<Key>>,
 }
