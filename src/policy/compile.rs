@@ -152,12 +152,24 @@ pub(super) fn compile_raw(
     env: &dyn Fn(&str) -> Option<String>,
     secrets: Secrets,
 ) -> Result<Policy, PolicyErrors> {
+    compile_parts(raw, &[], source, env, secrets)
+}
+
+/// [`compile_raw`] with `more_keys` after the file's own `keys` (a policy directory's keys, read
+/// where they are parsed rather than copied).
+pub(super) fn compile_parts(
+    raw: file::PolicyFile,
+    more_keys: &[&file::Key],
+    source: &[u8],
+    env: &dyn Fn(&str) -> Option<String>,
+    secrets: Secrets,
+) -> Result<Policy, PolicyErrors> {
     let mut c = Compiler {
         errors: Vec::new(),
         env,
         secrets,
     };
-    let policy = c.policy(raw, source);
+    let policy = c.policy(raw, more_keys, source);
     if c.errors.is_empty() {
         Ok(policy)
     } else {
@@ -225,7 +237,7 @@ impl Compiler<'_> {
         default
     }
 
-    fn policy(&mut self, raw: file::PolicyFile, source: &[u8]) -> Policy {
+    fn policy(&mut self, raw: file::PolicyFile, more_keys: &[&file::Key], source: &[u8]) -> Policy {
         if raw.version.value != 1 {
             self.error("version", &raw.version, "must be 1");
         }
@@ -277,7 +289,10 @@ impl Compiler<'_> {
         let rate_limit = self.store(raw.rate_limit.unwrap_or_default());
         let dialog_rules = self.dialog_rules(raw.dialog_rules.unwrap_or_default());
         let keys = match raw.keys {
-            Some(keys) => self.keys(keys),
+            Some(keys) => self.keys(
+                keys.len() + more_keys.len(),
+                keys.iter().chain(more_keys.iter().copied()),
+            ),
             None => {
                 self.errors.push(PolicyError {
                     path: "policy".into(),
@@ -630,11 +645,16 @@ impl Compiler<'_> {
         }
     }
 
-    fn keys(&mut self, raw: Vec<file::Key>) -> Vec<(Vec<[u8; 32]>, Key)> {
+    /// `count` keys from `raw`.
+    fn keys<'k>(
+        &mut self,
+        count: usize,
+        raw: impl Iterator<Item = &'k file::Key>,
+    ) -> Vec<(Vec<[u8; 32]>, Key)> {
         let mut ids = HashSet::new();
         let mut seen = HashSet::new();
-        let mut keys = Vec::with_capacity(raw.len());
-        for (i, key) in raw.into_iter().enumerate() {
+        let mut keys = Vec::with_capacity(count);
+        for (i, key) in raw.enumerate() {
             let p = format!("keys[{i}]");
             let id = key.id.value.trim();
             if id.is_empty()
@@ -655,7 +675,7 @@ impl Compiler<'_> {
                     format!("duplicate key id `{id}`"),
                 );
             }
-            let (digests, live) = self.key_digests(&p, &key, &mut seen);
+            let (digests, live) = self.key_digests(&p, key, &mut seen);
             let on_behalf_of = match key.on_behalf_of.as_ref() {
                 None => OnBehalfOf::Any,
                 Some(at) => self.on_behalf_of(&format!("{p}.on_behalf_of"), at),

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::compile::{self, PolicyError, PolicyErrors, Secrets};
-use super::file::{At, PolicyFile};
+use super::file::{self, At, PolicyFile};
 use super::Policy;
 
 /// One file of the directory, read.
@@ -307,8 +307,8 @@ fn assemble(
         keys: Vec::with_capacity(parts.len()),
         parts,
     };
-    let mut ids: HashMap<String, (usize, u64, u64)> = HashMap::new();
-    let mut all_keys = Vec::new();
+    let mut ids: HashMap<&str, (usize, u64, u64)> = HashMap::new();
+    let mut all_keys: Vec<&file::Key> = Vec::new();
     for (i, (file, _)) in parsed.iter().enumerate() {
         let part = &parts[i];
         let file = file.as_ref();
@@ -372,21 +372,20 @@ fn assemble(
                 }
                 Some(_) => {} // the compiler reports a duplicate within one file
                 None => {
-                    ids.insert(id.to_string(), (i, key.id.line, key.id.column));
+                    ids.insert(id, (i, key.id.line, key.id.column));
                 }
             }
             local.push(j);
-            all_keys.push(key.clone());
+            all_keys.push(key);
         }
         owners.keys.push((all_keys.len() - local.len(), local));
     }
-    merged.keys = Some(all_keys);
     let dir_name = parts
         .first()
         .and_then(|p| p.path.parent())
         .map(|d| d.display().to_string())
         .unwrap_or_default();
-    match compile::compile_raw(merged, &[], env, secrets) {
+    match compile::compile_parts(merged, &all_keys, &[], env, secrets) {
         Ok(mut policy) if errors.is_empty() => {
             policy.digest = digest.to_string();
             Ok(policy)
