@@ -462,3 +462,89 @@ fn a_half_written_file_is_not_served_and_its_last_write_is() {
     assert!(gate.knows("old"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// However a policy's keys are split over files (and its sections placed), the directory compiles
+/// to the same keys, in file order, as the one file it was cut from.
+#[test]
+fn a_policy_split_into_files_compiles_like_the_single_file() {
+    let ids: Vec<String> = (0..40).map(|i| format!("key-{i:02}")).collect();
+    let entry = |id: &str, i: usize| {
+        let mut text = format!(
+            "  - id: {id}\n    sha256: {}\n    on_behalf_of: {}\n",
+            digest(&format!("secret-{id}")),
+            if i % 3 == 0 { "none" } else { "any" }
+        );
+        if i % 4 == 0 {
+            text.push_str(&format!("    rate_limit: {{ per_second: {}, burst: 3 }}\n", i + 1));
+        }
+        if i % 5 == 0 {
+            text.push_str("    routes: [ \"GET /chat/Dialog.json\" ]\n");
+        }
+        text
+    };
+    let sections = "upstream:\n  url: http://127.0.0.1:1\ndialog_rules:\n  mode: report\n";
+    let single: String = ids.iter().enumerate().map(|(i, id)| entry(id, i)).collect();
+    let single_dir = temp_dir("single");
+    std::fs::write(
+        single_dir.join("policy.yaml"),
+        format!("version: 1\n{sections}keys:\n{single}"),
+    )
+    .unwrap();
+    let expected = load_with(&single_dir.join("policy.yaml"), Secrets::Offline).unwrap();
+    // A small deterministic generator: a cut after key i when the next value is below `p`.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % 100
+    };
+    for round in 0..12 {
+        let dir = temp_dir("split");
+        let mut files: Vec<String> = vec![String::new()];
+        for (i, id) in ids.iter().enumerate() {
+            files.last_mut().unwrap().push_str(&entry(id, i));
+            if next() < 15 {
+                files.push(String::new());
+            }
+        }
+        // The sections go alone, or into one of the key files.
+        let host = next() as usize % (files.len() + 1);
+        for (n, keys) in files.iter().enumerate() {
+            let extra = if n == host { sections } else { "" };
+            let body = if keys.is_empty() {
+                String::new()
+            } else {
+                format!("keys:\n{keys}")
+            };
+            std::fs::write(
+                dir.join(format!("{n:03}.yaml")),
+                format!("version: 1\n{extra}{body}"),
+            )
+            .unwrap();
+        }
+        if host == files.len() {
+            std::fs::write(dir.join("zzz.yaml"), format!("version: 1\n{sections}")).unwrap();
+        }
+        let got = load_with(&dir, Secrets::Offline).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(
+            format!("{:?}", got.keys),
+            format!("{:?}", expected.keys),
+            "round {round}"
+        );
+        assert_eq!(got.dialog_rules.mode, expected.dialog_rules.mode);
+        assert_eq!(got.upstream.origin, expected.upstream.origin);
+        for id in &ids {
+            let d: [u8; 32] = {
+                use sha2::Digest;
+                sha2::Sha256::digest(format!("secret-{id}").as_bytes()).into()
+            };
+            assert_eq!(
+                got.key_by_digest(&d).map(|(_, k)| k.id.to_string()),
+                Some(id.clone())
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    std::fs::remove_dir_all(&single_dir).unwrap();
+}
