@@ -475,7 +475,10 @@ fn a_policy_split_into_files_compiles_like_the_single_file() {
             if i % 3 == 0 { "none" } else { "any" }
         );
         if i % 4 == 0 {
-            text.push_str(&format!("    rate_limit: {{ per_second: {}, burst: 3 }}\n", i + 1));
+            text.push_str(&format!(
+                "    rate_limit: {{ per_second: {}, burst: 3 }}\n",
+                i + 1
+            ));
         }
         if i % 5 == 0 {
             text.push_str("    routes: [ \"GET /chat/Dialog.json\" ]\n");
@@ -526,7 +529,8 @@ fn a_policy_split_into_files_compiles_like_the_single_file() {
         if host == files.len() {
             std::fs::write(dir.join("zzz.yaml"), format!("version: 1\n{sections}")).unwrap();
         }
-        let got = load_with(&dir, Secrets::Offline).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let got =
+            load_with(&dir, Secrets::Offline).unwrap_or_else(|e| panic!("round {round}: {e}"));
         assert_eq!(
             format!("{:?}", got.keys),
             format!("{:?}", expected.keys),
