@@ -10,7 +10,7 @@
 //! alone. `listen` and `admin_listen` changes need a restart.
 //!
 //! Events come in bursts (a `..data` swap is several, a large write is many): a reload starts once
-//! the watch has been quiet for [`QUIET`], and an event that comes while a reload runs leads to
+//! the watch has been quiet for 10 ms, and an event that comes while a reload runs leads to
 //! another one after it. So a file caught half-written fails to compile (the last good policy
 //! stays, the failure is logged and counted) and its last write is then picked up.
 

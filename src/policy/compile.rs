@@ -65,7 +65,7 @@ pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
 /// Read and compile the policy file at `path`, reading its secrets or not: `run` and
 /// `qbgate check --resolve-secrets` read them, `qbgate check` only checks their references.
 /// One compiler for both, so `check` refuses everything `run` would. A directory is read as a
-/// policy directory (see [`super::dir`]).
+/// policy directory: every `*.yaml` in it, `keys` spread across files.
 pub fn load_with(path: &Path, secrets: Secrets) -> Result<Policy, PolicyErrors> {
     if path.is_dir() {
         return super::dir::load(path, &|name| std::env::var(name).ok(), secrets);

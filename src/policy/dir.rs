@@ -28,6 +28,9 @@ struct Part {
     text: Arc<str>,
 }
 
+/// A parsed file, and whether its values carry places (not when parsed as JSON).
+type ParsedFile = (Arc<PolicyFile>, bool);
+
 /// A file parsed before: its text, and the parse (with places, or without from the JSON path).
 struct Parsed {
     text: Arc<str>,
@@ -149,8 +152,8 @@ fn parse_all(
     dir: &Path,
     parts: &[Part],
     spans: bool,
-) -> Result<(Vec<(Arc<PolicyFile>, bool)>, usize), PolicyErrors> {
-    let mut out: Vec<Option<(Arc<PolicyFile>, bool)>> = vec![None; parts.len()];
+) -> Result<(Vec<ParsedFile>, usize), PolicyErrors> {
+    let mut out: Vec<Option<ParsedFile>> = vec![None; parts.len()];
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     let cache = cache.get_or_insert_with(HashMap::new);
     cache.retain(|path, _| path.parent() != Some(dir) || parts.iter().any(|p| &p.path == path));
@@ -293,7 +296,7 @@ impl Owners<'_> {
 /// Merge the parsed files into one policy and compile it.
 fn assemble(
     parts: &[Part],
-    parsed: &[(Arc<PolicyFile>, bool)],
+    parsed: &[ParsedFile],
     digest: &str,
     env: &dyn Fn(&str) -> Option<String>,
     secrets: Secrets,
