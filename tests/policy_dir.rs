@@ -552,3 +552,24 @@ fn a_policy_split_into_files_compiles_like_the_single_file() {
     }
     std::fs::remove_dir_all(&single_dir).unwrap();
 }
+
+/// A file written as JSON takes the fast parser; its errors still come with their places.
+#[test]
+fn a_json_file_in_the_directory_loads_and_its_errors_have_places() {
+    let dir = temp_dir("json");
+    std::fs::write(dir.join("a.yaml"), format!("version: 1\n{}", keys(&["a"]))).unwrap();
+    let json = |sha: &str| {
+        format!("{{\n \"version\": 1,\n \"keys\": [\n  {{\"id\": \"j\", \"sha256\": \"{sha}\"}}\n ]\n}}\n")
+    };
+    std::fs::write(dir.join("b.yaml"), json(&digest("secret-j"))).unwrap();
+    let policy = load_with(&dir, Secrets::Offline).unwrap();
+    let ids: Vec<&str> = policy.keys.iter().map(|k| &*k.id).collect();
+    assert_eq!(ids, ["a", "j"]);
+    std::fs::write(dir.join("b.yaml"), json("abc")).unwrap();
+    assert_eq!(
+        errors(&dir),
+        "b.yaml: keys[0].sha256: must be 64 hex characters: the SHA-256 of the key \
+         (`qbgate hash-key`) (line 4, column 25)"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
