@@ -21,6 +21,7 @@ sighup:   SIGHUP -> the 'policy reloaded' log line, 5 times: a full re-read of e
           watch's 10 ms quiet time.
 rss:      VmRSS of the last process after start and after the reloads; VmHWM at the end.
 """
+import atexit
 import hashlib
 import json
 import os
@@ -112,9 +113,23 @@ def rss(pid):
     return fields
 
 
+live = []
+
+
+@atexit.register
+def cleanup():
+    """Also on sys.exit: no gateway left listening, no volume left behind."""
+    for proc in live:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    shutil.rmtree(volume, ignore_errors=True)
+
+
 def start():
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    live.append(proc)
     while not ready():
         if proc.poll() is not None:
             sys.exit(f"qbgate exited: {proc.stdout.read().decode()[-2000:]}")
@@ -190,7 +205,6 @@ for i in range(5):
     sighups.append((t1 - t0) * 1000)
 status_end = rss(proc.pid)
 stop(proc)
-shutil.rmtree(volume)
 
 
 def line(name, values, note=""):
