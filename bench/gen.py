@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes the benchmark inputs into DIR: qbgate policies (1,000 keys enforce/off, 10,000 keys in
-YAML block form and in JSON form),
+YAML block form and in JSON form, and as a policy directory `policy-10k.d`: the settings in one
+file, the keys in ten files of 1,000),
 the nginx and HAProxy key maps, the key list the wrk script rotates, the upstream key file and
 the dialog JSON the fixed upstream serves.
 
@@ -50,6 +51,19 @@ write("real-key", REAL_KEY)
 write("dialog-id", DIALOG_ID)
 
 
+def key_lines(first, n):
+    lines = []
+    for i in range(first, first + n):
+        digest = hashlib.sha256(key(i).encode()).hexdigest()
+        lines += [
+            f"  - id: k{i:05d}",
+            f"    sha256: {digest}",
+            "    on_behalf_of: any",
+            f"    rate_limit: {{ per_second: {RATE}, burst: {RATE}, per_user_per_second: {RATE} }}",
+        ]
+    return lines
+
+
 def policy(n, mode, admin="127.0.0.1:0"):
     lines = [
         "version: 1",
@@ -62,15 +76,7 @@ def policy(n, mode, admin="127.0.0.1:0"):
         f"  mode: {mode}",
         "  cache_ttl: 1h",
         "keys:",
-    ]
-    for i in range(n):
-        digest = hashlib.sha256(key(i).encode()).hexdigest()
-        lines += [
-            f"  - id: k{i:05d}",
-            f"    sha256: {digest}",
-            "    on_behalf_of: any",
-            f"    rate_limit: {{ per_second: {RATE}, burst: {RATE}, per_user_per_second: {RATE} }}",
-        ]
+    ] + key_lines(0, n)
     return "\n".join(lines) + "\n"
 
 
@@ -94,6 +100,12 @@ write("policy-1k.yaml", policy(1000, "enforce"))
 write("policy-1k-off.yaml", policy(1000, "off"))
 write("policy-10k.yaml", policy(10000, "enforce"))
 write("policy-10k.json", policy_json(10000, "enforce"))
+# The same 10,000 keys as a policy directory: the settings alone, then ten files of 1,000 keys.
+os.makedirs(os.path.join(out, "policy-10k.d"), exist_ok=True)
+write("policy-10k.d/00-settings.yaml", policy(0, "enforce").replace("keys:\n", ""))
+for f in range(10):
+    write(f"policy-10k.d/keys-{f:02d}.yaml",
+          "\n".join(["version: 1", "keys:"] + key_lines(f * 1000, 1000)) + "\n")
 write("keys.txt", "".join(key(i) + "\n" for i in range(1000)))
 # nginx: map $http_authorization -> key id (exact string match, hashed by nginx).
 write("nginx-keys.map", "".join(f'"ApiKey {key(i)}" k{i:05d};\n' for i in range(1000)))

@@ -5,6 +5,7 @@
 //! command-line [`Overrides`] are applied to it before it serves, on start-up and on every reload.
 
 pub mod compile;
+mod dir;
 pub mod file;
 
 use std::collections::HashMap;
@@ -17,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderValue, Method};
 
 pub use compile::{compile, compile_with_env, load, load_with, PolicyErrors, Secrets};
+pub use dir::source_digest;
 
 /// Everything the gateway needs to serve requests, resolved and validated.
 #[derive(Debug)]

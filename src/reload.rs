@@ -4,9 +4,15 @@
 //!
 //! The directory is watched, not the file: Kubernetes updates a mounted ConfigMap by swapping a
 //! `..data` symlink and editors replace files by rename, and a watch on the file itself goes silent
-//! after the first swap. Secret files named by the policy are re-read on every reload; the periodic
-//! re-read (every minute) catches a secret that changed alone. `listen` and `admin_listen` changes
-//! need a restart.
+//! after the first swap. For a policy directory (`--policy DIR`) the directory itself is watched
+//! and the whole set of files is reloaded as one unit. Secret files named by the policy are
+//! re-read on every reload; the periodic re-read (every minute) catches a secret that changed
+//! alone. `listen` and `admin_listen` changes need a restart.
+//!
+//! Events come in bursts (a `..data` swap is several, a large write is many): a reload starts once
+//! the watch has been quiet for 10 ms, and an event that comes while a reload runs leads to
+//! another one after it. So a file caught half-written fails to compile (the last good policy
+//! stays, the failure is logged and counted) and its last write is then picked up.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,8 +25,10 @@ use crate::{metrics, policy, Gateway, Runtime};
 
 /// How often the policy is re-read even without an event.
 const PERIODIC: Duration = Duration::from_secs(60);
-/// Events arrive in bursts (a symlink swap is several); wait for the burst to end.
-const SETTLE: Duration = Duration::from_millis(200);
+/// A burst of events has ended when none came for this long.
+const QUIET: Duration = Duration::from_millis(10);
+/// A writer that never pauses does not hold a reload off for longer than this.
+const MAX_SETTLE: Duration = Duration::from_millis(250);
 
 /// Why a reload ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,13 +60,18 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Watch the directory of `path` and take over SIGHUP. Needs a Tokio runtime.
+    /// Watch the directory of `path` (or `path` itself, a policy directory) and take over
+    /// SIGHUP. Needs a Tokio runtime.
     pub fn arm(path: &Path) -> Watch {
         let (tx, rx) = mpsc::channel::<Trigger>(16);
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map_or_else(|| PathBuf::from("."), PathBuf::from);
+        let is_dir = path.is_dir();
+        let dir = if is_dir {
+            path.to_path_buf()
+        } else {
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), PathBuf::from)
+        };
         let watcher = {
             let tx = tx.clone();
             let name = path.file_name().map(|n| n.to_os_string());
@@ -67,15 +80,19 @@ impl Watch {
                 // Kubernetes' `..data` swap names no policy file, so `..`-names count too.
                 // Reads (open, access, close without write) are not changes, and our own read of
                 // the file produces them: reacting to them would re-read the policy forever.
+                let ours = |f: &std::ffi::OsStr| {
+                    let text = f.to_string_lossy();
+                    text.starts_with("..")
+                        || if is_dir {
+                            !text.starts_with('.') && text.ends_with(".yaml")
+                        } else {
+                            Some(f) == name.as_deref()
+                        }
+                };
                 let relevant = event.is_ok_and(|e| {
                     !matches!(e.kind, notify::EventKind::Access(_))
                         && (e.paths.is_empty()
-                            || e.paths.iter().any(|p| {
-                                p.file_name().is_some_and(|f| {
-                                    Some(f) == name.as_deref()
-                                        || f.to_string_lossy().starts_with("..")
-                                })
-                            }))
+                            || e.paths.iter().any(|p| p.file_name().is_some_and(&ours)))
                 });
                 if relevant {
                     let _ = tx.try_send(Trigger::Event);
@@ -144,8 +161,13 @@ impl Watch {
             // The watcher lives as long as the loop.
             let _watcher = watcher;
             while let Some(mut trigger) = rx.recv().await {
-                tokio::time::sleep(SETTLE).await;
-                while let Ok(more) = rx.try_recv() {
+                let deadline = tokio::time::Instant::now() + MAX_SETTLE;
+                while let Ok(Some(more)) = tokio::time::timeout_at(
+                    deadline.min(tokio::time::Instant::now() + QUIET),
+                    rx.recv(),
+                )
+                .await
+                {
                     if more != Trigger::Periodic {
                         trigger = more;
                     }
@@ -161,11 +183,9 @@ impl Watch {
     }
 }
 
-/// Is the file byte for byte the one the serving policy was compiled from?
+/// Is the file (or directory) byte for byte the one the serving policy was compiled from?
 fn unchanged(gateway: &Gateway, path: &std::path::Path) -> bool {
-    std::fs::read(path).is_ok_and(|bytes| {
-        policy::digest_hex(&bytes).get(..12) == Some(gateway.runtime().policy.digest.as_str())
-    })
+    policy::source_digest(path).as_deref() == Some(gateway.runtime().policy.digest.as_str())
 }
 
 /// Compile the file and swap it in. `quiet`: skip the swap (and the log) when nothing changed.

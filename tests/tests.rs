@@ -21,6 +21,9 @@
 //! - `address_book`: every user's own address book (upload, read, registered users) in every
 //!   encoding; `need_user`, `user_not_allowed` and `token_param` refusals, through the gateway.
 //! - `operations`: hot reload under load, the directory watch, graceful drain, metrics.
+//! - `policy_dir`: `--policy DIR` (keys across files, one file per section, errors naming the
+//!   file), reloaded as one unit after a `..data` swap; a broken or half-written set keeps the last
+//!   good policy.
 //! - `layers`: the import graph of `src/` against the layers and the "never" list; no cycles.
 //! - `integrity`: every way found to make the upstream read another request than the one judged.
 //! - `hostile`: smuggling, oversized or broken heads, slow clients, hostile bodies and JSON, h2 floods.
@@ -51,6 +54,7 @@ mod least_privilege;
 mod messages;
 mod operations;
 mod ownership;
+mod policy_dir;
 mod pool;
 mod push;
 mod rate_limit;

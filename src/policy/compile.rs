@@ -64,8 +64,12 @@ pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
 
 /// Read and compile the policy file at `path`, reading its secrets or not: `run` and
 /// `qbgate check --resolve-secrets` read them, `qbgate check` only checks their references.
-/// One compiler for both, so `check` refuses everything `run` would.
+/// One compiler for both, so `check` refuses everything `run` would. A directory is read as a
+/// policy directory: every `*.yaml` in it, `keys` spread across files.
 pub fn load_with(path: &Path, secrets: Secrets) -> Result<Policy, PolicyErrors> {
+    if path.is_dir() {
+        return super::dir::load(path, &|name| std::env::var(name).ok(), secrets);
+    }
     let text = std::fs::read_to_string(path).map_err(|e| {
         PolicyErrors(vec![PolicyError {
             path: path.display().to_string(),
@@ -99,21 +103,26 @@ fn compile_secrets(
     env: &dyn Fn(&str) -> Option<String>,
     secrets: Secrets,
 ) -> Result<Policy, PolicyErrors> {
-    if text.trim_start().starts_with('{') {
-        let parsed = file::without_spans(|| serde_json::from_str::<file::PolicyFile>(text));
-        if let Ok(raw) = parsed {
-            let mut c = Compiler {
-                errors: Vec::new(),
-                env,
-                secrets,
-            };
-            let policy = c.policy(raw, text);
-            if c.errors.is_empty() {
-                return Ok(policy);
-            }
+    if let Some(raw) = parse_fast(text) {
+        if let Ok(policy) = compile_raw(raw, text.as_bytes(), env, secrets) {
+            return Ok(policy);
         }
     }
-    let raw: file::PolicyFile = serde_saphyr::from_str(text).map_err(|e| {
+    compile_raw(parse(text)?, text.as_bytes(), env, secrets)
+}
+
+/// A policy written as one JSON object, parsed by serde_json (no places). `None` for any other
+/// text or any error: the YAML parse of the same text then says what is wrong, and where.
+pub(super) fn parse_fast(text: &str) -> Option<file::PolicyFile> {
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    file::without_spans(|| serde_json::from_str::<file::PolicyFile>(text)).ok()
+}
+
+/// Parse policy text as YAML, every value with its place; a structural error is reported alone.
+pub(super) fn parse(text: &str) -> Result<file::PolicyFile, PolicyErrors> {
+    serde_saphyr::from_str(text).map_err(|e| {
         let place = e.location().map(|l| (l.line(), l.column()));
         let message = e.without_snippet().to_string();
         // serde-saphyr prefixes "error: line L column C: "; the place is printed our way.
@@ -133,13 +142,34 @@ fn compile_secrets(
             message,
             place,
         }])
-    })?;
+    })
+}
+
+/// Compile parsed file structs; `source` is what the policy's digest is taken of.
+pub(super) fn compile_raw(
+    raw: file::PolicyFile,
+    source: &[u8],
+    env: &dyn Fn(&str) -> Option<String>,
+    secrets: Secrets,
+) -> Result<Policy, PolicyErrors> {
+    compile_parts(raw, &[], source, env, secrets)
+}
+
+/// [`compile_raw`] with `more_keys` after the file's own `keys` (a policy directory's keys, read
+/// where they are parsed rather than copied).
+pub(super) fn compile_parts(
+    raw: file::PolicyFile,
+    more_keys: &[&file::Key],
+    source: &[u8],
+    env: &dyn Fn(&str) -> Option<String>,
+    secrets: Secrets,
+) -> Result<Policy, PolicyErrors> {
     let mut c = Compiler {
         errors: Vec::new(),
         env,
         secrets,
     };
-    let policy = c.policy(raw, text);
+    let policy = c.policy(raw, more_keys, source);
     if c.errors.is_empty() {
         Ok(policy)
     } else {
@@ -207,7 +237,7 @@ impl Compiler<'_> {
         default
     }
 
-    fn policy(&mut self, raw: file::PolicyFile, text: &str) -> Policy {
+    fn policy(&mut self, raw: file::PolicyFile, more_keys: &[&file::Key], source: &[u8]) -> Policy {
         if raw.version.value != 1 {
             self.error("version", &raw.version, "must be 1");
         }
@@ -258,10 +288,23 @@ impl Compiler<'_> {
         );
         let rate_limit = self.store(raw.rate_limit.unwrap_or_default());
         let dialog_rules = self.dialog_rules(raw.dialog_rules.unwrap_or_default());
-        let keys = self.keys(raw.keys);
+        let keys = match raw.keys {
+            Some(keys) => self.keys(
+                keys.len() + more_keys.len(),
+                keys.iter().chain(more_keys.iter().copied()),
+            ),
+            None => {
+                self.errors.push(PolicyError {
+                    path: "policy".into(),
+                    message: "`keys` is required".into(),
+                    place: None,
+                });
+                Vec::new()
+            }
+        };
         let by_digest = HashMap::default();
         let mut policy = Policy {
-            digest: crate::policy::digest_hex(text.as_bytes())[..12].to_string(),
+            digest: crate::policy::digest_hex(source)[..12].to_string(),
             listen,
             admin_listen,
             upstream,
@@ -748,11 +791,16 @@ impl Compiler<'_> {
         }
     }
 
-    fn keys(&mut self, raw: Vec<file::Key>) -> Vec<(Vec<[u8; 32]>, Key)> {
+    /// `count` keys from `raw`.
+    fn keys<'k>(
+        &mut self,
+        count: usize,
+        raw: impl Iterator<Item = &'k file::Key>,
+    ) -> Vec<(Vec<[u8; 32]>, Key)> {
         let mut ids = HashSet::new();
         let mut seen = HashSet::new();
-        let mut keys = Vec::with_capacity(raw.len());
-        for (i, key) in raw.into_iter().enumerate() {
+        let mut keys = Vec::with_capacity(count);
+        for (i, key) in raw.enumerate() {
             let p = format!("keys[{i}]");
             let id = key.id.value.trim();
             if id.is_empty()
@@ -773,7 +821,7 @@ impl Compiler<'_> {
                     format!("duplicate key id `{id}`"),
                 );
             }
-            let (digests, live) = self.key_digests(&p, &key, &mut seen);
+            let (digests, live) = self.key_digests(&p, key, &mut seen);
             let on_behalf_of = match key.on_behalf_of.as_ref() {
                 None => OnBehalfOf::Any,
                 Some(at) => self.on_behalf_of(&format!("{p}.on_behalf_of"), at),

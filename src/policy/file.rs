@@ -54,7 +54,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for At<T> {
     }
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// qbgate policy, version 1 (see config/policy.example.yaml).
 #[schemars(title = "qbgate policy")]
@@ -77,10 +77,12 @@ pub struct PolicyFile {
     pub qb_token: Option<At<String>>,
     pub rate_limit: Option<RateLimitStore>,
     pub dialog_rules: Option<DialogRules>,
-    pub keys: Vec<Key>,
+    /// The API keys. Required; in a policy directory each file may hold some of them, or none.
+    #[schemars(required)]
+    pub keys: Option<Vec<Key>>,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     pub url: Option<At<String>>,
@@ -91,28 +93,28 @@ pub struct Upstream {
 }
 
 /// `{ env: NAME }` or `{ file: PATH }`: where a secret comes from, never the secret itself.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretRef {
     pub env: Option<String>,
     pub file: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Client {
     pub header_timeout: Option<At<String>>,
     pub body_timeout: Option<At<String>>,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Shutdown {
     pub drain_delay: Option<At<String>>,
     pub timeout: Option<At<String>>,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitStore {
     /// `memory` (default) or `redis`.
@@ -121,7 +123,7 @@ pub struct RateLimitStore {
     pub redis: Option<Redis>,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Redis {
     /// `redis://` or `rediss://` (TLS), a user name may stand in it; no password.
@@ -138,7 +140,7 @@ pub struct Redis {
 }
 
 /// Find the primary through Redis Sentinel.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSentinel {
     pub master_name: Option<At<String>>,
@@ -147,14 +149,14 @@ pub struct RedisSentinel {
 }
 
 /// Redis Cluster.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisCluster {
     /// Seed nodes, `host:port` or `redis[s]://[user@]host:port`.
     pub nodes: Option<Vec<At<String>>>,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DialogRules {
     /// `enforce` (default), `report` or `off`.
@@ -167,7 +169,7 @@ pub struct DialogRules {
     pub allow_fields: Option<Vec<At<String>>>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Key {
     /// Appears in logs and metrics; the key itself never does.
@@ -197,7 +199,7 @@ pub struct Key {
 }
 
 /// One of a key's digests during a rotation.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyDigest {
     /// Lowercase hex SHA-256 of the key (`qbgate hash-key`).
@@ -209,7 +211,7 @@ pub struct KeyDigest {
 }
 
 /// One account-owner power, as written.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct Power(
     #[schemars(regex(pattern = r"^(create_users|mint_tokens|manage_users)$"))] pub String,
@@ -247,14 +249,14 @@ impl JsonSchema for OnBehalfOf {
 }
 
 /// `any`, `none`, or a list of user ids.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum OnBehalfOf {
     Word(String),
     Users(Vec<i64>),
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRateLimit {
     #[schemars(range(min = 1))]
