@@ -12,7 +12,7 @@
 //! | row | allowed | refused | encodings |
 //! |---|---|---|---|
 //! | outside the catalog: 403 `route_unknown`; `unchecked_routes` forwards | `catalog::unchecked_routes_are_forwarded_unjudged_and_counted` | `catalog::routes_outside_the_catalog_are_route_unknown`, `routes_still_narrows` | no parameters |
-//! | `token` parameter on an API key: 400 `token_param` | (not a top-level `token`: forwarded) `a_token_parameter_on_an_api_key_is_400_wherever_the_gateway_reads` | same; `the_token_parameter_is_refused_in_report_mode_too`; `address_book::an_upload_without_a_user_or_for_someone_else_is_refused_and_not_forwarded`; `blobs::bad_ids_tokens_and_application_keys_are_refused_without_a_lookup` | JSON, form, query |
+//! | `token` parameter on an API key: 400 `token_param` | (not a top-level `token`: forwarded) `a_token_parameter_on_an_api_key_is_400_wherever_the_gateway_reads` | same; `the_token_parameter_is_refused_in_report_mode_too`; `address_book::an_upload_without_a_user_or_for_someone_else_is_refused_and_not_forwarded`; `address_book::a_token_in_an_unjudged_json_write_is_refused` (blobs, subscriptions, address book); `blobs::bad_ids_tokens_and_application_keys_are_refused_without_a_lookup` | JSON, form, query |
 //! | application key: reads pass, writes that need a user 403 `need_user` | `catalog::an_application_key_reads_the_catalog` | `catalog::an_application_key_needs_a_user_for_every_write_that_needs_one` (every such row) | JSON, form, query |
 //! | application key: the dialog table's application rows | `dialog_rules::matrix_json_bodies`, `matrix_form_bodies` (`Who::App`) | same | JSON, form; query in `dialog_rules::bypasses_*` |
 //! | powers only with `powers`: 403 `power_required` | the tests of each power below | the same | as below |
