@@ -27,17 +27,20 @@ use hyper::body::Incoming;
 use crate::auth::{self, Principal};
 use crate::error::GateError;
 use crate::policy::RuleMode;
-use crate::ratelimit::{self, Decision};
+use crate::ratelimit::Decision;
 use crate::request::{self, Canonical, Judged, Observer};
 use crate::upstream::{self, ProxyBody, UpstreamBody};
 
+mod access;
 mod catalog;
 mod judge;
 pub mod lookup;
 mod runtime;
 
+pub use access::Logged;
 pub use runtime::Runtime;
 
+use access::Access;
 use judge::Checked;
 
 // Header names made once: a lookup or insert by `&str` parses and hashes the name every time.
@@ -82,22 +85,6 @@ impl Default for RequestIds {
     }
 }
 
-/// What the access log line says about one request.
-struct Access {
-    key: Option<Arc<str>>,
-    digest: Option<crate::policy::DigestPrefix>,
-    user: Option<u64>,
-    reason: &'static str,
-    upstream_status: Option<u16>,
-    upstream: Option<std::time::Duration>,
-    /// Route template for metrics.
-    route: &'static str,
-    /// Rate-limit fields for the response, once the limiter ran.
-    rate: Option<ratelimit::Info>,
-    /// The request's body was read to its end (or it had none).
-    body_done: bool,
-}
-
 /// Serve one request through every phase. `observer` (tests) sees what was judged for every
 /// request that is forwarded.
 pub async fn handle(
@@ -105,40 +92,33 @@ pub async fn handle(
     ids: &RequestIds,
     observer: Option<&Observer>,
     request: Request<Incoming>,
-) -> Response<ResponseBody> {
+) -> Response<Logged<ResponseBody>> {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let method = parts.method.clone();
-    // A Uri clone shares its bytes: the log line needs the path after the request is consumed.
-    let uri = parts.uri.clone();
     let version = parts.version;
+    // A clone shares the header's bytes with the request head.
+    let user_agent = parts.headers.get(header::USER_AGENT).cloned();
     let expects_continue = parts.headers.contains_key(header::EXPECT);
     let request_id = match parts.headers.get(&X_REQUEST_ID) {
         Some(id) if upstream::valid_request_id(id) => id.clone(),
         _ => ids.next(),
     };
-    let mut access = Access {
-        key: None,
-        digest: None,
-        user: None,
-        reason: "",
-        upstream_status: None,
-        upstream: None,
-        rate: None,
-        route: "other",
-        body_done: body.is_end_stream(),
-    };
+    let mut access = Access::new(body.is_end_stream());
     let mut body = Some(body);
-    let mut response = match phases(
+    let phases = phases(
         &runtime,
         parts,
         &mut body,
         &request_id,
         observer,
         &mut access,
-    )
-    .await
-    {
+    );
+    let log = crate::access_log::Request {
+        request_id: request_id.clone(),
+        trace_id: None,
+    };
+    let mut response = match crate::access_log::scope(log, phases).await {
         Ok(response) => response,
         Err(error) => {
             access.reason = error.reason();
@@ -177,20 +157,22 @@ pub async fn handle(
         headers.insert(RATELIMIT_POLICY.clone(), info.policy_header());
         headers.insert(RATELIMIT.clone(), info.ratelimit_header());
     }
-    crate::access_log::record(&crate::access_log::Line {
-        request_id: request_id.to_str().unwrap_or_default(),
-        key: access.key.as_deref().unwrap_or("-"),
-        digest: access.digest.as_ref().map_or("-", |d| d.as_str()),
-        user: access.user,
-        method: method.as_str(),
-        path: uri.path(),
-        status: response.status().as_u16(),
-        reason: access.reason,
-        upstream_status: access.upstream_status,
-        total,
-        upstream: access.upstream,
-    });
-    response
+    let status = response.status().as_u16();
+    response.map(|body| {
+        Logged::new(
+            body,
+            access::Entry {
+                started,
+                request_id,
+                trace_id: None,
+                method,
+                version,
+                user_agent,
+                status,
+                access,
+            },
+        )
+    })
 }
 
 /// Read and drop the rest of a refused request's body on the side, when its length is announced
@@ -230,12 +212,14 @@ async fn phases(
     let body_empty = body.as_ref().is_none_or(Body::is_end_stream);
     let mut request = request::normalize(&mut parts, body_empty)?;
     access.route = request.path().route_label();
+    let entry = crate::rules::catalog::find(request.method(), request.path());
+    access.pattern = entry.map(|e| std::borrow::Cow::Borrowed(e.path));
     let principal = auth::authenticate(policy, request.headers(), SystemTime::now())?;
     access.key = Some(principal.key_id.clone());
     access.digest = principal.digest;
     access.user = principal.user;
     allow_route(runtime, &principal, &request)?;
-    catalog::admit(runtime, &principal, &request)?;
+    catalog::admit(runtime, &principal, &request, entry, access)?;
     rate_limit(runtime, &principal, access).await?;
     judge::check_query_token(&principal, &request)?;
 
@@ -292,6 +276,7 @@ async fn phases(
         judge::stream_unjudged(&mut request, body, (limit, timeout))
     };
 
+    access.streamed_in = request.body_counter();
     if let Some(observer) = observer {
         observer(&judged_view(
             &request,
@@ -328,6 +313,7 @@ async fn phases(
     // The pool hands the answer over without hop-by-hop fields.
     let (mut parts, body) = response.into_parts();
     if let Some(reason) = checked.would_reject {
+        access.would_reject = Some(reason);
         parts
             .headers
             .insert(WOULD_REJECT.clone(), HeaderValue::from_static(reason));
@@ -429,6 +415,7 @@ async fn read_body(
         Ok(Err(_)) => Err(GateError::BadBody),
     }?;
     access.body_done = true;
+    access.bytes_in = bytes.len() as u64;
     Ok(bytes)
 }
 

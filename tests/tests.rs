@@ -31,6 +31,8 @@
 //! - `regressions`: inputs the fuzzers, the soak and the sandbox's reader found; `#[ignore]`d while their bug is open.
 //! - `differential`: Rack 2.2 under Puma (the upstream's real parser) behind the gateway: what
 //!   Rack read equals what the gateway judged, or the gateway refused (needs ruby-rack, puma).
+//! - `logs`: the real binary's JSON lines: every access-line field, the request id on a request's
+//!   rule lines, report mode's would-be reason.
 //! - `secrets`: the real binary at trace level leaks no key, token or upstream key anywhere.
 
 mod blobs;
@@ -45,6 +47,7 @@ mod hostile;
 mod integrity;
 mod layers;
 mod least_privilege;
+mod logs;
 mod messages;
 mod operations;
 mod ownership;
