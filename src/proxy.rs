@@ -94,7 +94,7 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Response<Logged<ResponseBody>> {
     let started = Instant::now();
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let method = parts.method.clone();
     let version = parts.version;
     // A clone shares the header's bytes with the request head.
@@ -104,6 +104,16 @@ pub async fn handle(
         Some(id) if upstream::valid_request_id(id) => id.clone(),
         _ => ids.next(),
     };
+    // Trace context: read the caller's, write the upstream's, before normalization copies the
+    // headers into the canonical request.
+    let tracer = &runtime.tracer;
+    let trace = tracer
+        .propagate
+        .then(|| crate::trace::Context::start(&mut parts.headers, tracer.exporting()));
+    let export = trace
+        .as_ref()
+        .and_then(|t| tracer.exporter_for(t))
+        .map(|exporter| (exporter.clone(), SystemTime::now()));
     let mut access = Access::new(body.is_end_stream());
     let mut body = Some(body);
     let phases = phases(
@@ -116,7 +126,7 @@ pub async fn handle(
     );
     let log = crate::access_log::Request {
         request_id: request_id.clone(),
-        trace_id: None,
+        trace_id: trace.as_ref().map(crate::trace::Context::trace_id),
     };
     let mut response = match crate::access_log::scope(log, phases).await {
         Ok(response) => response,
@@ -164,7 +174,8 @@ pub async fn handle(
             access::Entry {
                 started,
                 request_id,
-                trace_id: None,
+                trace,
+                export,
                 method,
                 version,
                 user_agent,

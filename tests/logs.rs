@@ -30,6 +30,7 @@ pub fn free_port() -> SocketAddr {
 pub struct Binary {
     child: Child,
     pub listen: SocketAddr,
+    pub admin: SocketAddr,
     stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
     stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
     dir: std::path::PathBuf,
@@ -84,6 +85,7 @@ impl Binary {
         let mut binary = Binary {
             child,
             listen,
+            admin,
             stdout: Some(stdout),
             stderr: Some(stderr),
             dir,
@@ -179,10 +181,12 @@ pub async fn send(
         .unwrap_or_else(|_| panic!("{method} {url}: timed out"))
         .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
     let status = response.status().as_u16();
-    let request_id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    // Empty for the admin listener's answers, which carry none.
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     Got {
         status,

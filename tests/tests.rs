@@ -33,6 +33,9 @@
 //!   Rack read equals what the gateway judged, or the gateway refused (needs ruby-rack, puma).
 //! - `logs`: the real binary's JSON lines: every access-line field, the request id on a request's
 //!   rule lines, report mode's would-be reason.
+//! - `traces`: W3C trace context kept or started upstream, `trace_id` on a request's lines, one
+//!   span per request exported to an OTLP/HTTP receiver the test runs; `OTEL_*` variables; a
+//!   stalled collector; `qbgate check` on the `tracing` section.
 //! - `secrets`: the real binary at trace level leaks no key, token or upstream key anywhere.
 
 mod blobs;
@@ -59,4 +62,5 @@ mod regressions;
 mod secrets;
 mod support;
 mod tls;
+mod traces;
 mod upstream_h1;

@@ -76,8 +76,19 @@ pub struct PolicyFile {
     #[schemars(regex(pattern = r"^(forward|reject)$"))]
     pub qb_token: Option<At<String>>,
     pub rate_limit: Option<RateLimitStore>,
+    pub tracing: Option<Tracing>,
     pub dialog_rules: Option<DialogRules>,
     pub keys: Vec<Key>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// W3C `traceparent`/`tracestate`: kept, or a new trace started. Default true.
+    pub propagate: Option<bool>,
+    /// OTLP/HTTP collector (`http://otel-collector:4318`): one span per request is exported
+    /// there. Optional; `OTEL_EXPORTER_OTLP_ENDPOINT` also names one.
+    pub otlp_endpoint: Option<At<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Version};
@@ -15,6 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::policy::DigestPrefix;
 use crate::ratelimit;
+use crate::trace;
 
 /// What the access log line says about one request, filled in as the phases run.
 pub(super) struct Access {
@@ -65,7 +66,10 @@ impl Access {
 pub(super) struct Entry {
     pub(super) started: Instant,
     pub(super) request_id: HeaderValue,
-    pub(super) trace_id: Option<[u8; 32]>,
+    pub(super) trace: Option<trace::Context>,
+    /// Where the request's span goes, and when the request started on the wall clock (read
+    /// only when a span is exported).
+    pub(super) export: Option<(trace::Exporter, SystemTime)>,
     pub(super) method: Method,
     pub(super) version: Version,
     pub(super) user_agent: Option<HeaderValue>,
@@ -98,7 +102,8 @@ impl<B> Logged<B> {
         let Entry {
             started,
             request_id,
-            trace_id,
+            trace,
+            export,
             method,
             version,
             user_agent,
@@ -110,6 +115,24 @@ impl<B> Logged<B> {
             .as_ref()
             .map_or(access.bytes_in, |n| n.load(Ordering::Relaxed));
         let reason = access.would_reject.unwrap_or(access.reason);
+        let total = started.elapsed();
+        let route = access.pattern.as_deref().unwrap_or(access.route);
+        if let (Some((exporter, start)), Some(context)) = (&export, trace) {
+            exporter.record(&trace::Finished {
+                context,
+                start: *start,
+                duration: total,
+                method: &method,
+                route,
+                status,
+                key: access.key.as_deref(),
+                reason,
+                report_only: access.would_reject.is_some(),
+                protocol: protocol(version),
+                upstream_status: access.upstream_status,
+            });
+        }
+        let trace_id = trace.as_ref().map(trace::Context::trace_id);
         crate::access_log::record(&crate::access_log::Line {
             request_id: std::str::from_utf8(request_id.as_bytes()).unwrap_or_default(),
             trace_id: trace_id.as_ref().and_then(|t| std::str::from_utf8(t).ok()),
@@ -117,7 +140,7 @@ impl<B> Logged<B> {
             digest: access.digest.as_ref().map_or("-", |d| d.as_str()),
             user: access.user,
             method: method.as_str(),
-            route: access.pattern.as_deref().unwrap_or(access.route),
+            route,
             status,
             reason,
             report_only: access.would_reject.is_some(),
@@ -126,7 +149,7 @@ impl<B> Logged<B> {
             bytes_out: self.bytes_out,
             user_agent: user_agent.as_ref().map_or(&[][..], HeaderValue::as_bytes),
             upstream_status: access.upstream_status,
-            total: started.elapsed(),
+            total,
             upstream: access.upstream,
         });
     }

@@ -17,6 +17,8 @@ pub struct Runtime {
     pub rule_options: rules::RuleOptions,
     /// Rate limiters; unchanged keys keep their state across generations.
     pub limiters: ratelimit::Limiters,
+    /// Trace propagation and span export; kept across generations with the same `tracing`.
+    pub tracer: crate::trace::Tracer,
 }
 
 impl Runtime {
@@ -55,6 +57,10 @@ impl Runtime {
                 }
             },
         };
+        let tracer = match previous {
+            Some(old) if old.policy.tracing == policy.tracing => old.tracer.clone(),
+            _ => crate::trace::Tracer::new(&policy.tracing, &|name| std::env::var(name).ok()),
+        };
         let rule_options = rules::RuleOptions {
             allow_fields: policy.dialog_rules.allow_fields.clone(),
         };
@@ -64,6 +70,7 @@ impl Runtime {
             lookups,
             rule_options,
             limiters,
+            tracer,
         })
     }
 }
