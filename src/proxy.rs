@@ -1,13 +1,15 @@
 //! The request path: named phases, in order. [`handle`] never returns an error: every failure
 //! becomes the contract's JSON response, logged once in the access log.
 //!
-//! Phases: request id -> normalize (the [`Canonical`] request: hop-by-hop headers removed,
+//! Phases: request id -> trace context ([`crate::trace`]: `traceparent` kept or started, the
+//! upstream's written) -> normalize (the [`Canonical`] request: hop-by-hop headers removed,
 //! anything that could be read two ways refused) -> authenticate -> route allowlist -> endpoint
 //! catalog (API keys: `route_unknown`, `need_user`; `proxy/catalog.rs`) -> rate
 //! limit -> the query's `token` check (API keys) -> body (streamed, or read whole when a rule or
 //! the `_method` check needs it) -> rules (dialog changes; writes under `/users` on an API key;
 //! chat messages on an API key; push events and subscriptions on an API key; writes to one blob on an API key)
-//! -> forward (the [`Canonical`] written as it was judged) -> response -> access log.
+//! -> forward (the [`Canonical`] written as it was judged) -> response -> access log (and the
+//! request's span), when the answer's body is done ([`Logged`]).
 //! Ordering constraints: normalization precedes every decision, so no phase sees a path that could
 //! be read two ways; authentication precedes the allowlist and the limiter, which are per key; the
 //! rate limit precedes the rules, so a flood of checked requests cannot turn into a flood of
