@@ -55,8 +55,8 @@ const USER_AGENT_MAX: usize = 200;
 /// What one access line says.
 pub struct Line<'a> {
     pub request_id: &'a str,
-    /// The W3C trace id (32 hex digits) when tracing propagates.
-    pub trace_id: Option<&'a str>,
+    /// The W3C trace id (32 lowercase hex digits, written as they are) when tracing propagates.
+    pub trace_id: Option<&'a [u8]>,
     pub key: &'a str,
     /// Which of the key's digests matched: its first 8 hex digits (`-` without a key).
     pub digest: &'a str,
@@ -66,11 +66,12 @@ pub struct Line<'a> {
     /// `unchecked_routes` entry), never the path itself: ids stay out of the log.
     pub route: &'a str,
     pub status: u16,
-    /// Why the gateway answered itself; in report mode, why it would have.
+    /// Why the gateway answered itself; in report mode, why it would have. A reason code of the
+    /// gateway's own (written unescaped).
     pub reason: &'a str,
     /// `reason` is what report mode would have refused with: the request was forwarded.
     pub report_only: bool,
-    /// `HTTP/1.1`, `HTTP/2`, ...
+    /// `HTTP/1.1`, `HTTP/2`, ... (written unescaped).
     pub protocol: &'a str,
     /// Request body bytes read from the client.
     pub bytes_in: u64,
@@ -106,7 +107,7 @@ pub fn record(line: &Line<'_>) {
         tracing::info!(
             target: "qbgate::access",
             request_id = line.request_id,
-            trace_id = line.trace_id,
+            trace_id = line.trace_id.and_then(|t| std::str::from_utf8(t).ok()),
             key = line.key,
             digest = line.digest,
             user = line.user,
@@ -175,6 +176,12 @@ impl Out<'_> {
         self
     }
 
+    /// Bytes known to need no escaping (hex digits).
+    fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(b);
+        self
+    }
+
     fn int(&mut self, n: impl itoa::Integer) -> &mut Self {
         self.str(itoa::Buffer::new().format(n))
     }
@@ -226,7 +233,7 @@ fn json_line(mut out: Out<'_>, seconds: &str, micros: u32, line: &Line<'_>) {
         .escaped(line.request_id)
         .str(r#"","#);
     if let Some(trace_id) = line.trace_id {
-        out.str(r#""trace_id":""#).escaped(trace_id).str(r#"","#);
+        out.str(r#""trace_id":""#).bytes(trace_id).str(r#"","#);
     }
     out.str(r#""key":""#)
         .escaped(line.key)
@@ -243,13 +250,13 @@ fn json_line(mut out: Out<'_>, seconds: &str, micros: u32, line: &Line<'_>) {
         .str(r#"","status":"#)
         .int(line.status)
         .str(r#","reason":""#)
-        .escaped(line.reason)
+        .str(line.reason)
         .str(r#"","#);
     if line.report_only {
         out.str(r#""report_only":true,"#);
     }
     out.str(r#""protocol":""#)
-        .escaped(line.protocol)
+        .str(line.protocol)
         .str(r#"","bytes_in":"#)
         .int(line.bytes_in)
         .str(r#","bytes_out":"#)
@@ -271,7 +278,7 @@ fn text_line(mut out: Out<'_>, seconds: &str, micros: u32, line: &Line<'_>) {
         .str("  INFO qbgate::access: request_id=")
         .escaped(line.request_id)
         .str(" trace_id=")
-        .escaped(line.trace_id.unwrap_or("-"))
+        .bytes(line.trace_id.unwrap_or(b"-"))
         .str(" key=")
         .escaped(line.key)
         .str(" digest=")
@@ -288,14 +295,14 @@ fn text_line(mut out: Out<'_>, seconds: &str, micros: u32, line: &Line<'_>) {
         .str(" status=")
         .int(line.status)
         .str(" reason=")
-        .escaped(line.reason)
+        .str(line.reason)
         .str(if line.report_only {
             " report_only=true"
         } else {
             ""
         })
         .str(" protocol=")
-        .escaped(line.protocol)
+        .str(line.protocol)
         .str(" bytes_in=")
         .int(line.bytes_in)
         .str(" bytes_out=")
@@ -495,7 +502,7 @@ mod tests {
     fn line(user: Option<u64>, upstream: Option<Duration>) -> Line<'static> {
         Line {
             request_id: "0a1b2c3d000000000001",
-            trace_id: upstream.map(|_| "4bf92f3577b34da6a3ce929d0e0e4736"),
+            trace_id: upstream.map(|_| &b"4bf92f3577b34da6a3ce929d0e0e4736"[..]),
             key: "billing",
             digest: "60303ae2",
             user,

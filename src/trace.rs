@@ -56,15 +56,21 @@ impl Context {
     /// `traceparent` always (the same trace, or a new one), `tracestate` kept only beside a
     /// valid `traceparent`. A new trace is marked sampled when `sample_new` (spans are exported).
     pub fn start(headers: &mut HeaderMap, sample_new: bool) -> Context {
-        let incoming = {
-            let mut all = headers.get_all(&TRACEPARENT).iter();
-            match (all.next(), all.next()) {
-                (Some(one), None) => parse(one.as_bytes()),
-                // Absent, or sent twice: no way to tell which is meant.
-                _ => None,
-            }
-        };
         let mut header = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        // One hash of the name for the lookup and the write (the common case, no header, and
+        // the traced one alike).
+        let entry = headers.entry(TRACEPARENT.clone());
+        let incoming = match &entry {
+            http::header::Entry::Occupied(found) => {
+                let mut all = found.iter();
+                match (all.next(), all.next()) {
+                    (Some(one), None) => parse(one.as_bytes()),
+                    // Sent twice: no way to tell which is meant.
+                    _ => None,
+                }
+            }
+            http::header::Entry::Vacant(_) => None,
+        };
         let parent = match incoming {
             Some(parsed) => {
                 header[3..35].copy_from_slice(&parsed.trace_id);
@@ -73,7 +79,6 @@ impl Context {
                 Some(parsed.parent)
             }
             None => {
-                headers.remove(&TRACESTATE);
                 hex_into(&mut header[3..19], nonzero_random());
                 hex_into(&mut header[19..35], fastrand::u64(..));
                 header[54] = if sample_new { b'1' } else { b'0' };
@@ -83,7 +88,17 @@ impl Context {
         hex_into(&mut header[36..52], nonzero_random());
         // Hex digits and dashes only: always a valid header value.
         if let Ok(value) = HeaderValue::from_bytes(&header) {
-            headers.insert(TRACEPARENT.clone(), value);
+            match entry {
+                http::header::Entry::Occupied(mut found) => {
+                    found.insert(value);
+                }
+                http::header::Entry::Vacant(slot) => {
+                    slot.insert(value);
+                }
+            }
+        }
+        if parent.is_none() {
+            headers.remove(&TRACESTATE);
         }
         Context { header, parent }
     }

@@ -135,7 +135,7 @@ impl<B> Logged<B> {
         let trace_id = trace.as_ref().map(trace::Context::trace_id);
         crate::access_log::record(&crate::access_log::Line {
             request_id: std::str::from_utf8(request_id.as_bytes()).unwrap_or_default(),
-            trace_id: trace_id.as_ref().and_then(|t| std::str::from_utf8(t).ok()),
+            trace_id: trace_id.as_ref().map(|t| &t[..]),
             key: access.key.as_deref().unwrap_or("-"),
             digest: access.digest.as_ref().map_or("-", |d| d.as_str()),
             user: access.user,
