@@ -178,10 +178,11 @@ fn nonzero_random() -> u64 {
     fastrand::u64(1..)
 }
 
+/// `n` as 16 lowercase hex digits into `out` (its 16 bytes), a byte's two digits at a time.
 fn hex_into(out: &mut [u8], n: u64) {
-    let digits = out.len();
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = HEX[((n >> (4 * (digits - 1 - i))) & 0xf) as usize];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(n.to_be_bytes()) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
 }
 
