@@ -7,8 +7,15 @@
 //! one syscall per flush. `QBGATE_LOG` still decides: the line is written only when the
 //! `qbgate::access` target is enabled at `info`. Without [`install`] (the library inside tests) the
 //! line goes through `tracing` as any other event.
+//!
+//! The line is written when the answer's body is done (sent whole, or dropped on a broken
+//! connection), so that it can say how many body bytes went out and how long the whole exchange
+//! took. Other lines written while a request is served (rule refusals, lookup failures,
+//! report-mode verdicts, warnings) go through `tracing`; [`scope`] makes the request's id (and
+//! trace id) known to the task, and [`WithRequest`] adds them to every such line.
 
 use std::cell::OnceCell;
+use std::future::Future;
 use std::io::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -42,17 +49,36 @@ struct Buffer {
     stamp: String,
 }
 
+/// Longest user agent written, in bytes; the rest is cut.
+const USER_AGENT_MAX: usize = 200;
+
 /// What one access line says.
 pub struct Line<'a> {
     pub request_id: &'a str,
+    /// The W3C trace id (32 lowercase hex digits, written as they are) when tracing propagates.
+    pub trace_id: Option<&'a [u8]>,
     pub key: &'a str,
     /// Which of the key's digests matched: its first 8 hex digits (`-` without a key).
     pub digest: &'a str,
     pub user: Option<u64>,
     pub method: &'a str,
-    pub path: &'a str,
+    /// The matched pattern (an endpoint catalog row such as `/chat/Dialog/{id}`, or an
+    /// `unchecked_routes` entry), never the path itself: ids stay out of the log.
+    pub route: &'a str,
     pub status: u16,
+    /// Why the gateway answered itself; in report mode, why it would have. A reason code of the
+    /// gateway's own (written unescaped).
     pub reason: &'a str,
+    /// `reason` is what report mode would have refused with: the request was forwarded.
+    pub report_only: bool,
+    /// `HTTP/1.1`, `HTTP/2`, ... (written unescaped).
+    pub protocol: &'a str,
+    /// Request body bytes read from the client.
+    pub bytes_in: u64,
+    /// Response body bytes handed to the client's connection.
+    pub bytes_out: u64,
+    /// The raw `User-Agent` (any bytes; escaped and cut when written).
+    pub user_agent: &'a [u8],
     pub upstream_status: Option<u16>,
     pub total: Duration,
     pub upstream: Option<Duration>,
@@ -81,13 +107,19 @@ pub fn record(line: &Line<'_>) {
         tracing::info!(
             target: "qbgate::access",
             request_id = line.request_id,
+            trace_id = line.trace_id.and_then(|t| std::str::from_utf8(t).ok()),
             key = line.key,
             digest = line.digest,
             user = line.user,
             method = line.method,
-            path = line.path,
+            route = line.route,
             status = line.status,
             reason = line.reason,
+            report_only = line.report_only,
+            protocol = line.protocol,
+            bytes_in = line.bytes_in,
+            bytes_out = line.bytes_out,
+            user_agent = %String::from_utf8_lossy(cut(line.user_agent)),
             upstream_status = line.upstream_status,
             total_ms = millis(line.total),
             upstream_ms = line.upstream.map(millis),
@@ -144,6 +176,12 @@ impl Out<'_> {
         self
     }
 
+    /// Bytes known to need no escaping (hex digits).
+    fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(b);
+        self
+    }
+
     fn int(&mut self, n: impl itoa::Integer) -> &mut Self {
         self.str(itoa::Buffer::new().format(n))
     }
@@ -151,6 +189,14 @@ impl Out<'_> {
     /// A JSON string's contents: `"`, `\` and control characters escaped.
     fn escaped(&mut self, s: &str) -> &mut Self {
         escape(self.0, s);
+        self
+    }
+
+    /// Untrusted bytes as a JSON string's contents: cut to [`USER_AGENT_MAX`], and every byte
+    /// outside printable ASCII escaped (a header may hold any byte; a line must stay valid JSON
+    /// and one line).
+    fn escaped_bytes(&mut self, b: &[u8]) -> &mut Self {
+        escape_bytes(self.0, cut(b));
         self
     }
 
@@ -185,7 +231,11 @@ fn json_line(mut out: Out<'_>, seconds: &str, micros: u32, line: &Line<'_>) {
         .stamp(seconds, micros)
         .str(r#"","level":"INFO","target":"qbgate::access","request_id":""#)
         .escaped(line.request_id)
-        .str(r#"","key":""#)
+        .str(r#"","#);
+    if let Some(trace_id) = line.trace_id {
+        out.str(r#""trace_id":""#).bytes(trace_id).str(r#"","#);
+    }
+    out.str(r#""key":""#)
         .escaped(line.key)
         .str(r#"","digest":""#)
         .escaped(line.digest)
@@ -195,12 +245,24 @@ fn json_line(mut out: Out<'_>, seconds: &str, micros: u32, line: &Line<'_>) {
     }
     out.str(r#""method":""#)
         .escaped(line.method)
-        .str(r#"","path":""#)
-        .escaped(line.path)
+        .str(r#"","route":""#)
+        .escaped(line.route)
         .str(r#"","status":"#)
         .int(line.status)
         .str(r#","reason":""#)
         .str(line.reason)
+        .str(r#"","#);
+    if line.report_only {
+        out.str(r#""report_only":true,"#);
+    }
+    out.str(r#""protocol":""#)
+        .str(line.protocol)
+        .str(r#"","bytes_in":"#)
+        .int(line.bytes_in)
+        .str(r#","bytes_out":"#)
+        .int(line.bytes_out)
+        .str(r#","user_agent":""#)
+        .escaped_bytes(line.user_agent)
         .str(r#"","#);
     if let Some(upstream) = line.upstream_status {
         out.str(r#""upstream_status":"#).int(upstream).str(",");
@@ -215,6 +277,8 @@ fn text_line(mut out: Out<'_>, seconds: &str, micros: u32, line: &Line<'_>) {
     out.stamp(seconds, micros)
         .str("  INFO qbgate::access: request_id=")
         .escaped(line.request_id)
+        .str(" trace_id=")
+        .bytes(line.trace_id.unwrap_or(b"-"))
         .str(" key=")
         .escaped(line.key)
         .str(" digest=")
@@ -226,13 +290,26 @@ fn text_line(mut out: Out<'_>, seconds: &str, micros: u32, line: &Line<'_>) {
     };
     out.str(" method=")
         .escaped(line.method)
-        .str(" path=")
-        .escaped(line.path)
+        .str(" route=")
+        .escaped(line.route)
         .str(" status=")
         .int(line.status)
         .str(" reason=")
         .str(line.reason)
-        .str(" upstream_status=");
+        .str(if line.report_only {
+            " report_only=true"
+        } else {
+            ""
+        })
+        .str(" protocol=")
+        .str(line.protocol)
+        .str(" bytes_in=")
+        .int(line.bytes_in)
+        .str(" bytes_out=")
+        .int(line.bytes_out)
+        .str(" user_agent=\"")
+        .escaped_bytes(line.user_agent)
+        .str("\" upstream_status=");
     match line.upstream_status {
         Some(s) => out.int(s),
         None => out.str("-"),
@@ -274,6 +351,35 @@ pub async fn run_flusher() {
     }
 }
 
+/// The first [`USER_AGENT_MAX`] bytes of `b`.
+fn cut(b: &[u8]) -> &[u8] {
+    b.get(..USER_AGENT_MAX).unwrap_or(b)
+}
+
+/// [`escape`] for bytes that need not be UTF-8: anything outside printable ASCII becomes
+/// `\u00XX` (a byte read as Latin-1, as HTTP once defined header bytes).
+fn escape_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    if b.iter()
+        .all(|&c| matches!(c, 0x20..=0x7e) && c != b'"' && c != b'\\')
+    {
+        out.extend_from_slice(b);
+        return;
+    }
+    for &c in b {
+        match c {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x20..=0x7e => out.push(c),
+            _ => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(c >> 4)]);
+                out.push(HEX[usize::from(c & 0xf)]);
+            }
+        }
+    }
+}
+
 /// JSON-string escaping of `"`, `\\` and control characters (paths and request ids are ASCII).
 fn escape(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -298,6 +404,87 @@ fn escape(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// Who a task is serving: known to every `tracing` line written inside [`scope`].
+pub struct Request {
+    pub request_id: http::HeaderValue,
+    /// The W3C trace id, 32 lowercase hex digits, when tracing propagates.
+    pub trace_id: Option<[u8; 32]>,
+}
+
+tokio::task_local! {
+    static CURRENT: Request;
+}
+
+/// Run `future` (one request's phases) with `request` known to the lines it writes. Costs a
+/// thread-local swap per poll; nothing per line that is not written.
+pub fn scope<F: Future>(request: Request, future: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(request, future)
+}
+
+/// An event formatter that adds `request_id` (and `trace_id`) to every line written inside
+/// [`scope`], in JSON (before the closing brace) or text (before the newline); lines outside a
+/// request are written as `inner` writes them.
+pub struct WithRequest<F> {
+    inner: F,
+    json: bool,
+}
+
+impl<F> WithRequest<F> {
+    pub fn new(inner: F, json: bool) -> Self {
+        WithRequest { inner, json }
+    }
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithRequest<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use tracing_subscriber::fmt::format::Writer;
+        let within = CURRENT.try_with(|request| {
+            let mut text = String::new();
+            self.inner
+                .format_event(ctx, Writer::new(&mut text), event)?;
+            let (body, tail) = match (self.json, text.rfind('}')) {
+                (true, Some(end)) => text.split_at(end),
+                _ => text.split_at(text.trim_end_matches('\n').len()),
+            };
+            let mut ids = Vec::with_capacity(96);
+            let mut out = Out(&mut ids);
+            let trace = request
+                .trace_id
+                .as_ref()
+                .and_then(|t| std::str::from_utf8(t).ok());
+            let request_id = std::str::from_utf8(request.request_id.as_bytes()).unwrap_or("-");
+            if self.json {
+                out.str(r#","request_id":""#).escaped(request_id).str("\"");
+                if let Some(trace) = trace {
+                    out.str(r#","trace_id":""#).str(trace).str("\"");
+                }
+            } else {
+                out.str(" request_id=").escaped(request_id);
+                if let Some(trace) = trace {
+                    out.str(" trace_id=").str(trace);
+                }
+            }
+            writer.write_str(body)?;
+            writer.write_str(std::str::from_utf8(&ids).unwrap_or_default())?;
+            writer.write_str(tail)
+        });
+        match within {
+            Ok(written) => written,
+            Err(_) => self.inner.format_event(ctx, writer, event),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,13 +502,19 @@ mod tests {
     fn line(user: Option<u64>, upstream: Option<Duration>) -> Line<'static> {
         Line {
             request_id: "0a1b2c3d000000000001",
+            trace_id: upstream.map(|_| &b"4bf92f3577b34da6a3ce929d0e0e4736"[..]),
             key: "billing",
             digest: "60303ae2",
             user,
             method: "PUT",
-            path: "/chat/Dialog/\"x\".json",
+            route: "/chat/Dialog/{\"x\"}",
             status: 422,
             reason: "rule_violation",
+            report_only: upstream.is_some(),
+            protocol: "HTTP/2",
+            bytes_in: 17,
+            bytes_out: 4096,
+            user_agent: b"curl/8.5 \"quoted\" \x01\xff",
             upstream_status: upstream.map(|_| 200),
             total: Duration::from_micros(12_345_678),
             upstream,
@@ -346,10 +539,16 @@ mod tests {
         assert_eq!(v["key"], "billing");
         assert_eq!(v["digest"], "60303ae2");
         assert_eq!(v["user"], 7);
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(v["method"], "PUT");
-        assert_eq!(v["path"], "/chat/Dialog/\"x\".json");
+        assert_eq!(v["route"], "/chat/Dialog/{\"x\"}");
         assert_eq!(v["status"], 422);
         assert_eq!(v["reason"], "rule_violation");
+        assert_eq!(v["report_only"], true);
+        assert_eq!(v["protocol"], "HTTP/2");
+        assert_eq!(v["bytes_in"], 17);
+        assert_eq!(v["bytes_out"], 4096);
+        assert_eq!(v["user_agent"], "curl/8.5 \"quoted\" \u{1}\u{ff}");
         assert_eq!(v["upstream_status"], 200);
         assert_eq!(v["upstream_ms"].to_string(), "1.005");
         assert_eq!(v["total_ms"].to_string(), "12345.678");
@@ -364,6 +563,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(v["timestamp"], "2026-11-26T16:42:56.999999Z");
         assert!(v.get("user").is_none() && v.get("upstream_ms").is_none());
+        assert!(v.get("trace_id").is_none() && v.get("report_only").is_none());
     }
 
     #[test]
@@ -373,9 +573,26 @@ mod tests {
         assert_eq!(
             String::from_utf8(buf).unwrap(),
             "2026-11-26T16:42:56.000005Z  INFO qbgate::access: request_id=0a1b2c3d000000000001 \
-             key=billing digest=60303ae2 user=- method=PUT path=/chat/Dialog/\\\"x\\\".json status=422 \
-             reason=rule_violation upstream_status=- total_ms=12345.678 upstream_ms=0.000\n"
+             trace_id=- key=billing digest=60303ae2 user=- method=PUT route=/chat/Dialog/{\\\"x\\\"} \
+             status=422 reason=rule_violation protocol=HTTP/2 bytes_in=17 bytes_out=4096 \
+             user_agent=\"curl/8.5 \\\"quoted\\\" \\u0001\\u00ff\" upstream_status=- total_ms=12345.678 \
+             upstream_ms=0.000\n"
         );
+    }
+
+    #[test]
+    fn a_long_user_agent_is_cut_and_stays_one_line() {
+        let agent = [b'a'; 300]
+            .iter()
+            .copied()
+            .chain(*b"\n{\"x\":1}")
+            .collect::<Vec<u8>>();
+        let mut buf = Vec::new();
+        Out(&mut buf).escaped_bytes(&agent);
+        assert_eq!(buf, vec![b'a'; USER_AGENT_MAX]);
+        let mut buf = Vec::new();
+        Out(&mut buf).escaped_bytes(b"x\ny\"\\");
+        assert_eq!(buf, b"x\\u000ay\\\"\\\\");
     }
 
     #[test]

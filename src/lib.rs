@@ -13,6 +13,7 @@
 //! |---|---|---|
 //! | accept | `app.rs`, `conn.rs` | HTTP/1.1 or HTTP/2 by the first bytes; head deadline, idle timeout, drain |
 //! | request id | `proxy.rs` | `X-Request-Id` kept or made |
+//! | trace context | `trace.rs` | W3C `traceparent` kept (the gateway's span its child) or a new trace started; `tracestate` kept only beside a valid one |
 //! | normalize | `request.rs` + `request/{path,headers,body}.rs` | the one [`request::Canonical`]: hop-by-hop headers removed, anything the upstream could read otherwise refused |
 //! | authenticate | `auth.rs` | `ApiKey` / `On-Behalf-Of` / `QB-Token` -> [`auth::Principal`] |
 //! | route allowlist | `proxy.rs`, `policy.rs` | the key's `routes` |
@@ -21,7 +22,7 @@
 //! | body | `proxy.rs`, `request/body.rs` | streamed with its limits, or read whole for a rule or the `_method` check |
 //! | rules | `proxy/judge.rs`, `rules.rs` + `rules/*`, `params.rs`, `proxy/lookup.rs` | the parameter document Rails would build, judged against QuickBlox's rule table (dialogs) and the key's powers (`rules/users.rs`: writes under `/users`, the `token` parameter), the acting user's chat messages (`rules/messages.rs`: `/chat/Message`, a dialog's notifications), push events and subscriptions (`rules/push.rs`), the acting user's blobs (`rules/blobs.rs`: writes to one blob); dialogs, messages, events' owners, users' subscriptions and blobs looked up by the proxy |
 //! | forward | `request.rs` ([`request::Forward`]), `upstream.rs` + `upstream/{pool,h1}.rs` | the judged request written as judged: upstream key swapped, `X-Request-Id` set |
-//! | respond, log | `proxy.rs`, `error.rs`, `access_log.rs`, `metrics.rs` | the answer, or the gateway's own JSON error; one access line |
+//! | respond, log | `proxy.rs` + `proxy/access.rs`, `error.rs`, `access_log.rs`, `metrics.rs`, `trace.rs` | the answer, or the gateway's own JSON error; one access line (and one exported span) when its body is done |
 //!
 //! Around the request path: `policy.rs` + `policy/{file,compile}.rs` (the YAML file compiled into an
 //! immutable [`policy::Policy`]), `proxy/runtime.rs` (one policy generation and what is built from
@@ -45,6 +46,7 @@ pub mod reload;
 pub mod request;
 pub mod rules;
 pub mod sandbox;
+pub mod trace;
 pub mod upstream;
 
 pub use app::{serve, Gateway};

@@ -265,15 +265,24 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
+    // Every line written while a request is served carries its request id (and trace id).
     if json {
-        builder
+        let format = tracing_subscriber::fmt::format()
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .with_span_list(false)
+            .with_span_list(false);
+        builder
+            .json()
+            .event_format(qbgate::access_log::WithRequest::new(format, true))
             .init();
     } else {
-        builder.with_ansi(std::io::stdout().is_terminal()).init();
+        let ansi = std::io::stdout().is_terminal();
+        let format = tracing_subscriber::fmt::format().with_ansi(ansi);
+        builder
+            .with_ansi(ansi)
+            .event_format(qbgate::access_log::WithRequest::new(format, false))
+            .init();
     }
     guard
 }

@@ -117,6 +117,14 @@ fn describe() {
         "qbgate_policy_info",
         "1 for the serving policy's digest, 0 for the one it replaced."
     );
+    describe_counter!(
+        "qbgate_trace_spans_exported_total",
+        "Request spans the OTLP collector accepted."
+    );
+    describe_counter!(
+        "qbgate_trace_spans_dropped_total",
+        "Request spans not exported, by reason (queue_full: the export queue was full; export_failed: the collector refused them or could not be reached)."
+    );
     PROCESS.describe();
 }
 
@@ -440,4 +448,14 @@ pub fn digest_not_after<'a>(
     for (key, digest, seconds) in new {
         gauge(key, digest).set(seconds);
     }
+}
+
+/// Spans the collector took.
+pub fn trace_spans_exported(n: u64) {
+    metrics::counter!("qbgate_trace_spans_exported_total").increment(n);
+}
+
+/// Spans lost: `queue_full` or `export_failed`.
+pub fn trace_spans_dropped(reason: &'static str, n: u64) {
+    metrics::counter!("qbgate_trace_spans_dropped_total", "reason" => reason).increment(n);
 }

@@ -33,6 +33,7 @@ pub struct Policy {
     pub max_body_bytes: u64,
     pub qb_token: QbTokenMode,
     pub rate_limit: RateLimitStore,
+    pub tracing: Tracing,
     pub dialog_rules: DialogRules,
     pub keys: Vec<Key>,
     /// SHA-256 digest of a key -> index into `keys` and into that key's `digests`.
@@ -53,6 +54,16 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub extra_ca_file: Option<PathBuf>,
+}
+
+/// The `tracing` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tracing {
+    /// Keep or start a W3C trace and pass it upstream.
+    pub propagate: bool,
+    /// Where spans go (OTLP/HTTP), as written in the policy; the `OTEL_*` environment variables
+    /// are read when the gateway starts serving the policy.
+    pub otlp_endpoint: Option<http::Uri>,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -1,13 +1,15 @@
 //! The request path: named phases, in order. [`handle`] never returns an error: every failure
 //! becomes the contract's JSON response, logged once in the access log.
 //!
-//! Phases: request id -> normalize (the [`Canonical`] request: hop-by-hop headers removed,
+//! Phases: request id -> trace context ([`crate::trace`]: `traceparent` kept or started, the
+//! upstream's written) -> normalize (the [`Canonical`] request: hop-by-hop headers removed,
 //! anything that could be read two ways refused) -> authenticate -> route allowlist -> endpoint
 //! catalog (API keys: `route_unknown`, `need_user`; `proxy/catalog.rs`) -> rate
 //! limit -> the query's `token` check (API keys) -> body (streamed, or read whole when a rule or
 //! the `_method` check needs it) -> rules (dialog changes; writes under `/users` on an API key;
 //! chat messages on an API key; push events and subscriptions on an API key; writes to one blob on an API key)
-//! -> forward (the [`Canonical`] written as it was judged) -> response -> access log.
+//! -> forward (the [`Canonical`] written as it was judged) -> response -> access log (and the
+//! request's span), when the answer's body is done ([`Logged`]).
 //! Ordering constraints: normalization precedes every decision, so no phase sees a path that could
 //! be read two ways; authentication precedes the allowlist and the limiter, which are per key; the
 //! rate limit precedes the rules, so a flood of checked requests cannot turn into a flood of
@@ -27,18 +29,21 @@ use hyper::body::Incoming;
 use crate::auth::{self, Principal};
 use crate::error::GateError;
 use crate::policy::RuleMode;
-use crate::ratelimit::{self, Decision};
+use crate::ratelimit::Decision;
 use crate::request::{self, Canonical, Judged, Observer};
 use crate::upstream::{self, UpstreamBody};
 
+mod access;
 mod catalog;
 mod clock;
 mod judge;
 pub mod lookup;
 mod runtime;
 
+pub use access::Logged;
 pub use runtime::Runtime;
 
+use access::Access;
 use judge::Checked;
 
 // Header names made once: a lookup or insert by `&str` parses and hashes the name every time.
@@ -83,22 +88,6 @@ impl Default for RequestIds {
     }
 }
 
-/// What the access log line says about one request.
-struct Access {
-    key: Option<Arc<str>>,
-    digest: Option<crate::policy::DigestPrefix>,
-    user: Option<u64>,
-    reason: &'static str,
-    upstream_status: Option<u16>,
-    upstream: Option<std::time::Duration>,
-    /// Route template for metrics.
-    route: &'static str,
-    /// Rate-limit fields for the response, once the limiter ran.
-    rate: Option<ratelimit::Info>,
-    /// The request's body was read to its end (or it had none).
-    body_done: bool,
-}
-
 /// Serve one request through every phase. `observer` (tests) sees what was judged for every
 /// request that is forwarded. `watch`: the client connection's upstream deadline, when the
 /// connection's sweep times the upstream wait (HTTP/1.1; `upstream/deadline.rs`).
@@ -112,40 +101,43 @@ pub async fn handle(
     observer: Option<&Observer>,
     watch: Option<&upstream::Watch>,
     request: Request<Incoming>,
-) -> Response<ResponseBody> {
+) -> Response<Logged<ResponseBody>> {
     let started = Instant::now();
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let method = parts.method.clone();
-    // A Uri clone shares its bytes: the log line needs the path after the request is consumed.
-    let uri = parts.uri.clone();
     let version = parts.version;
+    // A clone shares the header's bytes with the request head.
+    let user_agent = parts.headers.get(header::USER_AGENT).cloned();
     let expects_continue = parts.headers.contains_key(header::EXPECT);
     let request_id = match parts.headers.get(&X_REQUEST_ID) {
         Some(id) if upstream::valid_request_id(id) => id.clone(),
         _ => ids.next(),
     };
-    let mut access = Access {
-        key: None,
-        digest: None,
-        user: None,
-        reason: "",
-        upstream_status: None,
-        upstream: None,
-        rate: None,
-        route: "other",
-        body_done: body.is_end_stream(),
-    };
+    // Trace context: read the caller's, write the upstream's, before normalization copies the
+    // headers into the canonical request.
+    let tracer = &runtime.tracer;
+    let trace = tracer
+        .propagate
+        .then(|| crate::trace::Context::start(&mut parts.headers, tracer.exporting()));
+    let export = trace
+        .as_ref()
+        .and_then(|t| tracer.exporter_for(t))
+        .map(|exporter| (exporter.clone(), clock::wall(started)));
+    let mut access = Access::new(body.is_end_stream());
     let mut body = Some(body);
-    let mut response = match phases(
+    let phases = phases(
         &runtime,
         parts,
         &mut body,
         (&request_id, started, watch),
         observer,
         &mut access,
-    )
-    .await
-    {
+    );
+    let log = crate::access_log::Request {
+        request_id: request_id.clone(),
+        trace_id: trace.as_ref().map(crate::trace::Context::trace_id),
+    };
+    let mut response = match crate::access_log::scope(log, phases).await {
         Ok(response) => response,
         Err(error) => {
             access.reason = error.reason();
@@ -184,20 +176,23 @@ pub async fn handle(
         headers.insert(RATELIMIT_POLICY.clone(), info.policy_header());
         headers.insert(RATELIMIT.clone(), info.ratelimit_header());
     }
-    crate::access_log::record(&crate::access_log::Line {
-        request_id: request_id.to_str().unwrap_or_default(),
-        key: access.key.as_deref().unwrap_or("-"),
-        digest: access.digest.as_ref().map_or("-", |d| d.as_str()),
-        user: access.user,
-        method: method.as_str(),
-        path: uri.path(),
-        status: response.status().as_u16(),
-        reason: access.reason,
-        upstream_status: access.upstream_status,
-        total,
-        upstream: access.upstream,
-    });
-    response
+    let status = response.status().as_u16();
+    response.map(|body| {
+        Logged::new(
+            body,
+            access::Entry {
+                started,
+                request_id,
+                trace,
+                export,
+                method,
+                version,
+                user_agent,
+                status,
+                access,
+            },
+        )
+    })
 }
 
 /// Read and drop the rest of a refused request's body on the side, when its length is announced
@@ -237,12 +232,14 @@ async fn phases(
     let body_empty = body.as_ref().is_none_or(Body::is_end_stream);
     let mut request = request::normalize(&mut parts, body_empty)?;
     access.route = request.path().route_label();
+    let entry = crate::rules::catalog::find(request.method(), request.path());
+    access.pattern = entry.map(|e| std::borrow::Cow::Borrowed(e.path));
     let principal = auth::authenticate(policy, request.headers(), clock::wall(started))?;
     access.key = Some(principal.key_id.clone());
     access.digest = principal.digest;
     access.user = principal.user;
     allow_route(runtime, &principal, &request)?;
-    let row = catalog::admit(runtime, &principal, &request)?;
+    let row = catalog::admit(runtime, &principal, &request, entry, access)?;
     rate_limit(runtime, &principal, access).await?;
     judge::check_query_token(&principal, &request)?;
 
@@ -281,6 +278,7 @@ async fn phases(
         judge::unjudged(&principal, &mut request, body, (limit, timeout), access).await?
     };
 
+    access.streamed_in = request.body_counter();
     if let Some(observer) = observer {
         observer(&judged_view(
             &request,
@@ -318,6 +316,7 @@ async fn phases(
     // The pool hands the answer over without hop-by-hop fields.
     let (mut parts, body) = response.into_parts();
     if let Some(reason) = checked.would_reject {
+        access.would_reject = Some(reason);
         parts
             .headers
             .insert(WOULD_REJECT.clone(), HeaderValue::from_static(reason));
@@ -425,6 +424,7 @@ async fn read_body(
         Ok(Err(_)) => Err(GateError::BadBody),
     }?;
     access.body_done = true;
+    access.bytes_in = bytes.len() as u64;
     Ok(bytes)
 }
 

@@ -147,6 +147,11 @@ impl Canonical {
         self.query_token
     }
 
+    /// A streamed body's count of bytes passed (for the access log).
+    pub fn body_counter(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicU64>> {
+        self.body.counter()
+    }
+
     /// The body's bytes, when it was read whole.
     pub fn body_bytes(&self) -> Option<&Bytes> {
         self.body.full_bytes()

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | 0 | `error`, `metrics`, `access_log`: leaves |
 //! | 1 | `policy`: configuration |
-//! | 2 | `request`, `auth`, `params`, `rules`, `ratelimit`, `upstream`, `conn`: the phases |
+//! | 2 | `request`, `auth`, `params`, `rules`, `ratelimit`, `upstream`, `conn`, `trace`: the phases |
 //! | 3 | `proxy` (runs the phases), `admin`, `sandbox` |
 //! | 4 | `app`, `reload`: the process |
 //! | 5 | `cli`: the command line |
@@ -31,6 +31,7 @@ const RANKS: &[(&str, u8)] = &[
     ("ratelimit", 2),
     ("upstream", 2),
     ("conn", 2),
+    ("trace", 2),
     ("proxy", 3),
     ("admin", 3),
     ("sandbox", 3),

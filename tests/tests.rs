@@ -36,6 +36,11 @@
 //! - `regressions`: inputs the fuzzers, the soak and the sandbox's reader found; `#[ignore]`d while their bug is open.
 //! - `differential`: Rack 2.2 under Puma (the upstream's real parser) behind the gateway: what
 //!   Rack read equals what the gateway judged, or the gateway refused (needs ruby-rack, puma).
+//! - `logs`: the real binary's JSON lines: every access-line field, the request id on a request's
+//!   rule lines, report mode's would-be reason.
+//! - `traces`: W3C trace context kept or started upstream, `trace_id` on a request's lines, one
+//!   span per request exported to an OTLP/HTTP receiver the test runs; `OTEL_*` variables; a
+//!   stalled collector; `qbgate check` on the `tracing` section.
 //! - `secrets`: the real binary at trace level leaks no key, token or upstream key anywhere.
 
 mod address_book;
@@ -51,6 +56,7 @@ mod hostile;
 mod integrity;
 mod layers;
 mod least_privilege;
+mod logs;
 mod messages;
 mod operations;
 mod ownership;
@@ -63,4 +69,5 @@ mod regressions;
 mod secrets;
 mod support;
 mod tls;
+mod traces;
 mod upstream_h1;

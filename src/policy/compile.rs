@@ -17,7 +17,7 @@ use super::file::{self, At};
 use super::{
     parse_route, split_url, unreachable_default, ClientLimits, DialogRules, DigestPrefix, Key,
     KeyDigest, OnBehalfOf, Policy, Power, Powers, QbTokenMode, Quota, RateLimitStore,
-    RedisPassword, RedisServers, RedisStore, RuleMode, ShutdownTiming, Upstream,
+    RedisPassword, RedisServers, RedisStore, RuleMode, ShutdownTiming, Tracing, Upstream,
 };
 
 /// One thing wrong with a policy, with its place when known.
@@ -287,6 +287,7 @@ impl Compiler<'_> {
             ],
         );
         let rate_limit = self.store(raw.rate_limit.unwrap_or_default());
+        let tracing = self.tracing(raw.tracing.unwrap_or_default());
         let dialog_rules = self.dialog_rules(raw.dialog_rules.unwrap_or_default());
         let keys = match raw.keys {
             Some(keys) => self.keys(
@@ -313,6 +314,7 @@ impl Compiler<'_> {
             max_body_bytes,
             qb_token,
             rate_limit,
+            tracing,
             dialog_rules,
             keys: Vec::new(),
             by_digest,
@@ -326,6 +328,29 @@ impl Compiler<'_> {
             policy.keys.push(key);
         }
         policy
+    }
+
+    fn tracing(&mut self, raw: file::Tracing) -> Tracing {
+        let otlp_endpoint = raw.otlp_endpoint.as_ref().and_then(|at| {
+            let checked = split_url(&at.value).and_then(|_| {
+                at.value
+                    .parse::<http::Uri>()
+                    .map_err(|_| "must be a URL such as http://otel-collector:4318")
+            });
+            match checked {
+                Ok(uri) => Some(uri),
+                Err(message) => {
+                    let message =
+                        message.replace("https://api.quickblox.com", "http://otel-collector:4318");
+                    self.error("tracing.otlp_endpoint", at, message);
+                    None
+                }
+            }
+        });
+        Tracing {
+            propagate: raw.propagate.unwrap_or(true),
+            otlp_endpoint,
+        }
     }
 
     fn addr(&mut self, path: &str, at: Option<&At<String>>, default: &str) -> SocketAddr {

@@ -316,6 +316,7 @@ fn assemble(
         max_body_bytes: None,
         qb_token: None,
         rate_limit: None,
+        tracing: None,
         dialog_rules: None,
         keys: Some(Vec::new()),
     };
@@ -370,6 +371,7 @@ fn assemble(
             max_body_bytes,
             qb_token,
             rate_limit,
+            tracing,
             dialog_rules,
         );
         let mut local = Vec::new();

@@ -76,10 +76,21 @@ pub struct PolicyFile {
     #[schemars(regex(pattern = r"^(forward|reject)$"))]
     pub qb_token: Option<At<String>>,
     pub rate_limit: Option<RateLimitStore>,
+    pub tracing: Option<Tracing>,
     pub dialog_rules: Option<DialogRules>,
     /// The API keys. Required; in a policy directory each file may hold some of them, or none.
     #[schemars(required)]
     pub keys: Option<Vec<Key>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// W3C `traceparent`/`tracestate`: kept, or a new trace started. Default true.
+    pub propagate: Option<bool>,
+    /// OTLP/HTTP collector (`http://otel-collector:4318`): one span per request is exported
+    /// there. Optional; `OTEL_EXPORTER_OTLP_ENDPOINT` also names one.
+    pub otlp_endpoint: Option<At<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]

@@ -17,6 +17,8 @@ pub struct Runtime {
     pub rule_options: rules::RuleOptions,
     /// Rate limiters; unchanged keys keep their state across generations.
     pub limiters: ratelimit::Limiters,
+    /// Trace propagation and span export; kept across generations with the same `tracing`.
+    pub tracer: crate::trace::Tracer,
 }
 
 impl Runtime {
@@ -45,6 +47,10 @@ impl Runtime {
                     .map_err(|e| e.to_string())?,
             },
         };
+        let tracer = match previous {
+            Some(old) if old.policy.tracing == policy.tracing => old.tracer.clone(),
+            _ => crate::trace::Tracer::new(&policy.tracing, &|name| std::env::var(name).ok()),
+        };
         let rule_options = rules::RuleOptions {
             allow_fields: policy.dialog_rules.allow_fields.clone(),
         };
@@ -54,6 +60,7 @@ impl Runtime {
             lookups,
             rule_options,
             limiters,
+            tracer,
         })
     }
 }

@@ -15,6 +15,8 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -219,6 +221,9 @@ enum Inner {
         body: Incoming,
         remaining: u64,
         deadline: Pin<Box<tokio::time::Sleep>>,
+        /// Bytes passed so far, for the access log (which outlives the body on HTTP/2, where
+        /// the upstream client takes it).
+        passed: Arc<AtomicU64>,
     },
 }
 
@@ -252,7 +257,16 @@ impl ProxyBody {
             body,
             remaining: limit,
             deadline: Box::pin(tokio::time::sleep(timeout)),
+            passed: Arc::default(),
         })
+    }
+
+    /// A streamed body's count of bytes passed so far (read on by the access log).
+    pub fn counter(&self) -> Option<Arc<AtomicU64>> {
+        match &self.0 {
+            Inner::Stream { passed, .. } => Some(Arc::clone(passed)),
+            _ => None,
+        }
     }
 }
 
@@ -271,6 +285,7 @@ impl Body for ProxyBody {
                 body,
                 remaining,
                 deadline,
+                passed,
             } => {
                 if deadline.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Some(Err(BodyError::Timeout.into())));
@@ -287,6 +302,7 @@ impl Body for ProxyBody {
                             return Poll::Ready(Some(Err(BodyError::TooLarge.into())));
                         }
                         *remaining -= n;
+                        passed.fetch_add(n, Ordering::Relaxed);
                         Poll::Ready(Some(Ok(frame)))
                     }
                     Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(BodyError::Client.into()))),
