@@ -536,11 +536,21 @@ impl Compiler<'_> {
         );
         // Each part is checked on its own, so every mistake is reported at once.
         let mut tls = Vec::new();
+        let spread = raw.sentinel.is_some() || raw.cluster.is_some();
+        // With `sentinel` or `cluster`, a `url` gives only its scheme and user to the nodes
+        // written as bare `host:port`; its host is not used.
+        let mut prefix = None;
         let single = raw.url.as_ref().and_then(|at| {
-            let (url, is_tls, _) = self.redis_address("rate_limit.redis.url", at, true)?;
+            let (url, is_tls, _) =
+                self.redis_address("rate_limit.redis.url", at, true, "redis://")?;
+            if spread {
+                prefix = Some(scheme_and_user(&url).to_string());
+                return None;
+            }
             tls.push(is_tls);
             Some(RedisServers::Single { url })
         });
+        let prefix = prefix.as_deref().unwrap_or("redis://");
         let sentinel = raw.sentinel.as_ref().map(|at| {
             let master_name = match &at.value.master_name {
                 Some(name) if !name.value.trim().is_empty() => name.value.trim().to_string(),
@@ -561,12 +571,23 @@ impl Compiler<'_> {
                     String::new()
                 }
             };
-            let nodes =
-                self.redis_nodes("rate_limit.redis.sentinel", at, &at.value.nodes, &mut tls);
+            let nodes = self.redis_nodes(
+                "rate_limit.redis.sentinel",
+                at,
+                &at.value.nodes,
+                prefix,
+                &mut tls,
+            );
             RedisServers::Sentinel { master_name, nodes }
         });
         let cluster = raw.cluster.as_ref().map(|at| {
-            let nodes = self.redis_nodes("rate_limit.redis.cluster", at, &at.value.nodes, &mut tls);
+            let nodes = self.redis_nodes(
+                "rate_limit.redis.cluster",
+                at,
+                &at.value.nodes,
+                prefix,
+                &mut tls,
+            );
             RedisServers::Cluster { nodes }
         });
         if let (Some(at), Some(_)) = (&raw.sentinel, &raw.cluster) {
@@ -574,13 +595,6 @@ impl Compiler<'_> {
                 "rate_limit.redis",
                 at,
                 "give `sentinel` or `cluster`, not both",
-            );
-        }
-        if let (Some(at), true) = (&raw.url, raw.sentinel.is_some() || raw.cluster.is_some()) {
-            self.error(
-                "rate_limit.redis.url",
-                at,
-                "`url` is for one server; with `sentinel` or `cluster` the addresses are their `nodes` (write rediss:// or a user name there)",
             );
         }
         let servers = sentinel.or(cluster).or(single);
@@ -622,6 +636,7 @@ impl Compiler<'_> {
         path: &str,
         block: &At<T>,
         nodes: &Option<Vec<At<String>>>,
+        prefix: &str,
         tls: &mut Vec<bool>,
     ) -> Vec<String> {
         let nodes = match nodes {
@@ -639,7 +654,7 @@ impl Compiler<'_> {
         let mut first: Option<(bool, Option<String>)> = None;
         for (i, at) in nodes.iter().enumerate() {
             let place = format!("{path}.nodes[{i}]");
-            let Some((url, is_tls, user)) = self.redis_address(&place, at, false) else {
+            let Some((url, is_tls, user)) = self.redis_address(&place, at, false, prefix) else {
                 continue;
             };
             match &first {
@@ -657,13 +672,15 @@ impl Compiler<'_> {
         out
     }
 
-    /// One Redis address: a `redis://` or `rediss://` URL, or (for nodes) a bare `host:port`.
-    /// Returns the URL to connect to, whether it is TLS, and its ACL user name.
+    /// One Redis address: a `redis://` or `rediss://` URL, or (for nodes) a bare `host:port`,
+    /// given `prefix` (a scheme and maybe a user). Returns the URL to connect to, whether it is
+    /// TLS, and its ACL user name.
     fn redis_address(
         &mut self,
         path: &str,
         at: &At<String>,
         whole_url: bool,
+        prefix: &str,
     ) -> Option<(String, bool, Option<String>)> {
         let text = at.value.trim();
         let url = if text.starts_with("redis://") || text.starts_with("rediss://") {
@@ -672,7 +689,7 @@ impl Compiler<'_> {
             self.error(path, at, "must start with redis:// or rediss:// (TLS)");
             return None;
         } else if is_host_port(text) {
-            format!("redis://{text}")
+            format!("{prefix}{text}")
         } else {
             self.error(
                 path,
@@ -1053,6 +1070,18 @@ fn expected_in_words(expected: &str) -> String {
 }
 
 /// `host:port` with a port from 1 to 65535; an IPv6 host in brackets.
+/// A Redis URL's scheme and user: `rediss://qbgate@` of `rediss://qbgate@cache:6380/0`.
+fn scheme_and_user(url: &str) -> &str {
+    let authority = url.find("://").map_or(0, |i| i + 3);
+    let end = url[authority..]
+        .find('/')
+        .map_or(url.len(), |i| authority + i);
+    match url[authority..end].rfind('@') {
+        Some(at) => &url[..authority + at + 1],
+        None => &url[..authority],
+    }
+}
+
 fn is_host_port(text: &str) -> bool {
     let Some((host, port)) = text.rsplit_once(':') else {
         return false;
