@@ -332,10 +332,21 @@ fn plain_string(text: &str) -> Option<String> {
     let first = *text.as_bytes().first()?;
     // Indicators that start something else, and signs / dots / digits that may start a number;
     // a string starting with a digit is taken only in the shapes below.
-    if b"-?:,[]{}#&*!|>'\"%@`+.~ ".contains(&first) || !text.chars().all(printable) {
+    if b"-?:,[]{}#&*!|>'\"%@`+.~ ".contains(&first) || text.ends_with(' ') {
         return None;
     }
-    if text.contains(" #") || text.ends_with(' ') || text.contains(": ") || text.ends_with(':') {
+    // One pass: no control character, no comment (` #`), no mapping colon (`: ` or a final `:`).
+    let bytes = text.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        let bad = b < 0x20
+            || b == 0x7f
+            || (b == b'#' && bytes[i - 1] == b' ')
+            || (b == b':' && matches!(bytes.get(i + 1), None | Some(b' ')));
+        if bad {
+            return None;
+        }
+    }
+    if !text.is_ascii() && !text.chars().all(printable) {
         return None;
     }
     if first.is_ascii_digit() && !digit_string(text) {
@@ -344,8 +355,10 @@ fn plain_string(text: &str) -> Option<String> {
     // Null, and booleans in a case the JSON value would not keep. YAML 1.1's `yes`/`no`/`on`/
     // `off` are strings to serde-saphyr where a string is expected (`mode: off`); where a
     // boolean is expected the string fails to deserialize and serde-saphyr decides.
-    let lower = text.to_ascii_lowercase();
-    if ["null", "true", "false", "nan", "inf"].contains(&lower.as_str()) {
+    if ["null", "true", "false", "nan", "inf"]
+        .iter()
+        .any(|word| text.eq_ignore_ascii_case(word))
+    {
         return None;
     }
     Some(text.to_string())
@@ -360,6 +373,13 @@ fn digit_string(text: &str) -> bool {
         && bytes
             .iter()
             .any(|b| b.is_ascii_alphabetic() && !b"eE".contains(b));
+    // YAML 1.1's binary integers: `0b1010`.
+    let binary = (text.starts_with("0b") || text.starts_with("0B"))
+        && bytes[2..].iter().all(|b| b"01_".contains(b));
+    if hex_with_letter {
+        // The usual case (a digest): decided without the other shapes.
+        return !binary;
+    }
     let timestamp = bytes.len() >= 20
         && bytes[4] == b'-'
         && bytes[7] == b'-'
@@ -381,8 +401,7 @@ fn digit_string(text: &str) -> bool {
         && bytes
             .iter()
             .any(|b| !b.is_ascii_hexdigit() && !b"xXoObB_.+".contains(b));
-    let binary = text.starts_with("0b") || text.starts_with("0B");
-    (hex_with_letter && !binary) || timestamp || address || word
+    timestamp || address || word
 }
 
 #[cfg(test)]
@@ -526,10 +545,12 @@ mod tests {
         if !p.chance(p.1) {
             return (0..4).map(|_| format!("{:016x}", p.next())).collect();
         }
-        match p.below(4) {
+        match p.below(6) {
             0 => "1".repeat(64),
             1 => format!("1e{}", "5".repeat(62)),
             2 => format!("{}e5", "0".repeat(62)),
+            3 => format!("0b{}", "01".repeat(31)),
+            4 => format!("0bad{}", "0".repeat(60)),
             _ => (0..4).map(|_| format!("{:016x}", p.next())).collect(),
         }
     }
@@ -900,6 +921,21 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The shape `bench/gen.py` writes (and most fleets): every key read by the fast path, digests
+    /// starting with `0b`, `0e`, or digits included.
+    #[test]
+    fn a_generated_fleet_takes_the_fast_path() {
+        let mut text = String::from("version: 1\nkeys:\n");
+        for i in 0..3000 {
+            let sha = super::super::digest_hex(format!("key-{i}").as_bytes());
+            text.push_str(&format!(
+                "  - id: k{i:05}\n    sha256: {sha}\n    on_behalf_of: any\n    rate_limit: {{ per_second: 10, burst: 20 }}\n"
+            ));
+        }
+        assert!(parse_fast(&text).is_some());
+        same(&text).unwrap();
     }
 
     #[test]
