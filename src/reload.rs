@@ -205,7 +205,6 @@ pub async fn reload(
         let path = path.to_owned();
         move || {
             let _ = tx.send(policy::load(&path));
-            std::thread::sleep(GIVE_BACK_AFTER);
             give_back();
         }
     });
@@ -256,10 +255,7 @@ pub async fn reload(
             tracing::info!(digest, "policy reloaded");
             // The old generation is gone once the requests that hold it finish: mostly now.
             drop(current);
-            tokio::task::spawn_blocking(|| {
-                std::thread::sleep(GIVE_BACK_AFTER);
-                give_back();
-            });
+            tokio::task::spawn_blocking(give_back);
             true
         }
         Err(error) => {
@@ -269,10 +265,6 @@ pub async fn reload(
         }
     }
 }
-
-/// How long after a reload its memory is given back: not while the new policy's first requests
-/// are served (on a one-CPU sidecar the two would share the CPU).
-const GIVE_BACK_AFTER: Duration = Duration::from_millis(200);
 
 /// Return the memory a compile freed (the parse's temporaries, a superseded policy) to the
 /// system now (after the start-up compile too): mimalloc otherwise keeps it until this thread allocates again, which for a
