@@ -267,9 +267,10 @@ pub async fn reload(
 }
 
 /// Return the memory a compile freed (the parse's temporaries, a superseded policy) to the
-/// system now (after the start-up compile too): mimalloc otherwise keeps it until this thread allocates again, which for a
-/// reload thread may be never, and a 10,000-key policy's reload would grow RSS by tens of MiB.
-pub fn give_back() {
+/// system now: mimalloc otherwise keeps it until this thread allocates again, which for a
+/// reload thread may be never. Only this thread's heap: pages freed into other threads' heaps
+/// stay (see bench/RESULTS.md, "YAML fast path").
+fn give_back() {
     // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time; when
     // mimalloc is not the global allocator (the library's tests) it only tidies its own empty heap.
     unsafe { libmimalloc_sys::mi_collect(true) }
