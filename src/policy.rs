@@ -7,6 +7,7 @@
 pub mod compile;
 mod dir;
 pub mod file;
+mod yaml;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -111,11 +111,13 @@ fn compile_secrets(
     compile_raw(parse(text)?, text.as_bytes(), env, secrets)
 }
 
-/// A policy written as one JSON object, parsed by serde_json (no places). `None` for any other
-/// text or any error: the YAML parse of the same text then says what is wrong, and where.
+/// A policy written as one JSON object, parsed by serde_json, or in plain block YAML, read by
+/// [`super::yaml`] (no places either way). `None` for any other text or any error: the YAML parse
+/// of the same text then says what is wrong, and where.
 pub(super) fn parse_fast(text: &str) -> Option<file::PolicyFile> {
     if !text.trim_start().starts_with('{') {
-        return None;
+        let value = super::yaml::read(text)?;
+        return file::without_spans(|| serde_json::from_value::<file::PolicyFile>(value)).ok();
     }
     file::without_spans(|| serde_json::from_str::<file::PolicyFile>(text)).ok()
 }
