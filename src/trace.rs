@@ -175,7 +175,8 @@ fn parse(value: &[u8]) -> Option<Parsed> {
 
 /// A random id that is not zero (zero means "invalid" in W3C).
 fn nonzero_random() -> u64 {
-    fastrand::u64(1..)
+    // Not `u64(1..)`: a range draws by rejection, the full range is one step.
+    fastrand::u64(..).max(1)
 }
 
 /// `n` as 16 lowercase hex digits into `out` (its 16 bytes), a byte's two digits at a time.
