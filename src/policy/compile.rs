@@ -139,12 +139,164 @@ pub(super) fn parse(text: &str) -> Result<file::PolicyFile, PolicyErrors> {
             _ => message,
         };
         let message = plain_words(&message);
+        let mut path = place.and_then(|(line, column)| path_at(text, line, column));
+        // A missing field is placed at its mapping's last entry: the path is the mapping's.
+        if message.ends_with(" is required") {
+            path = path.and_then(|p| {
+                p.rfind(['.', '['])
+                    .filter(|&at| p.as_bytes()[at] == b'.')
+                    .map(|at| p[..at].to_string())
+            });
+        }
+        let path = path.unwrap_or_else(|| "policy".into());
         PolicyErrors(vec![PolicyError {
-            path: "policy".into(),
+            path,
             message,
             place,
         }])
     })
+}
+
+/// The policy path of the value at `line`, `column` (1-based) of a YAML policy, such as
+/// `keys[0].rate_limit.per_second`, so a parser's error names its field as the compiler's do.
+/// Block collections are followed by indentation, a one-line flow collection (`{ a: 1 }`,
+/// `[1, 2]`) by its brackets. `None` where the text up to there is not that plain (block
+/// scalars, a flow collection over several lines, tabs): the error then says `policy`.
+fn path_at(text: &str, line: u64, column: u64) -> Option<String> {
+    let (line, column) = (usize::try_from(line).ok()?, usize::try_from(column).ok()?);
+    let mut path: Vec<(usize, Seg)> = Vec::new();
+    for (n, raw) in text.lines().enumerate().take(line) {
+        let last = n + 1 == line;
+        if raw.contains('\t') {
+            return None;
+        }
+        let content = raw.trim_start_matches(' ');
+        if content.is_empty() || content.starts_with('#') || content.starts_with("---") {
+            if last {
+                return None;
+            }
+            continue;
+        }
+        let mut indent = raw.len() - content.len();
+        let mut content = content;
+        while let Some(rest) = content
+            .strip_prefix('-')
+            .filter(|r| r.is_empty() || r.starts_with(' '))
+        {
+            path.retain(|(i, _)| *i <= indent);
+            match path.last_mut() {
+                Some((i, Seg::Index(k))) if *i == indent => *k += 1,
+                _ => path.push((indent, Seg::Index(0))),
+            }
+            let trimmed = rest.trim_start_matches(' ');
+            indent += 1 + rest.len() - trimmed.len();
+            content = trimmed;
+        }
+        let at = column.saturating_sub(1).clamp(indent, raw.len());
+        let flow = match plain_key(content) {
+            Some((key, value)) => {
+                path.retain(|(i, _)| *i < indent);
+                path.push((indent, Seg::Key(key)));
+                if value.starts_with('|') || value.starts_with('>') {
+                    return None;
+                }
+                value
+            }
+            None => content,
+        };
+        let flow_at = raw.len() - flow.len();
+        if !flow.starts_with(['[', '{']) {
+            if last {
+                break;
+            }
+            continue;
+        }
+        let inner = flow_path(flow, at.saturating_sub(flow_at))?;
+        if last {
+            path.extend(inner.into_iter().map(|seg| (usize::MAX, seg)));
+        }
+    }
+    if path.is_empty() {
+        return None;
+    }
+    let mut text = String::new();
+    for (_, seg) in &path {
+        match seg {
+            Seg::Key(key) => {
+                if !text.is_empty() {
+                    text.push('.');
+                }
+                text.push_str(key);
+            }
+            Seg::Index(i) => {
+                text.push('[');
+                text.push_str(&i.to_string());
+                text.push(']');
+            }
+        }
+    }
+    Some(text)
+}
+
+/// One step of a policy path.
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// `key: value` with a plain or quoted key of letters, digits and `_`: the key and the value.
+fn plain_key(content: &str) -> Option<(&str, &str)> {
+    let (key, value) = content.split_once(':')?;
+    if !(value.is_empty() || value.starts_with(' ')) {
+        return None;
+    }
+    let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
+    let plain = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    plain.then_some((key, value.trim()))
+}
+
+/// The path inside the one-line flow collection `flow` to byte `at`; `None` if `flow` does not
+/// close on its line.
+fn flow_path(flow: &str, at: usize) -> Option<Vec<Seg<'_>>> {
+    // Per open bracket: is it a mapping, where its current entry starts, the entry's index.
+    let mut levels: Vec<(bool, usize, usize)> = Vec::new();
+    let mut quote = None;
+    let mut inner = None;
+    for (i, c) in flow.char_indices() {
+        if i == at && inner.is_none() {
+            inner = Some(levels.clone());
+        }
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '{') => levels.push((true, i + 1, 0)),
+            (None, '[') => levels.push((false, i + 1, 0)),
+            (None, '}' | ']') => {
+                levels.pop();
+                if levels.is_empty() {
+                    let levels = inner.unwrap_or_default();
+                    return Some(
+                        levels
+                            .into_iter()
+                            .filter_map(|(map, start, index)| match map {
+                                true => plain_key(&flow[start..]).map(|(key, _)| Seg::Key(key)),
+                                false => Some(Seg::Index(index)),
+                            })
+                            .collect(),
+                    );
+                }
+            }
+            (None, ',') => {
+                if let Some(level) = levels.last_mut() {
+                    level.1 = i + 1;
+                    level.2 += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Compile parsed file structs; `source` is what the policy's digest is taken of.
@@ -1052,6 +1204,19 @@ fn plain_words(message: &str) -> String {
                 expected_in_words(expected)
             );
         }
+    }
+    if message.starts_with("data did not match any variant of untagged enum") {
+        // Only `on_behalf_of` is read so: `any`, `none` or a list of user ids.
+        return "must be `any`, `none` or a list of user ids".to_string();
+    }
+    match message {
+        "invalid boolean" => return "wrong type: expected true or false".to_string(),
+        "expected string scalar" => return "wrong type: expected a string".to_string(),
+        "expected sequence start" => return "wrong type: expected a list".to_string(),
+        "expected mapping start" => {
+            return "wrong type: expected a mapping (key: value lines)".to_string()
+        }
+        _ => {}
     }
     message.to_string()
 }

@@ -227,17 +227,42 @@ fn structure_errors_are_in_plain_words_with_their_place() {
     let cases = [
         (
             "version: 1\nupstream:\n  timeoutt: 5s\nkeys: []\n",
-            "policy: unknown field `timeoutt`: the fields here are url, api_key, connect_timeout, timeout, extra_ca_file (line 3, column 3)",
+            "upstream.timeoutt: unknown field `timeoutt`: the fields here are url, api_key, connect_timeout, timeout, extra_ca_file (line 3, column 3)",
         ),
         (
             format!("version: 1\nkeys:\n  - id: a\n    id: b\n    sha256: {DIGEST}\n").leak(),
-            "policy: `id` is given twice (line 4, column 5)",
+            "keys[0].id: `id` is given twice (line 4, column 5)",
         ),
         (
             format!("version: 1\nkeys:\n  - id: a\n    sha256: {DIGEST}\n    rate_limit: {{ per_second: many }}\n").leak(),
-            "policy: wrong type: expected a whole number (line 5, column 31)",
+            "keys[0].rate_limit.per_second: wrong type: expected a whole number (line 5, column 31)",
         ),
         ("version: 1\n", "policy: `keys` is required"),
+        // The path of the value the parser stopped at, as the compiler's errors name theirs.
+        (
+            format!("version: 1\nkeys:\n- id: a\n  sha256: {DIGEST}\n- id: b\n  sha256: {DIGEST}\n  disabled: maybe\n").leak(),
+            "keys[1].disabled: wrong type: expected true or false (line 7, column 13)",
+        ),
+        (
+            format!("version: 1\nkeys:\n  - sha256: {DIGEST}\n    on_behalf_of: any\n").leak(),
+            "keys[0]: `id` is required (line 4, column 5)",
+        ),
+        (
+            format!("version: 1\nkeys:\n  - id: a\n    sha256: {DIGEST}\n    on_behalf_of: [1, x]\n").leak(),
+            "keys[0].on_behalf_of: must be `any`, `none` or a list of user ids (line 5, column 19)",
+        ),
+        (
+            format!("version: 1\nkeys:\n  - {{ id: a, sha256: '{DIGEST}', rate_limit: {{ burst: 'x' }} }}\n").leak(),
+            "keys[0].rate_limit.burst: wrong type: expected a whole number (line 3, column 111)",
+        ),
+        (
+            format!("version: 1\nkeys:\n  - id: a\n    sha256: {DIGEST}\n    routes: [GET /a, {{x: 1}}]\n").leak(),
+            "keys[0].routes[1]: wrong type: expected a string (line 5, column 22)",
+        ),
+        (
+            "version: 1\nrate_limit:\n  redis: { sentinel: { master_name: m, nodes: 5 } }\nkeys: []\n",
+            "rate_limit.redis.sentinel.nodes: wrong type: expected a list (line 3, column 47)",
+        ),
     ];
     for (text, expected) in cases {
         let errs = errors(text);
@@ -580,4 +605,22 @@ fn every_mistake_in_the_redis_block_is_reported_at_once() {
         "{errs:?}"
     );
     assert!(errs.iter().all(|e| !e.contains("hunter2")), "{errs:?}");
+}
+
+proptest::proptest! {
+    /// Whatever the text and the place a parser names, finding the path never panics, and a
+    /// path it gives is made of names, indices and dots only.
+    #[test]
+    fn a_path_is_found_or_not_without_panicking(
+        text in "[ a-z0-9_\n\t{}\\[\\]:,'\"#|>é-]{0,160}",
+        line in 0u64..10,
+        column in 0u64..60,
+    ) {
+        if let Some(path) = path_at(&text, line, column) {
+            proptest::prop_assert!(
+                path.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.[]".contains(&b)),
+                "{path:?}"
+            );
+        }
+    }
 }
