@@ -486,39 +486,28 @@ fn check_names_a_bad_tracing_section_in_plain_words() {
             "unknown field `exporter`",
         ),
     ];
-    for (section, expected) in cases {
+    // `qbgate check` on a policy with `section`.
+    let check = |section: &str| {
         let path = dir.join("policy.yaml");
-        std::fs::write(
-            &path,
-            format!(
-                "version: 1\n{section}keys:\n- {{ id: a, sha256: {} }}\n",
-                digest("k")
-            ),
-        )
-        .unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qbgate"))
+        let text = format!(
+            "version: 1\n{section}keys:\n- {{ id: a, sha256: {} }}\n",
+            digest("k")
+        );
+        std::fs::write(&path, text).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_qbgate"))
             .args(["check", "--policy"])
             .arg(&path)
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    for (section, expected) in cases {
+        let out = check(section);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{section}: {stderr}");
         assert!(stderr.contains(expected), "{section}: {stderr}");
     }
-    let path = dir.join("policy.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "version: 1\ntracing:\n  propagate: true\n  otlp_endpoint: https://collector.example:4318\nkeys:\n- {{ id: a, sha256: {} }}\n",
-            digest("k")
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qbgate"))
-        .args(["check", "--policy"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out =
+        check("tracing:\n  propagate: true\n  otlp_endpoint: https://collector.example:4318\n");
     assert!(
         out.status.success(),
         "{}",
