@@ -44,23 +44,15 @@ fn is_lookup(r: &Recorded) -> bool {
 }
 
 /// A gateway error with its status and reason; the sandbox received lookups at most.
+/// A gateway error with its status, reason and shape; the sandbox received lookups at most.
 #[track_caller]
 fn assert_refused(gate: &Gate, reply: &Reply, status: u16, reason: &str, what: &str) {
-    assert_eq!(
-        reply.reason(),
-        Some(reason),
-        "{what}: {}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    reply.assert_gate_error(status, reason, "base");
-    let received = gate.sandbox.take_received();
-    assert!(
-        received.iter().all(is_lookup),
-        "{what}: forwarded {:?}",
-        received
-            .iter()
-            .map(|r| format!("{} {}", r.method, r.uri))
-            .collect::<Vec<_>>()
+    crate::support::assert_refused_after_lookups(
+        gate,
+        reply,
+        (status, reason, "base"),
+        is_lookup,
+        what,
     );
 }
 

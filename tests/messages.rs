@@ -53,21 +53,12 @@ fn is_lookup(r: &qbgate::sandbox::Recorded) -> bool {
 /// A gateway error with its status, reason and shape; the sandbox received lookups at most.
 #[track_caller]
 fn assert_refused(gate: &Gate, reply: &Reply, status: u16, reason: &str, key: &str, what: &str) {
-    assert_eq!(
-        reply.reason(),
-        Some(reason),
-        "{what}: {}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    reply.assert_gate_error(status, reason, key);
-    let received = gate.sandbox.take_received();
-    assert!(
-        received.iter().all(is_lookup),
-        "{what}: forwarded {:?}",
-        received
-            .iter()
-            .map(|r| format!("{} {}", r.method, r.uri))
-            .collect::<Vec<_>>()
+    crate::support::assert_refused_after_lookups(
+        gate,
+        reply,
+        (status, reason, key),
+        is_lookup,
+        what,
     );
 }
 

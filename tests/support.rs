@@ -357,3 +357,31 @@ pub fn encodings(wrap: Option<&str>, fields: &[(&str, &str)]) -> Vec<Encoded> {
         },
     ]
 }
+
+/// A gateway error with its status, reason and shape (`key`: the error shape's name, see
+/// [`Reply::assert_gate_error`]); the sandbox received nothing but what `is_lookup` accepts.
+#[track_caller]
+pub fn assert_refused_after_lookups(
+    gate: &Gate,
+    reply: &Reply,
+    (status, reason, key): (u16, &str, &str),
+    is_lookup: fn(&qbgate::sandbox::Recorded) -> bool,
+    what: &str,
+) {
+    assert_eq!(
+        reply.reason(),
+        Some(reason),
+        "{what}: {}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.assert_gate_error(status, reason, key);
+    let received = gate.sandbox.take_received();
+    assert!(
+        received.iter().all(is_lookup),
+        "{what}: forwarded {:?}",
+        received
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.uri))
+            .collect::<Vec<_>>()
+    );
+}
