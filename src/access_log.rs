@@ -62,6 +62,8 @@ const USER_AGENT_MAX: usize = 200;
 
 /// What one access line says.
 pub struct Line<'a> {
+    /// When the line's request ended, on the wall clock.
+    pub time: SystemTime,
     pub request_id: &'a str,
     /// The W3C trace id (32 lowercase hex digits, written as they are) when tracing propagates.
     pub trace_id: Option<&'a [u8]>,
@@ -141,7 +143,8 @@ pub fn record(line: &Line<'_>) {
     if !enabled {
         return;
     }
-    let now = SystemTime::now()
+    let now = line
+        .time
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     let full = LOCAL.with(|local| {
@@ -601,6 +604,7 @@ mod tests {
 
     fn line(user: Option<u64>, upstream: Option<Duration>) -> Line<'static> {
         Line {
+            time: SystemTime::now(),
             request_id: "0a1b2c3d000000000001",
             trace_id: upstream.map(|_| &b"4bf92f3577b34da6a3ce929d0e0e4736"[..]),
             key: "billing",

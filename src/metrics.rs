@@ -66,7 +66,7 @@ fn describe() {
     describe_histogram!(
         "qbgate_request_duration_seconds",
         Unit::Seconds,
-        "Time the gateway took to answer a request (to the answer's head), by route template."
+        "Time from a request's arrival to the end of its answer's body (the access line's total_ms), by route template."
     );
     describe_histogram!(
         "qbgate_upstream_duration_seconds",

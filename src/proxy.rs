@@ -94,7 +94,8 @@ impl Default for RequestIds {
 ///
 /// Clock reads: one when the request starts (the wall clock for the key's expiry is derived
 /// from it, `proxy/clock.rs`), one before and one after the upstream (its deadline and the
-/// pool's idle times come from the first), one at the end.
+/// pool's idle times come from the first; the memory rate limiter reads the start), one when
+/// the answer's body is done (its access line, the line's timestamp and the duration metrics).
 pub async fn handle(
     runtime: Arc<Runtime>,
     ids: &RequestIds,
@@ -158,17 +159,6 @@ pub async fn handle(
             }
             _ => close_after(&mut response),
         }
-    }
-    let total = started.elapsed();
-    crate::metrics::request(
-        access.key.as_ref(),
-        access.route,
-        response.status().as_u16(),
-        access.reason,
-        total.as_secs_f64(),
-    );
-    if let Some(upstream) = access.upstream {
-        crate::metrics::upstream(upstream.as_secs_f64());
     }
     let headers = response.headers_mut();
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
@@ -240,7 +230,7 @@ async fn phases(
     access.user = principal.user;
     allow_route(runtime, &principal, &request)?;
     let row = catalog::admit(runtime, &principal, &request, entry, access)?;
-    rate_limit(runtime, &principal, access).await?;
+    rate_limit(runtime, &principal, started, access).await?;
     judge::check_query_token(&principal, &request)?;
 
     let (limit, timeout) = (policy.max_body_bytes, policy.client.body_timeout);
@@ -386,12 +376,17 @@ fn allow_route(
 async fn rate_limit(
     runtime: &Runtime,
     principal: &Principal,
+    started: Instant,
     access: &mut Access,
 ) -> Result<(), GateError> {
     let Some(key) = principal.key else {
         return Ok(());
     };
-    match runtime.limiters.check(key, principal.user).await {
+    match runtime
+        .limiters
+        .check_at(key, principal.user, started)
+        .await
+    {
         Decision::Unlimited => Ok(()),
         Decision::Allowed(info) => {
             access.rate = Some(info);

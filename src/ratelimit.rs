@@ -200,8 +200,14 @@ impl Limiters {
     /// Memory store: no await, no allocation but a user's first bucket, one per-key lock and one
     /// per-shard lock. Redis store: one round trip, at most [`COMMAND_TIMEOUT`].
     pub async fn check(&self, key: u32, user: Option<u64>) -> Decision {
+        self.check_at(key, user, std::time::Instant::now()).await
+    }
+
+    /// [`Limiters::check`] at `at`, the request's arrival (the memory store's clock: one clock
+    /// read per request fewer; Redis reads its own).
+    pub async fn check_at(&self, key: u32, user: Option<u64>, at: std::time::Instant) -> Decision {
         match &self.store {
-            Store::Memory(memory) => memory.check(key, user, memory.now()),
+            Store::Memory(memory) => memory.check(key, user, memory.at(at)),
             // Boxed: the Redis round trip's state would otherwise be carried by every
             // request's future, memory store or not.
             Store::Redis(redis) => Box::pin(redis.check(key, user)).await,

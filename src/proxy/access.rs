@@ -115,7 +115,19 @@ impl<B> Logged<B> {
             .as_ref()
             .map_or(access.bytes_in, |n| n.load(Ordering::Relaxed));
         let reason = access.would_reject.unwrap_or(access.reason);
-        let total = started.elapsed();
+        // One clock read for the duration, its metrics and the line's timestamp.
+        let end = Instant::now();
+        let total = end.saturating_duration_since(started);
+        crate::metrics::request(
+            access.key.as_ref(),
+            access.route,
+            status,
+            access.reason,
+            total.as_secs_f64(),
+        );
+        if let Some(upstream) = access.upstream {
+            crate::metrics::upstream(upstream.as_secs_f64());
+        }
         let route = access.pattern.as_deref().unwrap_or(access.route);
         if let (Some((exporter, start)), Some(context)) = (&export, trace) {
             exporter.record(&trace::Finished {
@@ -134,6 +146,7 @@ impl<B> Logged<B> {
         }
         let trace_id = trace.as_ref().map(trace::Context::trace_id);
         crate::access_log::record(&crate::access_log::Line {
+            time: super::clock::wall(end),
             request_id: std::str::from_utf8(request_id.as_bytes()).unwrap_or_default(),
             trace_id: trace_id.as_ref().map(|t| &t[..]),
             key: access.key.as_deref().unwrap_or("-"),

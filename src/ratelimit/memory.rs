@@ -52,8 +52,13 @@ impl Memory {
     }
 
     pub(super) fn now(&self) -> u64 {
+        self.at(Instant::now())
+    }
+
+    /// `at` on this store's clock (0 before its epoch).
+    pub(super) fn at(&self, at: Instant) -> u64 {
         // u64 nanoseconds last 584 years of uptime.
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     pub(super) fn rebuild(&self, keys: &[(Arc<str>, Option<Quota>)]) -> Memory {
