@@ -165,8 +165,11 @@ pub fn names_key(key: &[u8], name: &[u8]) -> bool {
 }
 
 /// `+` as space and `%XX` decoded, as a form is read; a malformed escape is refused (Rack
-/// answers it with an error of its own).
-pub fn unescape(raw: &[u8]) -> Result<Vec<u8>, GateError> {
+/// answers it with an error of its own). Borrowed when there is nothing to decode (most keys).
+pub fn unescape(raw: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, GateError> {
+    if !raw.iter().any(|&b| b == b'+' || b == b'%') {
+        return Ok(std::borrow::Cow::Borrowed(raw));
+    }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {
@@ -184,7 +187,7 @@ pub fn unescape(raw: &[u8]) -> Result<Vec<u8>, GateError> {
         }
         i += 1;
     }
-    Ok(out)
+    Ok(std::borrow::Cow::Owned(out))
 }
 
 /// A boxed error of any kind, as the body and the upstream client pass them on.
