@@ -470,6 +470,48 @@ async fn redis_reload_keeps_state_and_resets_changed_keys() {
     assert_eq!(errors(&gate), 0);
 }
 
+/// One round trip per request through the whole gateway: each request with a user, refused or
+/// admitted, is one `EVALSHA` and nothing else reaches Redis (what the script runs inside its
+/// call is counted apart by Redis and allowed here).
+#[tokio::test]
+#[ignore = "needs redis-server and redis-cli (Debian); .ci/run installs them and runs it"]
+async fn redis_one_script_call_per_request() {
+    use crate::support::redis_deployments::cli;
+
+    let server = Server::start("redis_one_script_call_per_request");
+    let keys = key_entry(
+        "rl",
+        KEY_RL,
+        "per_second: 1000, per_hour: 5, per_user_per_second: 1000",
+    );
+    let gate = Gate::start_with_keys(&redis_section(server.port, "deny"), &keys).await;
+    // The first request loads the script; count from the second on.
+    assert_eq!(count_allowed(&gate, KEY_RL, Some(OWNER), 1).await, 1);
+    assert!(cli(server.port, &["CONFIG", "RESETSTAT"]).contains("OK"));
+    const N: usize = 12;
+    let mut allowed = 0;
+    for i in 0..N {
+        let user = [OWNER, OCCUPANT][i % 2];
+        let reply = gate.as_user(KEY_RL, Some(user), "GET", LIST, None).await;
+        allowed += usize::from(reply.status != 429);
+    }
+    assert_eq!(allowed, 4, "the hour's 5 minus the first");
+    assert_eq!(errors(&gate), 0);
+    let stats = cli(server.port, &["INFO", "commandstats"]);
+    assert!(
+        stats.contains(&format!("cmdstat_evalsha:calls={N},")),
+        "one script call per request: {stats}"
+    );
+    let inside_the_script = ["time", "get", "mget", "set"];
+    let others: Vec<&str> = stats
+        .lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_")?.split(':').next())
+        .filter(|c| !["evalsha", "info", "config|resetstat"].contains(c))
+        .filter(|c| !inside_the_script.contains(c))
+        .collect();
+    assert!(others.is_empty(), "nothing but EVALSHA: {others:?}");
+}
+
 // Redis as teams run it, through two gateways each: TLS with a private CA, an ACL user and a
 // password from a file; Sentinel; Cluster.
 

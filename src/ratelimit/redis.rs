@@ -6,12 +6,14 @@
 //! every window admits the request. Redis runs a script atomically, so concurrent replicas
 //! cannot both take the last request.
 //!
-//! Keys: `qbgate:{<key id>}:v1:<quota>` (a hash holding each key window's arrival time) and
-//! `qbgate:{<key id>}:v1:<quota>:u:<user>` (one user's bucket). The `{<key id>}` hash tag puts
-//! all keys of one API key in one Redis Cluster slot, as a multi-key script requires. The quota
-//! is part of the name, so a changed quota starts fresh and an unchanged one keeps its state
-//! across reloads and replicas. Every write sets `PEXPIRE` to the moment the bucket is full
-//! again, so idle state vanishes by itself and exactly when it no longer matters.
+//! Keys: `qbgate:{<key id>}:v2:<quota>` (each key window's arrival time) and
+//! `qbgate:{<key id>}:v2:<quota>:u:<user>` (one user's bucket), plain strings of packed doubles
+//! read with one `MGET` and written with `SET ... PX`. The `{<key id>}` hash tag puts all keys of
+//! one API key in one Redis Cluster slot, as a multi-key script requires. The quota is part of
+//! the name, so a changed quota starts fresh and an unchanged one keeps its state across reloads
+//! and replicas. Every write expires the value at the moment the bucket is full again, so idle
+//! state vanishes by itself and exactly when it no longer matters. `v2` is the format's version:
+//! the hashes of earlier releases (`v1`) are never read, and expire by themselves.
 //!
 //! Servers (`connect.rs`): one server by `url`, the primary that Sentinel names, or a Redis
 //! Cluster; over TLS (`rediss://`, with `ca_file` trusted besides the built-in roots), with an
@@ -32,17 +34,14 @@
 //! Precision: the script's numbers are Lua doubles. Arrival times (about 1.8e15 µs today) and
 //! the admit comparison stay integers far below 2^53, so decisions are exact; only the reported
 //! `remaining` of very large day quotas (`per_day × 8.64e10` over 2^53) may be off by one.
-//! Lua prints large numbers in exponent form, so stored times are written with
-//! `string.format('%d', ...)`. Needs Redis 5 or later (scripts that write after `TIME`).
-//!
-//! The keys are cluster-ready; the client here is a single-node `ConnectionManager`
-//! (a Redis Cluster would need redis-rs's cluster client).
+//! Stored times are doubles too, so they are kept exactly. Needs Redis 5 or later (scripts that
+//! write after `TIME`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use ::redis::{RedisResult, Script};
+use ::redis::{Cmd, ErrorKind, RedisResult, RedisWrite, Script, Value};
 use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
 
@@ -65,85 +64,91 @@ const WARN_EVERY: Duration = Duration::from_secs(5);
 
 const MICROS_PER_SEC: u64 = 1_000_000;
 
-/// Values per window passed to the script.
-const ARGS_PER_WINDOW: usize = 6;
+/// Bytes of one window's parameters in the script's arguments: six little-endian doubles.
+const PARAMS_LEN: usize = 48;
 
-/// `KEYS[1]`: the key's windows (hash `a<i>`, `b<i>`); `KEYS[2]`, if given: the user's bucket.
-/// `ARGV[1]`: number of key windows n; then for each window (the key's n, then the user's):
-/// rate, period, step_whole, step_frac, limit_whole, limit_frac (see `Window`).
-/// Returns {allowed (1/0), then per window: remaining, reset µs, wait µs}.
+/// `KEYS[1]`: the key's windows; `KEYS[2]`, if given: the user's bucket. Each is a string of
+/// little-endian doubles, two per window: the arrival time `a` and its fraction `b` (see `Tat`).
+/// `ARGV[1]`: the key windows' parameters, six doubles each (rate, period, step_whole, step_frac,
+/// limit_whole, limit_frac: see `Window`), none if the key only limits users; `ARGV[2]`, with
+/// `KEYS[2]`: the user window's. Returns {allowed (1/0), then per window: remaining, reset µs,
+/// wait µs}.
+///
+/// Kept lean because redis-server runs it for every request: packed doubles (`struct`, one C call
+/// per window) rather than decimal strings and hash fields, one `MGET` and at most two
+/// `SET ... PX`, nothing written on a refusal.
 const SCRIPT: &str = r"
 local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local n = tonumber(ARGV[1])
+local now = clock[1] * 1000000 + clock[2]
+local kp, up = ARGV[1], ARGV[2]
+local n = #kp / 48
+local sk, su
+if up == nil then
+  sk = redis.call('GET', KEYS[1])
+elseif n == 0 then
+  su = redis.call('GET', KEYS[2])
+else
+  local v = redis.call('MGET', KEYS[1], KEYS[2])
+  sk, su = v[1], v[2]
+end
+-- Anything this script did not write counts as a full bucket.
+if sk and #sk ~= 16 * n then sk = false end
+if su and #su ~= 16 then su = false end
+
+local unpack_, floor = struct.unpack, math.floor
 local total = n
-if #KEYS > 1 then total = n + 1 end
-
-local state = {}
-if n > 0 then
-  local fields = {}
-  for i = 1, n do
-    fields[#fields + 1] = 'a' .. i
-    fields[#fields + 1] = 'b' .. i
-  end
-  local v = redis.call('HMGET', KEYS[1], unpack(fields))
-  for i = 1, n do state[i] = { tonumber(v[2 * i - 1]), tonumber(v[2 * i]) } end
-end
-if #KEYS > 1 then
-  local v = redis.call('HMGET', KEYS[2], 'a1', 'b1')
-  state[total] = { tonumber(v[1]), tonumber(v[2]) }
-end
-
+if up then total = n + 1 end
 local ok = 1
 local out = { 0 }
-local next = {}
+local nxt = {}
+local tk, tu = 0, 0
 for w = 1, total do
-  local o = 1 + (w - 1) * 6
-  local rate, period = tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2])
-  local sw, sf = tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4])
-  local lw, lf = tonumber(ARGV[o + 5]), tonumber(ARGV[o + 6])
-  local a, b = state[w][1], state[w][2]
-  if a == nil or b == nil or a < now then a = now; b = 0 end
+  local p, pp, s, sp = kp, 48 * w - 47, sk, 16 * w - 15
+  if w > n then p, pp, s, sp = up, 1, su, 1 end
+  local rate, period, sw, sf, lw, lf = unpack_('<dddddd', p, pp)
+  local a, b = now, 0
+  if s then
+    a, b = unpack_('<dd', s, sp)
+    if a < now then a = now; b = 0 end
+  end
   local na, nb = a + sw, b + sf
   if nb >= rate then na = na + 1; nb = nb - rate end
   local d = na - now
-  local rem, reset, wait
+  local o = 3 * w - 1
   if d < lw or (d == lw and nb <= lf) then
-    rem = math.floor(((lw - d) * rate + lf - nb) / period)
-    reset = d
+    local reset = d
     if nb > 0 then reset = reset + 1 end
-    wait = 0
-    next[w] = { na, nb, reset }
+    out[o] = floor(((lw - d) * rate + lf - nb) / period)
+    out[o + 1] = reset
+    out[o + 2] = 0
+    nxt[2 * w - 1] = na
+    nxt[2 * w] = nb
+    if w > n then tu = reset elseif reset > tk then tk = reset end
   else
     ok = 0
-    rem = 0
-    reset = a - now
+    local reset = a - now
     if b > 0 then reset = reset + 1 end
-    wait = math.floor(((d - lw) * rate + nb - lf + rate - 1) / rate)
+    out[o] = 0
+    out[o + 1] = reset
+    out[o + 2] = floor(((d - lw) * rate + nb - lf + rate - 1) / rate)
   end
-  out[#out + 1] = rem
-  out[#out + 1] = reset
-  out[#out + 1] = wait
 end
 out[1] = ok
 
 if ok == 1 then
-  local function save(key, first, last)
-    local args = {}
-    local ttl = 0
-    for w = first, last do
-      local i = w - first + 1
-      args[#args + 1] = 'a' .. i
-      args[#args + 1] = string.format('%d', next[w][1])
-      args[#args + 1] = 'b' .. i
-      args[#args + 1] = string.format('%d', next[w][2])
-      if next[w][3] > ttl then ttl = next[w][3] end
+  if n > 0 then
+    local v
+    if n == 1 then
+      v = struct.pack('<dd', nxt[1], nxt[2])
+    else
+      v = struct.pack('<' .. string.rep('d', 2 * n), unpack(nxt, 1, 2 * n))
     end
-    redis.call('HSET', key, unpack(args))
-    redis.call('PEXPIRE', key, string.format('%d', math.floor(ttl / 1000) + 1))
+    redis.call('SET', KEYS[1], v, 'PX', string.format('%d', floor(tk / 1000) + 1))
   end
-  if n > 0 then save(KEYS[1], 1, n) end
-  if #KEYS > 1 then save(KEYS[2], total, total) end
+  if up then
+    redis.call('SET', KEYS[2], struct.pack('<dd', nxt[2 * total - 1], nxt[2 * total]),
+      'PX', string.format('%d', floor(tu / 1000) + 1))
+  end
 end
 return out
 ";
@@ -179,10 +184,10 @@ struct RedisKey {
     state_key: String,
     /// `state_key` + `:u:`; the user id is appended per request.
     user_prefix: String,
-    /// ARGV for the key windows: n, then six values per window.
-    args: Vec<u64>,
-    /// ARGV tail for the user window, if the key has one.
-    user_args: Option<[u64; ARGS_PER_WINDOW]>,
+    /// `ARGV[1]`: the key windows' parameters, packed once here rather than per request.
+    params: Box<[u8]>,
+    /// `ARGV[2]`: the user window's parameters, if the key has one.
+    user_params: Option<[u8; PARAMS_LEN]>,
 }
 
 impl RedisLimiters {
@@ -249,7 +254,7 @@ impl RedisLimiters {
             debug_assert!((key as usize) < self.keys.len(), "key index out of range");
             return Decision::Unlimited;
         };
-        let user = user.zip(key.user_args.as_ref());
+        let user = user.zip(key.user_params.as_ref());
         if key.meta.windows.is_empty() && user.is_none() {
             return Decision::Unlimited;
         }
@@ -257,21 +262,14 @@ impl RedisLimiters {
         let Some(mut conn) = shared.usable() else {
             return shared.on_error(key, None);
         };
-        let mut invocation = shared.script.prepare_invoke();
-        invocation.key(&key.state_key).arg(&key.args[..]);
-        if let Some((user, args)) = user {
-            invocation
-                .key(format!("{}{user}", key.user_prefix))
-                .arg(&args[..]);
-        }
-        let reply: RedisResult<Vec<i64>> =
-            match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn)).await {
-                Ok(reply) => reply,
-                Err(_) => {
-                    let reconnect = !matches!(shared.connector, Connector::Cluster(_));
-                    return shared.on_error(key, Some((&"timed out", reconnect)));
-                }
-            };
+        let cmd = shared.evalsha(key, user);
+        let reply = match tokio::time::timeout(COMMAND_TIMEOUT, shared.run(&cmd, &mut conn)).await {
+            Ok(reply) => reply,
+            Err(_) => {
+                let reconnect = !matches!(shared.connector, Connector::Cluster(_));
+                return shared.on_error(key, Some((&"timed out", reconnect)));
+            }
+        };
         match reply {
             Ok(reply) => match decode(&key.meta, user.is_some(), &reply) {
                 Some(decision) => {
@@ -299,7 +297,7 @@ impl RedisKey {
         let meta = KeyMeta::new(id, quota, MICROS_PER_SEC)?;
         let n = |v: Option<std::num::NonZeroU32>| v.map_or(0, |v| v.get());
         let state_key = format!(
-            "qbgate:{{{id}}}:v1:{}:{}:{}:{}:{}:{}",
+            "qbgate:{{{id}}}:v2:{}:{}:{}:{}:{}:{}",
             n(quota.per_second),
             n(quota.burst),
             n(quota.per_minute),
@@ -308,40 +306,50 @@ impl RedisKey {
             n(quota.per_user_per_second),
         );
         let user_prefix = format!("{state_key}:u:");
-        let mut args = Vec::with_capacity(1 + meta.windows.len() * ARGS_PER_WINDOW);
-        args.push(meta.windows.len() as u64);
-        for window in meta.windows.iter() {
-            args.extend_from_slice(&window_args(window));
-        }
-        let user_args = meta.user.as_ref().map(window_args);
+        let params = meta.windows.iter().flat_map(window_params).collect();
+        let user_params = meta.user.as_ref().map(window_params);
         Some(RedisKey {
             meta,
             state_key,
             user_prefix,
-            args,
-            user_args,
+            params,
+            user_params,
         })
     }
 }
 
-fn window_args(w: &super::Window) -> [u64; ARGS_PER_WINDOW] {
-    [
+/// One window's parameters as the script reads them. Lua numbers are doubles either way, so
+/// packing them here converts exactly as the script's `tonumber` of a decimal string would.
+fn window_params(w: &super::Window) -> [u8; PARAMS_LEN] {
+    let mut out = [0; PARAMS_LEN];
+    let values = [
         w.rate,
         w.period,
         w.step_whole,
         w.step_frac,
         w.limit_whole,
         w.limit_frac,
-    ]
+    ];
+    for (chunk, v) in out.chunks_exact_mut(8).zip(values) {
+        chunk.copy_from_slice(&(v as f64).to_le_bytes());
+    }
+    out
 }
 
 /// The script's reply as a decision; `None` if it is not the shape the script returns.
-fn decode(meta: &KeyMeta, with_user: bool, reply: &[i64]) -> Option<Decision> {
+fn decode(meta: &KeyMeta, with_user: bool, reply: &Value) -> Option<Decision> {
+    let Value::Array(reply) = reply else {
+        return None;
+    };
+    let int = |v: &Value| match v {
+        Value::Int(i) => Some(*i),
+        _ => None,
+    };
     let windows = meta
         .windows
         .iter()
         .chain(meta.user.as_ref().filter(|_| with_user));
-    let admitted = match reply.first()? {
+    let admitted = match int(reply.first()?)? {
         1 => true,
         0 => false,
         _ => return None,
@@ -353,14 +361,15 @@ fn decode(meta: &KeyMeta, with_user: bool, reply: &[i64]) -> Option<Decision> {
         let [remaining, reset, wait] = values.next()? else {
             return None;
         };
+        let (remaining, reset, wait) = (int(remaining)?, int(reset)?, int(wait)?);
         let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
         *report = Report {
             name: window.name,
             rate: window.rate,
-            allowed: *wait == 0,
-            remaining: u64::try_from(*remaining).unwrap_or(0),
-            reset: micros(*reset),
-            wait: micros(*wait),
+            allowed: wait == 0,
+            remaining: u64::try_from(remaining).unwrap_or(0),
+            reset: micros(reset),
+            wait: micros(wait),
         };
         n += 1;
     }
@@ -373,6 +382,39 @@ fn decode(meta: &KeyMeta, with_user: bool, reply: &[i64]) -> Option<Decision> {
 }
 
 impl Shared {
+    /// The request's one command: `EVALSHA` over the key's state and, with a user, the user's
+    /// bucket, built straight into one buffer (the user's key name included, with no `String`
+    /// of its own).
+    fn evalsha(&self, key: &RedisKey, user: Option<(u64, &[u8; PARAMS_LEN])>) -> Cmd {
+        let len = 80 + key.state_key.len() + key.params.len();
+        let len = len + user.map_or(0, |_| key.user_prefix.len() + 20 + PARAMS_LEN);
+        let mut cmd = Cmd::with_capacity(7, len);
+        cmd.arg("EVALSHA")
+            .arg(self.script.get_hash())
+            .arg(if user.is_some() { 2 } else { 1 })
+            .arg(&key.state_key);
+        if let Some((user, _)) = user {
+            cmd.write_arg_fmt(format_args!("{}{user}", key.user_prefix));
+        }
+        cmd.arg(&key.params[..]);
+        if let Some((_, params)) = user {
+            cmd.arg(&params[..]);
+        }
+        cmd
+    }
+
+    /// Runs `cmd`; loads the script first if this server does not know it yet (a new or
+    /// restarted server, or a failover to one).
+    async fn run(&self, cmd: &Cmd, conn: &mut Conn) -> RedisResult<Value> {
+        match cmd.query_async(conn).await {
+            Err(e) if e.kind() == ErrorKind::NoScriptError => {
+                self.script.load_async(conn).await?;
+                cmd.query_async(conn).await
+            }
+            reply => reply,
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
