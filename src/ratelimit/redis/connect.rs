@@ -162,9 +162,9 @@ impl Connector {
 
     /// One new connection, within [`CONNECT_TIMEOUT`].
     pub(super) async fn connect(&self) -> RedisResult<Conn> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(COMMAND_TIMEOUT)
-            .set_response_timeout(COMMAND_TIMEOUT);
+        // No response timeout of redis-rs's: every command is already awaited within
+        // COMMAND_TIMEOUT by its caller, and a second timer per request cost as much again.
+        let config = AsyncConnectionConfig::new().set_connection_timeout(COMMAND_TIMEOUT);
         let attempt = async {
             match self {
                 Connector::Single(client) => client
