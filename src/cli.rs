@@ -22,7 +22,7 @@ pub async fn run(path: PathBuf, overrides: Overrides) -> Result<(), Failure> {
     // Armed before the first read: a change from here on is reloaded, even one made before the
     // listeners answer.
     let watch = crate::reload::Watch::arm(&path);
-    let mut policy = policy::load(&path).map_err(Failure::Policy)?;
+    let mut policy = crate::reload::load(&path).await.map_err(Failure::Policy)?;
     overrides.apply(&mut policy).map_err(Failure::Other)?;
     serve_policy(
         policy,

@@ -13,14 +13,19 @@
 //! the watch has been quiet for 10 ms, and an event that comes while a reload runs leads to
 //! another one after it. So a file caught half-written fails to compile (the last good policy
 //! stays, the failure is logged and counted) and its last write is then picked up.
+//!
+//! Every compile runs on one thread kept for the life of the process (`qbgate-reload`), and every
+//! superseded generation is dropped there: never on a serving thread (a one-CPU sidecar runs a
+//! current-thread runtime, which a 10,000-key compile or drop would stall), and the policies'
+//! memory stays in that thread's heap, which it gives back to the system once a reload is over.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::policy::Overrides;
+use crate::policy::{Overrides, Policy, PolicyErrors};
 use crate::{metrics, policy, Gateway, Runtime};
 
 /// How often the policy is re-read even without an event.
@@ -174,18 +179,23 @@ impl Watch {
                 }
                 // An event for an unchanged file (a touch, a chmod, or a change the first read
                 // already saw) is not worth a compile.
-                if trigger == Trigger::Event && unchanged(&gateway, &path) {
-                    continue;
-                }
-                reload(&gateway, &path, &overrides, trigger == Trigger::Periodic).await;
+                let skip_unchanged = trigger == Trigger::Event;
+                let quiet = trigger == Trigger::Periodic;
+                reload_unless(&gateway, &path, &overrides, quiet, skip_unchanged).await;
             }
         });
     }
 }
 
-/// Is the file (or directory) byte for byte the one the serving policy was compiled from?
-fn unchanged(gateway: &Gateway, path: &std::path::Path) -> bool {
-    policy::source_digest(path).as_deref() == Some(gateway.runtime().policy.digest.as_str())
+/// Read and compile the policy at `path` on the reload thread: what `qbgate run` starts with, so
+/// the first generation's memory is that thread's too, and the parse's temporaries are given back.
+pub async fn load(path: &Path) -> Result<Policy, PolicyErrors> {
+    let loaded = compile(path, None).await;
+    retire(None);
+    match loaded {
+        Some(result) => result,
+        None => Err(task_failed()),
+    }
 }
 
 /// Compile the file and swap it in. `quiet`: skip the swap (and the log) when nothing changed.
@@ -196,25 +206,27 @@ pub async fn reload(
     overrides: &Overrides,
     quiet: bool,
 ) -> bool {
-    // Compiling a 10,000-key policy takes a sizeable fraction of a second, mostly YAML parsing:
-    // off the serving threads, or a one-CPU sidecar (current-thread runtime) would stop
-    // answering while it runs.
-    // The thread hands the policy over first, then gives its parse's memory back meanwhile.
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::task::spawn_blocking({
-        let path = path.to_owned();
-        move || {
-            let _ = tx.send(policy::load(&path));
-            give_back();
+    reload_unless(gateway, path, overrides, quiet, false).await
+}
+
+/// [`reload`]; `skip_unchanged`: not even a compile when the file (or directory) is byte for byte
+/// the one the serving policy was compiled from.
+async fn reload_unless(
+    gateway: &Gateway,
+    path: &std::path::Path,
+    overrides: &Overrides,
+    quiet: bool,
+    skip_unchanged: bool,
+) -> bool {
+    let current = gateway.runtime();
+    let unless = skip_unchanged.then(|| current.policy.digest.clone());
+    let compiled = match compile(path, unless).await {
+        None => {
+            retire(None);
+            return false;
         }
-    });
-    let compiled = rx.await.unwrap_or_else(|_| {
-        Err(policy::PolicyErrors(vec![policy::compile::PolicyError {
-            path: "policy".into(),
-            message: "the compile task failed".into(),
-            place: None,
-        }]))
-    });
+        Some(compiled) => compiled,
+    };
     let compiled = compiled.and_then(|mut p| {
         overrides.apply(&mut p).map_err(|message| {
             policy::PolicyErrors(vec![policy::compile::PolicyError {
@@ -228,6 +240,7 @@ pub async fn reload(
     let next = match compiled {
         Ok(next) => next,
         Err(errors) => {
+            retire(None);
             for error in &errors.0 {
                 tracing::error!(%error, "policy reload failed; the last good policy stays");
             }
@@ -235,11 +248,11 @@ pub async fn reload(
             return false;
         }
     };
-    let current = gateway.runtime();
     if quiet
         && current.policy.digest == next.digest
         && current.policy.upstream.authorization == next.upstream.authorization
     {
+        retire_policy(next);
         return false;
     }
     let digest = next.digest.clone();
@@ -253,12 +266,13 @@ pub async fn reload(
                 gateway.runtime().policy.digest_deadlines(),
             );
             tracing::info!(digest, "policy reloaded");
-            // The old generation is gone once the requests that hold it finish: mostly now.
-            drop(current);
-            tokio::task::spawn_blocking(give_back);
+            // The old generation is gone once the requests that hold it finish: mostly now, on
+            // the reload thread.
+            retire(Some(current));
             true
         }
         Err(error) => {
+            retire(None);
             tracing::error!(%error, "policy reload failed; the last good policy stays");
             metrics::reload("failure");
             false
@@ -266,10 +280,117 @@ pub async fn reload(
     }
 }
 
-/// Return the memory a compile freed (the parse's temporaries, a superseded policy) to the
-/// system now: mimalloc otherwise keeps it until this thread allocates again, which for a
-/// reload thread may be never. Only this thread's heap: pages freed into other threads' heaps
-/// stay (see bench/RESULTS.md, "YAML fast path").
+/// What the reload thread is asked to do.
+enum Job {
+    /// Compile the policy at `path`, unless its digest is `unless`.
+    Load {
+        path: PathBuf,
+        unless: Option<String>,
+        reply: oneshot::Sender<Loaded>,
+    },
+    /// A reload is over: drop what it superseded (a generation, or a compiled policy that was
+    /// not needed), then give the freed memory back.
+    Retire(Option<Box<dyn Send>>),
+}
+
+/// A compiled policy, or `None`: the source's digest is the one the job named.
+type Loaded = Option<Result<Policy, PolicyErrors>>;
+
+/// The reload thread's queue: started on first use; `None` if no thread could be started.
+fn reload_thread() -> Option<&'static std::sync::mpsc::Sender<Job>> {
+    static THREAD: OnceLock<Option<std::sync::mpsc::Sender<Job>>> = OnceLock::new();
+    THREAD
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            let spawned = std::thread::Builder::new()
+                .name("qbgate-reload".into())
+                .spawn(move || {
+                    for job in rx {
+                        match job {
+                            Job::Load {
+                                path,
+                                unless,
+                                reply,
+                            } => {
+                                let _ = reply.send(load_now(&path, unless));
+                            }
+                            Job::Retire(retired) => {
+                                drop(retired);
+                                give_back();
+                            }
+                        }
+                    }
+                });
+            match spawned {
+                Ok(_) => Some(tx),
+                Err(error) => {
+                    tracing::warn!(%error, "no reload thread; policies compile on the blocking pool");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+fn load_now(path: &Path, unless: Option<String>) -> Loaded {
+    policy::compile::load_unless(path, unless.as_deref())
+}
+
+/// Compile on the reload thread (or, failing that, the blocking pool); the caller waits without
+/// holding up its runtime.
+async fn compile(path: &Path, unless: Option<String>) -> Loaded {
+    let (reply, answer) = oneshot::channel();
+    let path = path.to_owned();
+    match reload_thread() {
+        Some(thread) => {
+            let job = Job::Load {
+                path,
+                unless,
+                reply,
+            };
+            if thread.send(job).is_err() {
+                return Some(Err(task_failed()));
+            }
+        }
+        None => {
+            tokio::task::spawn_blocking(move || {
+                let _ = reply.send(load_now(&path, unless));
+            });
+        }
+    }
+    answer.await.unwrap_or_else(|_| Some(Err(task_failed())))
+}
+
+/// Hand what a reload superseded to the reload thread, to drop and give back there.
+fn retire(generation: Option<Arc<Runtime>>) {
+    send_retired(generation.map(|g| Box::new(g) as Box<dyn Send>));
+}
+
+fn retire_policy(policy: Policy) {
+    send_retired(Some(Box::new(policy)));
+}
+
+fn send_retired(retired: Option<Box<dyn Send>>) {
+    match reload_thread() {
+        Some(thread) => {
+            let _ = thread.send(Job::Retire(retired));
+        }
+        None => drop(retired),
+    }
+}
+
+fn task_failed() -> PolicyErrors {
+    policy::PolicyErrors(vec![policy::compile::PolicyError {
+        path: "policy".into(),
+        message: "the compile task failed".into(),
+        place: None,
+    }])
+}
+
+/// Return the memory a reload freed (the parse's temporaries, a superseded generation) to the
+/// system now: mimalloc otherwise keeps it until this thread allocates again, at the next
+/// reload. Only this thread's heap: the policies are allocated here, so most of what a reload
+/// frees is (see bench/RESULTS.md, "YAML fast path").
 fn give_back() {
     // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time; when
     // mimalloc is not the global allocator (the library's tests) it only tidies its own empty heap.

@@ -3,6 +3,7 @@
 //! Serde stops at the first structural error (unknown field, wrong type, duplicate key), so such an
 //! error is reported alone; every value-level error after that is collected and reported at once.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
@@ -70,14 +71,46 @@ pub fn load_with(path: &Path, secrets: Secrets) -> Result<Policy, PolicyErrors> 
     if path.is_dir() {
         return super::dir::load(path, &|name| std::env::var(name).ok(), secrets);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = read_file(path)?;
+    compile_secrets(&text, &|name| std::env::var(name).ok(), secrets)
+}
+
+/// [`load`], unless what `path` holds is byte for byte the policy whose digest is `unless`:
+/// then `None`, and no compile. A file is read and hashed once for both (a reload's check).
+pub fn load_unless(path: &Path, unless: Option<&str>) -> Option<Result<Policy, PolicyErrors>> {
+    if path.is_dir() {
+        if unless.is_some() && super::source_digest(path).as_deref() == unless {
+            return None;
+        }
+        return Some(load(path));
+    }
+    let text = match read_file(path) {
+        Ok(text) => text,
+        Err(errors) => return Some(Err(errors)),
+    };
+    let digest = short_digest(text.as_bytes());
+    if unless == Some(digest.as_str()) {
+        return None;
+    }
+    let env = |name: &str| std::env::var(name).ok();
+    Some(compile_digested(&text, digest, &env, Secrets::Resolve))
+}
+
+fn read_file(path: &Path) -> Result<String, PolicyErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
         PolicyErrors(vec![PolicyError {
             path: path.display().to_string(),
             message: format!("cannot read the policy file: {e}"),
             place: None,
         }])
-    })?;
-    compile_secrets(&text, &|name| std::env::var(name).ok(), secrets)
+    })
+}
+
+/// The digest a policy compiled from `source` carries: short hex SHA-256.
+fn short_digest(source: &[u8]) -> String {
+    let mut digest = crate::policy::digest_hex(source);
+    digest.truncate(12);
+    digest
 }
 
 /// Compile policy text. Secret references (`{env: ..}`, `{file: ..}`) are resolved here.
@@ -103,12 +136,22 @@ fn compile_secrets(
     env: &dyn Fn(&str) -> Option<String>,
     secrets: Secrets,
 ) -> Result<Policy, PolicyErrors> {
+    compile_digested(text, short_digest(text.as_bytes()), env, secrets)
+}
+
+/// [`compile_secrets`] of text whose digest is known.
+fn compile_digested(
+    text: &str,
+    digest: String,
+    env: &dyn Fn(&str) -> Option<String>,
+    secrets: Secrets,
+) -> Result<Policy, PolicyErrors> {
     if let Some(raw) = parse_fast(text) {
-        if let Ok(policy) = compile_raw(raw, text.as_bytes(), env, secrets) {
+        if let Ok(policy) = compile_parts(raw, &[], digest.clone(), env, secrets) {
             return Ok(policy);
         }
     }
-    compile_raw(parse(text)?, text.as_bytes(), env, secrets)
+    compile_parts(parse(text)?, &[], digest, env, secrets)
 }
 
 /// A policy written as one JSON object, parsed by serde_json, or in plain block YAML, read by
@@ -116,8 +159,7 @@ fn compile_secrets(
 /// of the same text then says what is wrong, and where.
 pub(super) fn parse_fast(text: &str) -> Option<file::PolicyFile> {
     if !text.trim_start().starts_with('{') {
-        let value = super::yaml::read(text)?;
-        return file::without_spans(|| serde_json::from_value::<file::PolicyFile>(value)).ok();
+        return file::without_spans(|| super::yaml::read::<file::PolicyFile>(text));
     }
     file::without_spans(|| serde_json::from_str::<file::PolicyFile>(text)).ok()
 }
@@ -300,21 +342,22 @@ fn flow_path(flow: &str, at: usize) -> Option<Vec<Seg<'_>>> {
 }
 
 /// Compile parsed file structs; `source` is what the policy's digest is taken of.
+#[cfg(test)]
 pub(super) fn compile_raw(
     raw: file::PolicyFile,
     source: &[u8],
     env: &dyn Fn(&str) -> Option<String>,
     secrets: Secrets,
 ) -> Result<Policy, PolicyErrors> {
-    compile_parts(raw, &[], source, env, secrets)
+    compile_parts(raw, &[], short_digest(source), env, secrets)
 }
 
 /// [`compile_raw`] with `more_keys` after the file's own `keys` (a policy directory's keys, read
-/// where they are parsed rather than copied).
+/// where they are parsed rather than copied), and the digest of the source given.
 pub(super) fn compile_parts(
     raw: file::PolicyFile,
     more_keys: &[&file::Key],
-    source: &[u8],
+    digest: String,
     env: &dyn Fn(&str) -> Option<String>,
     secrets: Secrets,
 ) -> Result<Policy, PolicyErrors> {
@@ -323,7 +366,7 @@ pub(super) fn compile_parts(
         env,
         secrets,
     };
-    let policy = c.policy(raw, more_keys, source);
+    let policy = c.policy(raw, more_keys, digest);
     if c.errors.is_empty() {
         Ok(policy)
     } else {
@@ -337,6 +380,19 @@ struct Compiler<'e> {
     /// Read the secrets the policy refers to (`run`), or only check that each reference is well
     /// formed (`qbgate check` without `--resolve-secrets`).
     secrets: Secrets,
+}
+
+/// The policy's digest table ([`Policy`]'s `by_digest`): digest -> (key index, which digest).
+type DigestTable = HashMap<[u8; 32], (u32, u32), foldhash::fast::RandomState>;
+
+/// `keys[i]`, the start of a key's paths in errors: formatted only when one is reported.
+#[derive(Clone, Copy)]
+struct KeyPath(usize);
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "keys[{}]", self.0)
+    }
 }
 
 /// Whether compiling reads the secrets a policy refers to.
@@ -391,7 +447,12 @@ impl Compiler<'_> {
         default
     }
 
-    fn policy(&mut self, raw: file::PolicyFile, more_keys: &[&file::Key], source: &[u8]) -> Policy {
+    fn policy(
+        &mut self,
+        raw: file::PolicyFile,
+        more_keys: &[&file::Key],
+        digest: String,
+    ) -> Policy {
         if raw.version.value != 1 {
             self.error("version", &raw.version, "must be 1");
         }
@@ -443,10 +504,14 @@ impl Compiler<'_> {
         let rate_limit = self.store(raw.rate_limit.unwrap_or_default());
         let tracing = self.tracing(raw.tracing.unwrap_or_default());
         let dialog_rules = self.dialog_rules(raw.dialog_rules.unwrap_or_default());
+        let mut by_digest = DigestTable::default();
         let keys = match raw.keys {
             Some(keys) => self.keys(
                 keys.len() + more_keys.len(),
-                keys.iter().chain(more_keys.iter().copied()),
+                keys.iter()
+                    .map(|key| &**key)
+                    .chain(more_keys.iter().copied()),
+                &mut by_digest,
             ),
             None => {
                 self.errors.push(PolicyError {
@@ -457,9 +522,8 @@ impl Compiler<'_> {
                 Vec::new()
             }
         };
-        let by_digest = HashMap::default();
-        let mut policy = Policy {
-            digest: crate::policy::digest_hex(source)[..12].to_string(),
+        Policy {
+            digest,
             listen,
             admin_listen,
             upstream,
@@ -470,18 +534,9 @@ impl Compiler<'_> {
             rate_limit,
             tracing,
             dialog_rules,
-            keys: Vec::new(),
+            keys,
             by_digest,
-        };
-        for (index, (digests, key)) in keys.into_iter().enumerate() {
-            for (which, digest) in digests.into_iter().enumerate() {
-                policy
-                    .by_digest
-                    .insert(digest, (index as u32, which as u32));
-            }
-            policy.keys.push(key);
         }
-        policy
     }
 
     fn tracing(&mut self, raw: file::Tracing) -> Tracing {
@@ -911,74 +966,89 @@ impl Compiler<'_> {
         }
     }
 
-    /// A key's `sha256` or `digests` (exactly one of them): the digests for the lookup table and
-    /// as the key holds them. A digest used twice anywhere in the policy is an error.
+    /// A key's `sha256` or `digests` (exactly one of them), as the key holds them; each is
+    /// entered in `table` as the key's (`index`) and which of its digests it is. A digest used
+    /// twice anywhere in the policy is an error.
     fn key_digests(
         &mut self,
-        p: &str,
+        p: KeyPath,
         key: &file::Key,
-        seen: &mut HashSet<[u8; 32]>,
-    ) -> (Vec<[u8; 32]>, Vec<KeyDigest>) {
-        let mut raw = Vec::new();
+        table: &mut DigestTable,
+    ) -> Vec<KeyDigest> {
+        let mut list: &[file::KeyDigest] = &[];
+        let mut single = None;
         match (&key.sha256, &key.digests) {
             (Some(sha), Some(_)) => self.error(
                 format!("{p}.sha256"),
                 sha,
                 "a key has `sha256` or `digests`, not both",
             ),
-            (Some(sha), None) => raw.push((format!("{p}.sha256"), sha, None)),
+            (Some(sha), None) => single = Some(sha),
             (None, None) => self.error(
                 format!("{p}.id"),
                 &key.id,
                 "a key needs `sha256` (or `digests` during a rotation)",
             ),
-            (None, Some(list)) if list.is_empty() => self.error(
+            (None, Some(digests)) if digests.is_empty() => self.error(
                 format!("{p}.digests"),
                 &key.id,
                 "must list at least one digest",
             ),
-            (None, Some(list)) => {
-                for (j, d) in list.iter().enumerate() {
-                    raw.push((format!("{p}.digests[{j}].sha256"), &d.sha256, Some(j)));
-                }
-            }
+            (None, Some(digests)) => list = digests,
         }
-        let mut digests = Vec::with_capacity(raw.len());
-        let mut live = Vec::with_capacity(raw.len());
-        for (path, sha, j) in raw {
+        let raw = single
+            .map(|sha| (None, sha))
+            .into_iter()
+            .chain(list.iter().enumerate().map(|(j, d)| (Some(j), &d.sha256)));
+        // The path of a digest, formatted only for an error.
+        let path = |j: Option<usize>| match j {
+            None => format!("{p}.sha256"),
+            Some(j) => format!("{p}.digests[{j}].sha256"),
+        };
+        let mut live = Vec::with_capacity(list.len().max(1));
+        for (j, sha) in raw {
             let mut digest = [0u8; 32];
             let text = sha.value.trim();
             if text.len() != 64 || hex::decode_to_slice(text, &mut digest).is_err() {
                 self.error(
-                    path,
+                    path(j),
                     sha,
                     "must be 64 hex characters: the SHA-256 of the key (`qbgate hash-key`)",
                 );
                 continue;
-            } else if !seen.insert(digest) {
-                self.error(path, sha, "the same digest is already used by another key");
-                continue;
+            }
+            match table.entry(digest) {
+                Entry::Occupied(_) => {
+                    self.error(
+                        path(j),
+                        sha,
+                        "the same digest is already used by another key",
+                    );
+                    continue;
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert((p.0 as u32, live.len() as u32));
+                }
             }
             let not_after = j.and_then(|j| {
-                let at = key.digests.as_ref()?.get(j)?.not_after.as_ref()?;
-                self.time(&format!("{p}.digests[{j}].not_after"), at)
+                let at = list.get(j)?.not_after.as_ref()?;
+                self.time(format_args!("{p}.digests[{j}].not_after"), at)
             });
-            digests.push(digest);
             live.push(KeyDigest {
                 prefix: DigestPrefix::of(&digest),
                 not_after,
             });
         }
-        (digests, live)
+        live
     }
 
     /// An RFC 3339 time such as `expires_at`.
-    fn time(&mut self, path: &str, at: &At<String>) -> Option<std::time::SystemTime> {
+    fn time(&mut self, path: impl fmt::Display, at: &At<String>) -> Option<std::time::SystemTime> {
         match humantime::parse_rfc3339_weak(at.value.trim()) {
             Ok(t) => Some(t),
             Err(_) => {
                 self.error(
-                    path,
+                    path.to_string(),
                     at,
                     "must be an RFC 3339 time such as 2027-01-01T00:00:00Z",
                 );
@@ -987,17 +1057,20 @@ impl Compiler<'_> {
         }
     }
 
-    /// `count` keys from `raw`.
+    /// `count` keys from `raw`, their digests entered in `table`.
     fn keys<'k>(
         &mut self,
         count: usize,
         raw: impl Iterator<Item = &'k file::Key>,
-    ) -> Vec<(Vec<[u8; 32]>, Key)> {
-        let mut ids = HashSet::new();
-        let mut seen = HashSet::new();
+        table: &mut DigestTable,
+    ) -> Vec<Key> {
+        let mut ids =
+            HashSet::with_capacity_and_hasher(count, foldhash::fast::RandomState::default());
+        table.reserve(count);
         let mut keys = Vec::with_capacity(count);
         for (i, key) in raw.enumerate() {
-            let p = format!("keys[{i}]");
+            // Paths are formatted only for an error: a 10,000-key policy has none to show.
+            let p = KeyPath(i);
             let id = key.id.value.trim();
             if id.is_empty()
                 || id.len() > 64
@@ -1010,35 +1083,35 @@ impl Compiler<'_> {
                     &key.id,
                     "must be 1 to 64 characters of letters, digits, `-`, `_` or `.`",
                 );
-            } else if !ids.insert(id.to_string()) {
+            } else if !ids.insert(id) {
                 self.error(
                     format!("{p}.id"),
                     &key.id,
                     format!("duplicate key id `{id}`"),
                 );
             }
-            let (digests, live) = self.key_digests(&p, key, &mut seen);
+            let digests = self.key_digests(p, key, table);
             let on_behalf_of = match key.on_behalf_of.as_ref() {
                 None => OnBehalfOf::Any,
-                Some(at) => self.on_behalf_of(&format!("{p}.on_behalf_of"), at),
+                Some(at) => self.on_behalf_of(format_args!("{p}.on_behalf_of"), at),
             };
             let routes = key
                 .routes
                 .as_ref()
-                .map(|routes| self.routes(&format!("{p}.routes"), routes));
+                .map(|routes| self.routes(format_args!("{p}.routes"), routes));
             let unchecked_routes = key
                 .unchecked_routes
                 .as_ref()
-                .map(|routes| self.routes(&format!("{p}.unchecked_routes"), routes))
+                .map(|routes| self.routes(format_args!("{p}.unchecked_routes"), routes))
                 .unwrap_or_default();
             let quota = key
                 .rate_limit
                 .as_ref()
-                .and_then(|rl| self.quota(&format!("{p}.rate_limit"), rl));
+                .and_then(|rl| self.quota(format_args!("{p}.rate_limit"), rl));
             let expires_at = key
                 .expires_at
                 .as_ref()
-                .and_then(|at| self.time(&format!("{p}.expires_at"), at));
+                .and_then(|at| self.time(format_args!("{p}.expires_at"), at));
             let mut powers = Powers::NONE;
             for (j, at) in key.powers.iter().flatten().enumerate() {
                 let word = At {
@@ -1060,26 +1133,27 @@ impl Compiler<'_> {
                     powers = powers.with(power);
                 }
             }
-            keys.push((
+            keys.push(Key {
+                id: Arc::from(id),
+                on_behalf_of,
+                routes,
+                quota,
+                expires_at,
+                disabled: key.disabled.unwrap_or(false),
                 digests,
-                Key {
-                    id: Arc::from(id),
-                    on_behalf_of,
-                    routes,
-                    quota,
-                    expires_at,
-                    disabled: key.disabled.unwrap_or(false),
-                    digests: live,
-                    powers,
-                    unchecked_routes,
-                },
-            ));
+                powers,
+                unchecked_routes,
+            });
         }
         keys
     }
 
     /// `"METHOD /path"` entries, each error at its place.
-    fn routes(&mut self, path: &str, raw: &[At<String>]) -> Vec<crate::policy::RoutePattern> {
+    fn routes(
+        &mut self,
+        path: impl fmt::Display,
+        raw: &[At<String>],
+    ) -> Vec<crate::policy::RoutePattern> {
         raw.iter()
             .enumerate()
             .filter_map(|(j, at)| match parse_route(&at.value) {
@@ -1092,17 +1166,25 @@ impl Compiler<'_> {
             .collect()
     }
 
-    fn on_behalf_of(&mut self, path: &str, at: &At<file::OnBehalfOf>) -> OnBehalfOf {
+    fn on_behalf_of(&mut self, path: impl fmt::Display, at: &At<file::OnBehalfOf>) -> OnBehalfOf {
         match &at.value {
             file::OnBehalfOf::Word(w) if w == "any" => OnBehalfOf::Any,
             file::OnBehalfOf::Word(w) if w == "none" => OnBehalfOf::None,
             file::OnBehalfOf::Word(_) => {
-                self.error(path, at, "must be `any`, `none` or a list of user ids");
+                self.error(
+                    path.to_string(),
+                    at,
+                    "must be `any`, `none` or a list of user ids",
+                );
                 OnBehalfOf::None
             }
             file::OnBehalfOf::Users(users) => {
                 if users.is_empty() {
-                    self.error(path, at, "a list must name at least one user id");
+                    self.error(
+                        path.to_string(),
+                        at,
+                        "a list must name at least one user id",
+                    );
                 }
                 let mut ids = Vec::with_capacity(users.len());
                 for (i, &user) in users.iter().enumerate() {
@@ -1118,7 +1200,7 @@ impl Compiler<'_> {
         }
     }
 
-    fn quota(&mut self, path: &str, raw: &file::KeyRateLimit) -> Option<Quota> {
+    fn quota(&mut self, path: impl fmt::Display, raw: &file::KeyRateLimit) -> Option<Quota> {
         let mut field = |name: &str, at: &Option<At<i64>>| -> Option<NonZeroU32> {
             let at = at.as_ref()?;
             match u32::try_from(at.value).ok().and_then(NonZeroU32::new) {

@@ -404,11 +404,8 @@ fn assemble(
         .and_then(|p| p.path.parent())
         .map(|d| d.display().to_string())
         .unwrap_or_default();
-    match compile::compile_parts(merged, &all_keys, &[], env, secrets) {
-        Ok(mut policy) if errors.is_empty() => {
-            policy.digest = digest.to_string();
-            Ok(policy)
-        }
+    match compile::compile_parts(merged, &all_keys, digest.to_string(), env, secrets) {
+        Ok(policy) if errors.is_empty() => Ok(policy),
         Ok(_) => Err(PolicyErrors(errors)),
         Err(compiled) => {
             errors.extend(compiled.0.into_iter().map(|e| owners.place(e, &dir_name)));

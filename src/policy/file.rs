@@ -79,8 +79,10 @@ pub struct PolicyFile {
     pub tracing: Option<Tracing>,
     pub dialog_rules: Option<DialogRules>,
     /// The API keys. Required; in a policy directory each file may hold some of them, or none.
+    // Boxed: a list of 10,000 keys grows by pointers, not by copies of whole keys, and leaves no
+    // outgrown multi-megabyte buffers behind.
     #[schemars(required)]
-    pub keys: Option<Vec<Key>>,
+    pub keys: Option<Vec<Box<Key>>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]

@@ -4,20 +4,50 @@
 //! It reads a subset: block mappings and sequences indented with spaces, plain / single-quoted /
 //! double-quoted scalars on one line, one-line flow sequences and mappings of those (`[a, b]`,
 //! `{ env: X }`), comments, an optional leading `---`. Anything else (anchors, aliases, tags,
-//! block scalars, multi-line scalars, escapes, tabs, duplicate keys, empty values, a plain scalar
-//! the YAML schemas could read as something other than a string, integer or `true`/`false`)
-//! answers `None`, and the caller parses the text with serde-saphyr, which also gives every
-//! error its place. Its answer is a [`serde_json::Value`] for the JSON fast path's deserializer;
-//! the differential tests check it compiles to what serde-saphyr's parse compiles to.
+//! block scalars, multi-line scalars, escapes, tabs, empty values, a plain scalar the YAML
+//! schemas could read as something other than a string, integer or `true`/`false`) answers
+//! `None`, and the caller parses the text with serde-saphyr, which also gives every error its
+//! place.
+//!
+//! The text is read straight into the file structs, with no tree in between: [`read`] is a serde
+//! `Deserializer` walking the lines, which visits every value as serde_json visits the same value
+//! held in a `serde_json::Value` (so this path and the JSON fast path read the structs alike),
+//! and which is stricter where serde_json is lenient (a struct is read from a mapping only, not
+//! from a sequence). Any value that does not fit the structs answers `None` as well, and so does
+//! a key written twice in one mapping: every mapping of a policy is read into a struct, whose
+//! visitor refuses a field it has already seen. The differential tests check that what this
+//! path reads compiles to what serde-saphyr's parse compiles to.
 
-use serde_json::{Map, Number, Value};
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
+use serde::forward_to_deserialize_any;
 
 /// Nesting deeper than this is not policy-shaped: answered `None` (and bounds the recursion).
 const MAX_DEPTH: usize = 32;
 
-/// The value of `text` when it is written in the subset, else `None`.
-pub fn read(text: &str) -> Option<Value> {
-    let mut lines = Vec::new();
+/// `text` read into `T` when it is written in the subset and fits `T`, else `None`.
+pub fn read<T: DeserializeOwned>(text: &str) -> Option<T> {
+    let mut reader = Reader {
+        lines: lines(text)?,
+        pos: 0,
+    };
+    if reader.lines[0].indent != 0 {
+        return None;
+    }
+    let value = T::deserialize(Block {
+        r: &mut reader,
+        indent: 0,
+        depth: 0,
+    })
+    .ok()?;
+    (reader.pos == reader.lines.len()).then_some(value)
+}
+
+/// The lines that hold content (comments and blank lines dropped), `None` outside the subset.
+fn lines(text: &str) -> Option<Vec<Line<'_>>> {
+    let mut lines = Vec::with_capacity(text.len() / 32);
     let mut started = false;
     for raw in text.split('\n') {
         let raw = raw.strip_suffix('\r').unwrap_or(raw);
@@ -41,15 +71,7 @@ pub fn read(text: &str) -> Option<Value> {
             text: content,
         });
     }
-    if lines.is_empty() {
-        return None;
-    }
-    let mut reader = Reader { lines, pos: 0 };
-    if reader.lines[0].indent != 0 {
-        return None;
-    }
-    let value = reader.block(0, 0)?;
-    (reader.pos == reader.lines.len()).then_some(value)
+    (!lines.is_empty()).then_some(lines)
 }
 
 #[derive(Clone, Copy)]
@@ -64,89 +86,508 @@ struct Reader<'a> {
     pos: usize,
 }
 
-impl<'a> Reader<'a> {
-    /// The block node starting at the current line, whose indent is `indent`.
-    fn block(&mut self, indent: usize, depth: usize) -> Option<Value> {
-        if depth > MAX_DEPTH {
-            return None;
+/// Why the text was not read: outside the subset, or not the shape of the structs. No message:
+/// the caller parses the text again with serde-saphyr, whose errors say what is wrong.
+#[derive(Debug)]
+struct Unfit;
+
+impl fmt::Display for Unfit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("not in the fast reader's subset")
+    }
+}
+
+impl std::error::Error for Unfit {}
+
+impl de::Error for Unfit {
+    fn custom<T: fmt::Display>(_: T) -> Self {
+        Unfit
+    }
+}
+
+/// A scalar as the subset types it.
+enum Scalar<'a> {
+    Bool(bool),
+    Int(i64),
+    Str(Cow<'a, str>),
+}
+
+impl<'a> Scalar<'a> {
+    /// Visited as serde_json visits a `Value` holding it: an integer as `u64` unless negative.
+    fn visit<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Unfit> {
+        match self {
+            Scalar::Bool(b) => visitor.visit_bool(b),
+            Scalar::Int(n) => match u64::try_from(n) {
+                Ok(n) => visitor.visit_u64(n),
+                Err(_) => visitor.visit_i64(n),
+            },
+            Scalar::Str(Cow::Borrowed(s)) => visitor.visit_borrowed_str(s),
+            Scalar::Str(Cow::Owned(s)) => visitor.visit_string(s),
         }
-        let line = self.lines.get(self.pos)?;
-        if line.indent != indent {
-            return None;
+    }
+}
+
+/// The block node starting at the reader's current line, whose indent is `indent`.
+struct Block<'r, 'a> {
+    r: &'r mut Reader<'a>,
+    indent: usize,
+    depth: usize,
+}
+
+impl Block<'_, '_> {
+    /// Whether the node is a sequence (else a mapping); `Err` when no node starts here.
+    fn is_sequence(&self) -> Result<bool, Unfit> {
+        if self.depth > MAX_DEPTH {
+            return Err(Unfit);
         }
-        if is_item(line.text) {
-            self.sequence(indent, depth)
+        let line = self.r.lines.get(self.r.pos).ok_or(Unfit)?;
+        if line.indent != self.indent {
+            return Err(Unfit);
+        }
+        Ok(is_item(line.text))
+    }
+}
+
+impl<'de> de::Deserializer<'de> for Block<'_, 'de> {
+    type Error = Unfit;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Unfit> {
+        let (r, indent, depth) = (self.r, self.indent, self.depth);
+        if (Block { r, indent, depth }).is_sequence()? {
+            let mut items = BlockSeq { r, indent, depth };
+            let value = visitor.visit_seq(&mut items)?;
+            // A visitor that stopped before the end: serde_json would refuse the length too.
+            items.at_end().then_some(value).ok_or(Unfit)
         } else {
-            self.mapping(indent, depth)
-        }
-    }
-
-    fn sequence(&mut self, indent: usize, depth: usize) -> Option<Value> {
-        let mut items = Vec::new();
-        while let Some(&line) = self.lines.get(self.pos) {
-            // A sequence may stand at its key's indent: a line there that is no item ends it.
-            if line.indent < indent || (line.indent == indent && !is_item(line.text)) {
-                break;
-            }
-            if line.indent > indent {
-                return None;
-            }
-            let rest = &line.text[1..];
-            let after = rest.trim_start_matches(' ');
-            if after.is_empty() || after.starts_with('#') {
-                // `-` alone: the item is the block on the next lines, indented deeper.
-                self.pos += 1;
-                let next = self.lines.get(self.pos)?;
-                if next.indent <= indent {
-                    return None;
-                }
-                items.push(self.block(next.indent, depth + 1)?);
-                continue;
-            }
-            let column = indent + 1 + (rest.len() - after.len());
-            if is_item(after) || key_end(after).is_some() {
-                // `- key: value` or `- - x`: a block node starting in this line, at `column`.
-                self.lines[self.pos] = Line {
-                    indent: column,
-                    text: after,
-                };
-                items.push(self.block(column, depth + 1)?);
-            } else {
-                items.push(inline_value(after, depth)?);
-                self.pos += 1;
-            }
-        }
-        Some(Value::Array(items))
-    }
-
-    fn mapping(&mut self, indent: usize, depth: usize) -> Option<Value> {
-        let mut map = Map::new();
-        while let Some(&line) = self.lines.get(self.pos) {
-            if line.indent < indent {
-                break;
-            }
-            if line.indent > indent || is_item(line.text) {
-                return None;
-            }
-            let (key, rest) = key_end(line.text)?;
-            let rest = rest.trim_start_matches(' ');
-            self.pos += 1;
-            let value = if rest.is_empty() || rest.starts_with('#') {
-                let next = self.lines.get(self.pos)?;
-                if next.indent > indent || (next.indent == indent && is_item(next.text)) {
-                    self.block(next.indent, depth + 1)?
-                } else {
-                    // An empty value: null, which the schemas spell many ways. Not ours.
-                    return None;
-                }
-            } else {
-                inline_value(rest, depth)?
+            let mut entries = BlockMap {
+                r,
+                indent,
+                depth,
+                rest: "",
             };
-            if map.insert(key, value).is_some() {
-                return None;
-            }
+            let value = visitor.visit_map(&mut entries)?;
+            entries.at_end().then_some(value).ok_or(Unfit)
         }
-        Some(Value::Object(map))
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Unfit> {
+        // The subset has no null: a value that is there is `Some`.
+        visitor.visit_some(self)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Unfit> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Unfit> {
+        // serde_json would fill a struct from a sequence, field by field; YAML does not.
+        if self.is_sequence()? {
+            return Err(Unfit);
+        }
+        self.deserialize_any(visitor)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Unfit> {
+        // The policy has no externally tagged enum: not this path's to guess.
+        Err(Unfit)
+    }
+
+    forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        unit unit_struct seq tuple tuple_struct map identifier ignored_any
+    }
+}
+
+/// The items of a block sequence.
+struct BlockSeq<'r, 'a> {
+    r: &'r mut Reader<'a>,
+    indent: usize,
+    depth: usize,
+}
+
+impl BlockSeq<'_, '_> {
+    fn at_end(&self) -> bool {
+        // A sequence may stand at its key's indent: a line there that is no item ends it.
+        self.r.lines.get(self.r.pos).is_none_or(|line| {
+            line.indent < self.indent || (line.indent == self.indent && !is_item(line.text))
+        })
+    }
+}
+
+impl<'de> de::SeqAccess<'de> for BlockSeq<'_, 'de> {
+    type Error = Unfit;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Unfit> {
+        if self.at_end() {
+            return Ok(None);
+        }
+        let line = self.r.lines[self.r.pos];
+        if line.indent > self.indent {
+            return Err(Unfit);
+        }
+        let rest = &line.text[1..];
+        let after = rest.trim_start_matches(' ');
+        let depth = self.depth + 1;
+        if after.is_empty() || after.starts_with('#') {
+            // `-` alone: the item is the block on the next lines, indented deeper.
+            self.r.pos += 1;
+            let next = self.r.lines.get(self.r.pos).ok_or(Unfit)?;
+            if next.indent <= self.indent {
+                return Err(Unfit);
+            }
+            let indent = next.indent;
+            return seed
+                .deserialize(Block {
+                    r: self.r,
+                    indent,
+                    depth,
+                })
+                .map(Some);
+        }
+        if is_item(after) || key_end(after).is_some() {
+            // `- key: value` or `- - x`: a block node starting in this line, at `column`.
+            let column = self.indent + 1 + (rest.len() - after.len());
+            self.r.lines[self.r.pos] = Line {
+                indent: column,
+                text: after,
+            };
+            let block = Block {
+                r: self.r,
+                indent: column,
+                depth,
+            };
+            return seed.deserialize(block).map(Some);
+        }
+        self.r.pos += 1;
+        let inline = Inline {
+            text: after,
+            depth: self.depth,
+        };
+        seed.deserialize(inline).map(Some)
+    }
+}
+
+/// The entries of a block mapping; `rest`: what follows the colon of the key just read.
+struct BlockMap<'r, 'a> {
+    r: &'r mut Reader<'a>,
+    indent: usize,
+    depth: usize,
+    rest: &'a str,
+}
+
+impl BlockMap<'_, '_> {
+    fn at_end(&self) -> bool {
+        self.r
+            .lines
+            .get(self.r.pos)
+            .is_none_or(|line| line.indent < self.indent)
+    }
+}
+
+impl<'de> de::MapAccess<'de> for BlockMap<'_, 'de> {
+    type Error = Unfit;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Unfit> {
+        if self.at_end() {
+            return Ok(None);
+        }
+        let line = self.r.lines[self.r.pos];
+        if line.indent > self.indent || is_item(line.text) {
+            return Err(Unfit);
+        }
+        let (key, rest) = key_end(line.text).ok_or(Unfit)?;
+        self.rest = rest.trim_start_matches(' ');
+        self.r.pos += 1;
+        seed.deserialize(key.into_deserializer()).map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Unfit> {
+        let rest = self.rest;
+        if !rest.is_empty() && !rest.starts_with('#') {
+            return seed.deserialize(Inline {
+                text: rest,
+                depth: self.depth,
+            });
+        }
+        let next = self.r.lines.get(self.r.pos).ok_or(Unfit)?;
+        if next.indent > self.indent || (next.indent == self.indent && is_item(next.text)) {
+            let indent = next.indent;
+            seed.deserialize(Block {
+                r: self.r,
+                indent,
+                depth: self.depth + 1,
+            })
+        } else {
+            // An empty value: null, which the schemas spell many ways. Not ours.
+            Err(Unfit)
+        }
+    }
+}
+
+/// A value written in the rest of a line: a scalar or a flow collection, then only a comment.
+struct Inline<'a> {
+    text: &'a str,
+    depth: usize,
+}
+
+impl<'de> de::Deserializer<'de> for Inline<'de> {
+    type Error = Unfit;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Unfit> {
+        let text = self.text;
+        if text.starts_with(['[', '{']) {
+            let mut rest = text;
+            let flow = Flow {
+                rest: &mut rest,
+                depth: self.depth + 1,
+            };
+            let value = flow.deserialize_any(visitor)?;
+            return end_of_line(rest).then_some(value).ok_or(Unfit);
+        }
+        let (scalar, rest) = if text.starts_with(['"', '\'']) {
+            let (value, rest) = quoted(text).ok_or(Unfit)?;
+            (Scalar::Str(value), rest)
+        } else {
+            let end = text.find(" #").unwrap_or(text.len());
+            let plain = text[..end].trim_end_matches(' ');
+            if find_colon(plain).is_some() {
+                return Err(Unfit);
+            }
+            (plain_scalar(plain).ok_or(Unfit)?, &text[end..])
+        };
+        if !end_of_line(rest) {
+            return Err(Unfit);
+        }
+        scalar.visit(visitor)
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Unfit> {
+        visitor.visit_some(self)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Unfit> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Unfit> {
+        if !self.text.starts_with('{') {
+            return Err(Unfit);
+        }
+        self.deserialize_any(visitor)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Unfit> {
+        Err(Unfit)
+    }
+
+    forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        unit unit_struct seq tuple tuple_struct map identifier ignored_any
+    }
+}
+
+/// A value inside a one-line flow collection (or the collection itself), read from `rest`,
+/// which is left at what follows it.
+struct Flow<'r, 'a> {
+    rest: &'r mut &'a str,
+    depth: usize,
+}
+
+impl<'de> de::Deserializer<'de> for Flow<'_, 'de> {
+    type Error = Unfit;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Unfit> {
+        let text = *self.rest;
+        if text.starts_with(['[', '{']) {
+            if self.depth > MAX_DEPTH {
+                return Err(Unfit);
+            }
+            let sequence = text.starts_with('[');
+            *self.rest = text[1..].trim_start_matches(' ');
+            let mut items = FlowItems {
+                rest: self.rest,
+                depth: self.depth,
+                close: if sequence { ']' } else { '}' },
+                first: true,
+                done: false,
+            };
+            let value = if sequence {
+                visitor.visit_seq(&mut items)?
+            } else {
+                visitor.visit_map(&mut items)?
+            };
+            return items.done.then_some(value).ok_or(Unfit);
+        }
+        let (scalar, after) = if text.starts_with(['"', '\'']) {
+            let (value, after) = quoted(text).ok_or(Unfit)?;
+            (Scalar::Str(value), after)
+        } else {
+            let end = text.find([',', ']', '}', '#']).unwrap_or(text.len());
+            let plain = text[..end].trim_end_matches(' ');
+            if plain.contains(':') {
+                return Err(Unfit);
+            }
+            (plain_scalar(plain).ok_or(Unfit)?, &text[end..])
+        };
+        *self.rest = after;
+        scalar.visit(visitor)
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Unfit> {
+        visitor.visit_some(self)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Unfit> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Unfit> {
+        if !self.rest.starts_with('{') {
+            return Err(Unfit);
+        }
+        self.deserialize_any(visitor)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Unfit> {
+        Err(Unfit)
+    }
+
+    forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        unit unit_struct seq tuple tuple_struct map identifier ignored_any
+    }
+}
+
+/// The items (or entries) of a flow collection, after its opening bracket and spaces.
+struct FlowItems<'r, 'a> {
+    rest: &'r mut &'a str,
+    depth: usize,
+    close: char,
+    first: bool,
+    /// The closing bracket was read.
+    done: bool,
+}
+
+impl FlowItems<'_, '_> {
+    /// Step to the next item: `false` at the closing bracket, which is then read.
+    fn advance(&mut self) -> Result<bool, Unfit> {
+        if self.done {
+            return Ok(false);
+        }
+        let rest = self.rest.trim_start_matches(' ');
+        if let Some(after) = rest.strip_prefix(self.close) {
+            *self.rest = after;
+            self.done = true;
+            return Ok(false);
+        }
+        if std::mem::take(&mut self.first) {
+            return Ok(true);
+        }
+        let rest = rest.strip_prefix(',').ok_or(Unfit)?.trim_start_matches(' ');
+        if rest.starts_with([']', '}', ',']) {
+            return Err(Unfit);
+        }
+        *self.rest = rest;
+        Ok(true)
+    }
+}
+
+impl<'de> de::SeqAccess<'de> for FlowItems<'_, 'de> {
+    type Error = Unfit;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Unfit> {
+        if !self.advance()? {
+            return Ok(None);
+        }
+        let item = Flow {
+            rest: self.rest,
+            depth: self.depth + 1,
+        };
+        seed.deserialize(item).map(Some)
+    }
+}
+
+impl<'de> de::MapAccess<'de> for FlowItems<'_, 'de> {
+    type Error = Unfit;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Unfit> {
+        if !self.advance()? {
+            return Ok(None);
+        }
+        let rest = *self.rest;
+        let (key, after) = if rest.starts_with(['"', '\'']) {
+            quoted(rest).ok_or(Unfit)?
+        } else {
+            let end = rest.find(':').ok_or(Unfit)?;
+            let key = plain_string(rest[..end].trim_end_matches(' ')).ok_or(Unfit)?;
+            (Cow::Borrowed(key), &rest[end..])
+        };
+        *self.rest = after
+            .strip_prefix(": ")
+            .ok_or(Unfit)?
+            .trim_start_matches(' ');
+        seed.deserialize(key.into_deserializer()).map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Unfit> {
+        seed.deserialize(Flow {
+            rest: self.rest,
+            depth: self.depth + 1,
+        })
     }
 }
 
@@ -156,14 +597,16 @@ fn is_item(text: &str) -> bool {
 }
 
 /// `key:` at the start of `text` (a mapping entry): the key and what follows the colon.
-fn key_end(text: &str) -> Option<(String, &str)> {
+fn key_end(text: &str) -> Option<(Cow<'_, str>, &str)> {
     let (key, rest) = if text.starts_with(['"', '\'']) {
         let (key, rest) = quoted(text)?;
         (key, rest.strip_prefix(':')?)
     } else {
         let colon = find_colon(text)?;
-        let key = &text[..colon];
-        (plain_string(key)?, &text[colon + 1..])
+        (
+            Cow::Borrowed(plain_string(&text[..colon])?),
+            &text[colon + 1..],
+        )
     };
     (rest.is_empty() || rest.starts_with(' ')).then_some((key, rest))
 }
@@ -174,103 +617,14 @@ fn find_colon(text: &str) -> Option<usize> {
     (0..bytes.len()).find(|&i| bytes[i] == b':' && matches!(bytes.get(i + 1), None | Some(b' ')))
 }
 
-/// A value written in the rest of a line: a scalar or a flow collection, then only a comment.
-fn inline_value(text: &str, depth: usize) -> Option<Value> {
-    let (value, rest) = if text.starts_with(['[', '{']) {
-        flow(text, depth + 1)?
-    } else if text.starts_with(['"', '\'']) {
-        let (value, rest) = quoted(text)?;
-        (Value::String(value), rest)
-    } else {
-        let end = text.find(" #").unwrap_or(text.len());
-        let plain = text[..end].trim_end_matches(' ');
-        if find_colon(plain).is_some() {
-            return None;
-        }
-        (plain_scalar(plain)?, &text[end..])
-    };
-    end_of_line(rest).then_some(value)
-}
-
 /// Nothing but spaces and a comment.
 fn end_of_line(rest: &str) -> bool {
     let trimmed = rest.trim_start_matches(' ');
     trimmed.is_empty() || (trimmed.starts_with('#') && trimmed.len() < rest.len())
 }
 
-/// A one-line flow sequence or mapping of scalars (or of flow collections), and what follows it.
-fn flow(text: &str, depth: usize) -> Option<(Value, &str)> {
-    if depth > MAX_DEPTH {
-        return None;
-    }
-    let sequence = text.starts_with('[');
-    let close = if sequence { ']' } else { '}' };
-    let mut rest = text[1..].trim_start_matches(' ');
-    let mut items = Vec::new();
-    let mut map = Map::new();
-    if let Some(after) = rest.strip_prefix(close) {
-        let value = if sequence {
-            Value::Array(items)
-        } else {
-            Value::Object(map)
-        };
-        return Some((value, after));
-    }
-    loop {
-        let key = if sequence {
-            None
-        } else {
-            let (key, after) = if rest.starts_with(['"', '\'']) {
-                quoted(rest)?
-            } else {
-                let end = rest.find(':')?;
-                (
-                    plain_string(rest[..end].trim_end_matches(' '))?,
-                    &rest[end..],
-                )
-            };
-            rest = after.strip_prefix(": ")?.trim_start_matches(' ');
-            Some(key)
-        };
-        let (value, after) = if rest.starts_with(['[', '{']) {
-            flow(rest, depth + 1)?
-        } else if rest.starts_with(['"', '\'']) {
-            let (value, after) = quoted(rest)?;
-            (Value::String(value), after)
-        } else {
-            let end = rest.find([',', ']', '}', '#']).unwrap_or(rest.len());
-            let plain = rest[..end].trim_end_matches(' ');
-            if plain.contains(':') {
-                return None;
-            }
-            (plain_scalar(plain)?, &rest[end..])
-        };
-        match key {
-            Some(key) => {
-                if map.insert(key, value).is_some() {
-                    return None;
-                }
-            }
-            None => items.push(value),
-        }
-        rest = after.trim_start_matches(' ');
-        if let Some(after) = rest.strip_prefix(close) {
-            let value = if sequence {
-                Value::Array(items)
-            } else {
-                Value::Object(map)
-            };
-            return Some((value, after));
-        }
-        rest = rest.strip_prefix(',')?.trim_start_matches(' ');
-        if rest.starts_with([']', '}', ',']) {
-            return None;
-        }
-    }
-}
-
 /// A single- or double-quoted scalar on one line (no escapes in double quotes), and what follows.
-fn quoted(text: &str) -> Option<(String, &str)> {
+fn quoted(text: &str) -> Option<(Cow<'_, str>, &str)> {
     let quote = text.as_bytes()[0];
     if quote == b'"' {
         let end = text[1..].find('"')? + 1;
@@ -278,23 +632,30 @@ fn quoted(text: &str) -> Option<(String, &str)> {
         if inner.contains('\\') || !inner.chars().all(printable) {
             return None;
         }
-        return Some((inner.to_string(), &text[end + 1..]));
+        return Some((Cow::Borrowed(inner), &text[end + 1..]));
     }
-    let mut out = String::new();
+    // Borrowed unless a quote is written twice (`'it''s'`).
+    let mut owned: Option<String> = None;
     let mut rest = &text[1..];
     loop {
         let end = rest.find('\'')?;
-        out.push_str(&rest[..end]);
-        rest = &rest[end + 1..];
-        match rest.strip_prefix('\'') {
-            Some(after) => {
-                out.push('\'');
-                rest = after;
-            }
-            None => break,
+        let (piece, after) = (&rest[..end], &rest[end + 1..]);
+        if let Some(after) = after.strip_prefix('\'') {
+            let out = owned.get_or_insert_with(String::new);
+            out.push_str(piece);
+            out.push('\'');
+            rest = after;
+            continue;
         }
+        let value = match owned {
+            Some(mut out) => {
+                out.push_str(piece);
+                Cow::Owned(out)
+            }
+            None => Cow::Borrowed(piece),
+        };
+        return value.chars().all(printable).then_some((value, after));
     }
-    out.chars().all(printable).then_some((out, rest))
 }
 
 fn printable(c: char) -> bool {
@@ -303,20 +664,20 @@ fn printable(c: char) -> bool {
 
 /// A plain scalar typed as serde-saphyr types it: a decimal integer, `true`/`false`, or a
 /// string no schema reads as a number, null or time. `None` for the rest.
-fn plain_scalar(text: &str) -> Option<Value> {
+fn plain_scalar(text: &str) -> Option<Scalar<'_>> {
     match text {
-        "true" => return Some(Value::Bool(true)),
-        "false" => return Some(Value::Bool(false)),
+        "true" => return Some(Scalar::Bool(true)),
+        "false" => return Some(Scalar::Bool(false)),
         _ => {}
     }
     if let Some(n) = decimal(text) {
-        return Some(Value::Number(n));
+        return Some(Scalar::Int(n));
     }
-    plain_string(text).map(Value::String)
+    plain_string(text).map(|s| Scalar::Str(Cow::Borrowed(s)))
 }
 
 /// `0` or `-?[1-9][0-9]*` within i64.
-fn decimal(text: &str) -> Option<Number> {
+fn decimal(text: &str) -> Option<i64> {
     let digits = text.strip_prefix('-').unwrap_or(text);
     if digits.is_empty()
         || !digits.bytes().all(|b| b.is_ascii_digit())
@@ -324,11 +685,11 @@ fn decimal(text: &str) -> Option<Number> {
     {
         return None;
     }
-    text.parse::<i64>().ok().map(Number::from)
+    text.parse::<i64>().ok()
 }
 
 /// A plain scalar that every YAML schema reads as this very string.
-fn plain_string(text: &str) -> Option<String> {
+fn plain_string(text: &str) -> Option<&str> {
     let first = *text.as_bytes().first()?;
     // Indicators that start something else, and signs / dots / digits that may start a number;
     // a string starting with a digit is taken only in the shapes below.
@@ -361,7 +722,7 @@ fn plain_string(text: &str) -> Option<String> {
     {
         return None;
     }
-    Some(text.to_string())
+    Some(text)
 }
 
 /// A string starting with a digit that no schema reads as a number, time or date: a hex digest
@@ -410,9 +771,11 @@ mod tests {
     //! compiles it to, or both fail (with serde-saphyr's errors, places included).
 
     use super::super::compile::{compile_raw, compile_with_env, parse, parse_fast, Secrets};
+    use super::super::file::{without_spans, PolicyFile};
     use super::super::Policy;
     use super::read;
     use proptest::prelude::*;
+    use serde_json::Value;
 
     fn env(name: &str) -> Option<String> {
         Some(format!("secret-of-{name}"))
@@ -869,6 +1232,24 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+        /// Read straight into the structs, a policy is what serde_json makes of the same values
+        /// held in a `Value` (the reader's contract: it visits values as serde_json does).
+        #[test]
+        fn the_structs_read_as_from_a_json_value(seed in any::<u64>()) {
+            let text = policy(seed);
+            if let Some(direct) = parse_fast(&text) {
+                let Some(value) = read::<Value>(&text) else {
+                    return Err(TestCaseError::fail(format!("read into the structs, not as a value:\n{text}")));
+                };
+                let via = without_spans(|| serde_json::from_value::<PolicyFile>(value));
+                let via = via.map_err(|e| TestCaseError::fail(format!("{e} for\n{text}")))?;
+                prop_assert_eq!(format!("{direct:?}"), format!("{via:?}"));
+            }
+        }
+    }
+
     /// The generator must exercise the fast path, not only the fallback.
     #[test]
     fn most_generated_policies_take_the_fast_path() {
@@ -914,7 +1295,10 @@ mod tests {
         for (name, text) in &texts {
             same(text).unwrap();
             if name.starts_with("config/") {
-                assert!(read(text).is_some(), "{name} not read by the fast path");
+                assert!(
+                    read::<Value>(text).is_some(),
+                    "{name} not read by the fast path"
+                );
                 assert!(
                     parse_fast(text).is_some(),
                     "{name} not read by the fast path"
@@ -948,7 +1332,6 @@ mod tests {
             "version: 1\nlisten: >\n  x\n",
             "version: 1\nlisten: a\n  b\n",
             "version: 1\n\tlisten: a\n",
-            "version: 1\nversion: 1\n",
             "version: 1\nlisten:\n",
             "version: 1\nlisten: ~\n",
             "version: 1\nlisten: \"a\\nb\"\n",
@@ -959,11 +1342,42 @@ mod tests {
             "version: 0x1\n",
             "version: 01\n",
             "version: 1e0\n",
-            "version: 1\nkeys: [{ id: a, id: b }]\n",
             "? version\n: 1\n",
             "version: 1\nlisten: 12:30\n",
         ] {
-            assert!(read(text).is_none(), "read: {text:?}");
+            assert!(read::<Value>(text).is_none(), "read: {text:?}");
+            assert!(parse_fast(text).is_none(), "read: {text:?}");
+            same(text).unwrap();
+        }
+    }
+
+    /// A key written twice is refused by the structs' visitors (a `Value` would keep the last).
+    #[test]
+    fn a_key_written_twice_is_not_handled() {
+        for text in [
+            "version: 1\nversion: 1\nkeys: []\n",
+            "version: 1\nkeys: []\nversion: 1\n",
+            "version: 1\nkeys: [{ id: a, id: b, sha256: x }]\n",
+            "version: 1\nkeys:\n- id: a\n  id: b\n",
+            "version: 1\nupstream: { url: a, 'url': b }\nkeys: []\n",
+            "version: 1\nupstream:\n  api_key: { env: A, env: B }\nkeys: []\n",
+            "version: 1\nkeys:\n- id: a\n  rate_limit: { per_second: 1, per_second: 2 }\n",
+        ] {
+            assert!(parse_fast(text).is_none(), "read: {text:?}");
+            same(text).unwrap();
+        }
+    }
+
+    /// What serde_json would take and YAML does not: a struct written as a sequence.
+    #[test]
+    fn a_struct_is_read_from_a_mapping_only() {
+        for text in [
+            "version: 1\nupstream: [http://127.0.0.1:1]\nkeys: []\n",
+            "version: 1\nupstream:\n- http://127.0.0.1:1\nkeys: []\n",
+            "version: 1\nkeys:\n- [a, 0a0a]\n",
+            "version: 1\nkeys: [{ id: a, sha256: x, rate_limit: [1, 2] }]\n",
+        ] {
+            assert!(parse_fast(text).is_none(), "read: {text:?}");
             same(text).unwrap();
         }
     }
@@ -971,7 +1385,7 @@ mod tests {
     #[test]
     fn the_subset_reads_as_json_would() {
         let text = "---\n# c\nversion: 1 # one\nlisten: '127.0.0.1:80'\nkeys:\n- id: \"a b\"\n  sha256: 0a\n  on_behalf_of: [1, 22]\n  powers:\n  - mint_tokens\n  rate_limit: { per_second: 5, burst: -1 }\n  disabled: false\n  expires_at: 2099-01-01T00:00:00Z\n  routes: ['it''s', GET /a]\n";
-        let value = read(text).unwrap();
+        let value = read::<Value>(text).unwrap();
         let expected = serde_json::json!({
             "version": 1, "listen": "127.0.0.1:80",
             "keys": [{"id": "a b", "sha256": "0a", "on_behalf_of": [1, 22], "powers": ["mint_tokens"],

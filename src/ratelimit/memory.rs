@@ -62,7 +62,8 @@ impl Memory {
     }
 
     pub(super) fn rebuild(&self, keys: &[(Arc<str>, Option<Quota>)]) -> Memory {
-        let old: HashMap<&str, &Arc<MemKey>> = self
+        // foldhash: the ids are the policy's own, and a reload of 10,000 keys hashes each twice.
+        let old: HashMap<&str, &Arc<MemKey>, foldhash::fast::RandomState> = self
             .keys
             .iter()
             .flatten()

@@ -624,3 +624,28 @@ proptest::proptest! {
         }
     }
 }
+
+/// A reload's check and compile read the file once: `None` only for the very bytes the digest
+/// names, and the policy compiled otherwise carries the digest `load` would give.
+#[test]
+fn load_unless_skips_only_the_bytes_it_was_told() {
+    let path = std::env::temp_dir().join(format!("qbgate-load-unless-{}.yaml", std::process::id()));
+    let text = format!("version: 1\nkeys:\n  - id: a\n    sha256: {DIGEST}\n");
+    std::fs::write(&path, &text).unwrap();
+    let digest = load(&path).unwrap().digest;
+    assert_eq!(digest, crate::policy::source_digest(&path).unwrap());
+    assert!(load_unless(&path, Some(&digest)).is_none());
+    let compiled = load_unless(&path, None).unwrap().unwrap();
+    assert_eq!(compiled.digest, digest);
+    std::fs::write(&path, format!("{text}# changed\n")).unwrap();
+    let changed = load_unless(&path, Some(&digest)).unwrap().unwrap();
+    assert_ne!(changed.digest, digest);
+    std::fs::write(&path, "version: 1\n").unwrap();
+    let errors = load_unless(&path, Some(&digest)).unwrap().unwrap_err();
+    assert_eq!(errors.0[0].message, "`keys` is required");
+    std::fs::remove_file(&path).unwrap();
+    let missing = load_unless(&path, Some(&digest)).unwrap().unwrap_err();
+    assert!(missing.0[0]
+        .message
+        .starts_with("cannot read the policy file"));
+}
