@@ -71,8 +71,8 @@ const PARAMS_LEN: usize = 48;
 /// little-endian doubles, two per window: the arrival time `a` and its fraction `b` (see `Tat`).
 /// `ARGV[1]`: the key windows' parameters, six doubles each (rate, period, step_whole, step_frac,
 /// limit_whole, limit_frac: see `Window`), none if the key only limits users; `ARGV[2]`, with
-/// `KEYS[2]`: the user window's. Returns {allowed (1/0), then per window: remaining, reset µs,
-/// wait µs}.
+/// `KEYS[2]`: the user window's. Returns one string of decimals separated by spaces: allowed
+/// (1/0), then per window: remaining, reset µs, wait µs.
 ///
 /// Kept lean because redis-server runs it for every request: packed doubles (`struct`, one C call
 /// per window) rather than decimal strings and hash fields, one `MGET` and at most two
@@ -134,6 +134,9 @@ for w = 1, total do
   end
 end
 out[1] = ok
+-- One string of decimals, not an array: one reply value to build here and to parse there.
+local fmt = string.format
+for i = 1, #out do out[i] = fmt('%d', out[i]) end
 
 if ok == 1 then
   if n > 0 then
@@ -150,7 +153,7 @@ if ok == 1 then
       'PX', string.format('%d', floor(tu / 1000) + 1))
   end
 end
-return out
+return table.concat(out, ' ')
 ";
 
 pub(super) struct RedisLimiters {
@@ -338,18 +341,23 @@ fn window_params(w: &super::Window) -> [u8; PARAMS_LEN] {
 
 /// The script's reply as a decision; `None` if it is not the shape the script returns.
 fn decode(meta: &KeyMeta, with_user: bool, reply: &Value) -> Option<Decision> {
-    let Value::Array(reply) = reply else {
-        return None;
+    let text = match reply {
+        Value::BulkString(bytes) => bytes.as_slice(),
+        Value::SimpleString(text) => text.as_bytes(),
+        _ => return None,
     };
-    let int = |v: &Value| match v {
-        Value::Int(i) => Some(*i),
-        _ => None,
-    };
+    let mut numbers = [0i64; 1 + 3 * MAX_WINDOWS];
+    let mut count = 0;
+    for item in text.split(|&b| b == b' ') {
+        *numbers.get_mut(count)? = parse_i64(item)?;
+        count += 1;
+    }
+    let reply = &numbers[..count];
     let windows = meta
         .windows
         .iter()
         .chain(meta.user.as_ref().filter(|_| with_user));
-    let admitted = match int(reply.first()?)? {
+    let admitted = match reply.first()? {
         1 => true,
         0 => false,
         _ => return None,
@@ -358,10 +366,9 @@ fn decode(meta: &KeyMeta, with_user: bool, reply: &Value) -> Option<Decision> {
     let mut n = 0;
     let mut values = reply.get(1..)?.chunks_exact(3);
     for (window, report) in windows.zip(reports.iter_mut()) {
-        let [remaining, reset, wait] = values.next()? else {
+        let &[remaining, reset, wait] = values.next()? else {
             return None;
         };
-        let (remaining, reset, wait) = (int(remaining)?, int(reset)?, int(wait)?);
         let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
         *report = Report {
             name: window.name,
@@ -379,6 +386,25 @@ fn decode(meta: &KeyMeta, with_user: bool, reply: &Value) -> Option<Decision> {
         return None;
     }
     Some(decide(&meta.policy, reports))
+}
+
+/// An optionally negative decimal that fits in an i64, as Lua's `%d` writes it.
+fn parse_i64(text: &[u8]) -> Option<i64> {
+    let (negative, digits) = match text.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+    }
+    Some(if negative { -n } else { n })
 }
 
 impl Shared {

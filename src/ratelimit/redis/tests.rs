@@ -981,7 +981,7 @@ async fn script_matches_window_check_exactly() {
                     .collect::<Vec<_>>(),
             )
         };
-        let reply: Vec<i64> = script
+        let reply: String = script
             .key(&names[0])
             .key(&names[1])
             .arg(params(key))
@@ -991,6 +991,10 @@ async fn script_matches_window_check_exactly() {
             .invoke_async(&mut conn)
             .await
             .expect("script");
+        let reply: Vec<i64> = reply
+            .split(' ')
+            .map(|n| n.parse().expect("a decimal"))
+            .collect();
 
         let outcomes: Vec<_> = windows
             .iter()
@@ -1062,4 +1066,61 @@ async fn script_matches_window_check_exactly() {
         admitted > 300 && refused > 300,
         "{admitted} admitted, {refused} refused"
     );
+}
+
+#[test]
+fn the_script_s_reply_is_read_strictly() {
+    let quota = Quota {
+        per_second: nz(10),
+        per_user_per_second: nz(3),
+        ..Quota::default()
+    };
+    let key = RedisKey::new(&Arc::from("billing"), &quota).expect("a limited key");
+    let read = |with_user: bool, text: &str| {
+        decode(
+            &key.meta,
+            with_user,
+            &Value::BulkString(text.as_bytes().to_vec()),
+        )
+    };
+    // Allowed, the key's window then the user's: remaining, reset µs, wait µs.
+    let Some(Decision::Allowed(info)) = read(true, "1 9 100000 0 2 333334 0") else {
+        panic!("a well-formed admission");
+    };
+    assert_eq!(info.remaining(), 2, "the tightest window");
+    assert!(matches!(
+        read(true, "0 9 100000 0 0 666667 333333"),
+        Some(Decision::Limited { .. })
+    ));
+    assert!(read(false, "1 9 100000 0").is_some(), "no user window");
+    // A negative remaining (a bucket overdrawn elsewhere) reads as none left.
+    assert!(read(false, "1 -1 100000 0").is_some());
+    for bad in [
+        "",
+        "1",
+        "1 9 100000",
+        "1 9 100000 0 2 333334 0",    // a window too many without a user
+        "2 9 100000 0",               // allowed is 1 or 0
+        "1 9 100000 5",               // admitted, yet a window waits
+        "0 9 100000 0",               // refused, yet no window waits
+        "1 9  100000 0",              // an empty item
+        "1 9 100000 0 ",              // a trailing space
+        "1 9 1e5 0",                  // not a decimal
+        "1 9 99999999999999999999 0", // past i64
+        "1 - 0 0",
+    ] {
+        assert!(read(false, bad).is_none(), "{bad:?} was accepted");
+    }
+    assert!(decode(&key.meta, false, &Value::Int(1)).is_none());
+    assert!(decode(
+        &key.meta,
+        false,
+        &Value::Array(vec![
+            Value::Int(1),
+            Value::Int(9),
+            Value::Int(1),
+            Value::Int(0)
+        ])
+    )
+    .is_none());
 }
