@@ -6,9 +6,15 @@
 //! every window admits the request. Redis runs a script atomically, so concurrent replicas
 //! cannot both take the last request.
 //!
+//! Batches: checks that arrive while an earlier one's call is still to be sent go in the same
+//! call (up to [`MAX_BATCH`]; in a Cluster, only checks of the same key, which share a slot). The
+//! script decides them in order at one instant, exactly as one call each would, so under load
+//! redis-server runs one `TIME`, one `MGET` and one reply per batch instead of per request. Nothing
+//! waits to fill a batch; a lone request is a batch of one.
+//!
 //! Keys: `qbgate:{<key id>}:v2:<quota>` (each key window's arrival time) and
 //! `qbgate:{<key id>}:v2:<quota>:u:<user>` (one user's bucket), plain strings of packed doubles
-//! read with one `MGET` and written with `SET ... PX`. The `{<key id>}` hash tag puts all keys of
+//! read with one `MGET` per call and written with `SET ... PX`. The `{<key id>}` hash tag puts all keys of
 //! one API key in one Redis Cluster slot, as a multi-key script requires. The quota is part of
 //! the name, so a changed quota starts fresh and an unchanged one keeps its state across reloads
 //! and replicas. Every write expires the value at the moment the bucket is full again, so idle
@@ -38,12 +44,12 @@
 //! write after `TIME`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use ::redis::{Cmd, ErrorKind, RedisResult, RedisWrite, Script, Value};
 use arc_swap::ArcSwapOption;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use self::connect::{Conn, Connector};
 use super::{decide, Decision, Error, Info, KeyMeta, OnError, Quota, Report, MAX_WINDOWS};
@@ -67,93 +73,140 @@ const MICROS_PER_SEC: u64 = 1_000_000;
 /// Bytes of one window's parameters in the script's arguments: six little-endian doubles.
 const PARAMS_LEN: usize = 48;
 
-/// `KEYS[1]`: the key's windows; `KEYS[2]`, if given: the user's bucket. Each is a string of
+/// Most checks in one script call; more waiting at once go in further calls, sent beside it.
+/// Bounds how long one call holds redis-server (each check is a few microseconds of Lua).
+const MAX_BATCH: usize = 64;
+
+/// Checks a batch of requests, in order, as if each ran alone at the same instant. Per check
+/// `c`: `ARGV[2c-1]`, the key windows' parameters (six doubles each: rate, period, step_whole,
+/// step_frac, limit_whole, limit_frac; see `Window`), empty if the key only limits users;
+/// `ARGV[2c]`, the user window's, empty without a user. `KEYS`, per check in order: the key's
+/// windows, then the user's bucket if the check has a user. Each state is a string of
 /// little-endian doubles, two per window: the arrival time `a` and its fraction `b` (see `Tat`).
-/// `ARGV[1]`: the key windows' parameters, six doubles each (rate, period, step_whole, step_frac,
-/// limit_whole, limit_frac: see `Window`), none if the key only limits users; `ARGV[2]`, with
-/// `KEYS[2]`: the user window's. Returns one string of decimals separated by spaces: allowed
-/// (1/0), then per window: remaining, reset µs, wait µs.
+/// Returns one string: per check, decimals separated by spaces (allowed 1/0, then per window:
+/// remaining, reset µs, wait µs), checks separated by commas.
 ///
-/// Kept lean because redis-server runs it for every request: packed doubles (`struct`, one C call
-/// per window) rather than decimal strings and hash fields, one `MGET` and at most two
-/// `SET ... PX`, nothing written on a refusal.
+/// Kept lean because redis-server runs it for every request: one `TIME` and one `MGET` per
+/// batch, packed doubles (`struct`, one C call per window) rather than decimal strings and hash
+/// fields, then one `SET ... PX` per state some check of the batch changed; nothing is written
+/// for a refusal. A later check in the batch reads what an earlier one admitted.
 const SCRIPT: &str = r"
 local clock = redis.call('TIME')
 local now = clock[1] * 1000000 + clock[2]
-local kp, up = ARGV[1], ARGV[2]
-local n = #kp / 48
-local sk, su
-if up == nil then
-  sk = redis.call('GET', KEYS[1])
-elseif n == 0 then
-  su = redis.call('GET', KEYS[2])
-else
-  local v = redis.call('MGET', KEYS[1], KEYS[2])
-  sk, su = v[1], v[2]
-end
--- Anything this script did not write counts as a full bucket.
-if sk and #sk ~= 16 * n then sk = false end
-if su and #su ~= 16 then su = false end
-
-local unpack_, floor = struct.unpack, math.floor
-local total = n
-if up then total = n + 1 end
-local ok = 1
-local out = { 0 }
-local nxt = {}
-local tk, tu = 0, 0
-for w = 1, total do
-  local p, pp, s, sp = kp, 48 * w - 47, sk, 16 * w - 15
-  if w > n then p, pp, s, sp = up, 1, su, 1 end
-  local rate, period, sw, sf, lw, lf = unpack_('<dddddd', p, pp)
-  local a, b = now, 0
-  if s then
-    a, b = unpack_('<dd', s, sp)
-    if a < now then a = now; b = 0 end
+local unpack_, pack, floor, fmt = struct.unpack, struct.pack, math.floor, string.format
+local checks = #ARGV / 2
+local kname, uname = {}, {}
+local reads, seen = {}, {}
+local at = 1
+for c = 1, checks do
+  local name = KEYS[at]
+  at = at + 1
+  kname[c] = name
+  if #ARGV[2 * c - 1] > 0 and not seen[name] then
+    seen[name] = true
+    reads[#reads + 1] = name
   end
-  local na, nb = a + sw, b + sf
-  if nb >= rate then na = na + 1; nb = nb - rate end
-  local d = na - now
-  local o = 3 * w - 1
-  if d < lw or (d == lw and nb <= lf) then
-    local reset = d
-    if nb > 0 then reset = reset + 1 end
-    out[o] = floor(((lw - d) * rate + lf - nb) / period)
-    out[o + 1] = reset
-    out[o + 2] = 0
-    nxt[2 * w - 1] = na
-    nxt[2 * w] = nb
-    if w > n then tu = reset elseif reset > tk then tk = reset end
-  else
-    ok = 0
-    local reset = a - now
-    if b > 0 then reset = reset + 1 end
-    out[o] = 0
-    out[o + 1] = reset
-    out[o + 2] = floor(((d - lw) * rate + nb - lf + rate - 1) / rate)
-  end
-end
-out[1] = ok
--- One string of decimals, not an array: one reply value to build here and to parse there.
-local fmt = string.format
-for i = 1, #out do out[i] = fmt('%d', out[i]) end
-
-if ok == 1 then
-  if n > 0 then
-    local v
-    if n == 1 then
-      v = struct.pack('<dd', nxt[1], nxt[2])
-    else
-      v = struct.pack('<' .. string.rep('d', 2 * n), unpack(nxt, 1, 2 * n))
+  if #ARGV[2 * c] > 0 then
+    name = KEYS[at]
+    at = at + 1
+    uname[c] = name
+    if not seen[name] then
+      seen[name] = true
+      reads[#reads + 1] = name
     end
-    redis.call('SET', KEYS[1], v, 'PX', string.format('%d', floor(tk / 1000) + 1))
-  end
-  if up then
-    redis.call('SET', KEYS[2], struct.pack('<dd', nxt[2 * total - 1], nxt[2 * total]),
-      'PX', string.format('%d', floor(tu / 1000) + 1))
   end
 end
-return table.concat(out, ' ')
+local state = {}
+if #reads == 1 then
+  state[reads[1]] = redis.call('GET', reads[1])
+elseif #reads > 1 then
+  local v = redis.call('MGET', unpack(reads))
+  for i = 1, #reads do state[reads[i]] = v[i] end
+end
+
+local expire = {}
+local replies = {}
+for c = 1, checks do
+  local kp, up = ARGV[2 * c - 1], ARGV[2 * c]
+  local n = #kp / 48
+  local user = #up > 0
+  local sk, su = false, false
+  -- Anything this script did not write counts as a full bucket.
+  if n > 0 then
+    sk = state[kname[c]]
+    if sk and #sk ~= 16 * n then sk = false end
+  end
+  local total = n
+  if user then
+    total = n + 1
+    su = state[uname[c]]
+    if su and #su ~= 16 then su = false end
+  end
+  local ok = 1
+  local out = { 0 }
+  local nxt = {}
+  local tk, tu = 0, 0
+  for w = 1, total do
+    local p, pp, s, sp = kp, 48 * w - 47, sk, 16 * w - 15
+    if w > n then p, pp, s, sp = up, 1, su, 1 end
+    local rate, period, sw, sf, lw, lf = unpack_('<dddddd', p, pp)
+    local a, b = now, 0
+    if s then
+      a, b = unpack_('<dd', s, sp)
+      if a < now then a = now; b = 0 end
+    end
+    local na, nb = a + sw, b + sf
+    if nb >= rate then na = na + 1; nb = nb - rate end
+    local d = na - now
+    local o = 3 * w - 1
+    if d < lw or (d == lw and nb <= lf) then
+      local reset = d
+      if nb > 0 then reset = reset + 1 end
+      out[o] = floor(((lw - d) * rate + lf - nb) / period)
+      out[o + 1] = reset
+      out[o + 2] = 0
+      nxt[2 * w - 1] = na
+      nxt[2 * w] = nb
+      if w > n then tu = reset elseif reset > tk then tk = reset end
+    else
+      ok = 0
+      local reset = a - now
+      if b > 0 then reset = reset + 1 end
+      out[o] = 0
+      out[o + 1] = reset
+      out[o + 2] = floor(((d - lw) * rate + nb - lf + rate - 1) / rate)
+    end
+  end
+  out[1] = ok
+  for i = 1, #out do out[i] = fmt('%d', out[i]) end
+  replies[c] = table.concat(out, ' ')
+
+  if ok == 1 then
+    if n > 0 then
+      local v
+      if n == 1 then
+        v = pack('<dd', nxt[1], nxt[2])
+      else
+        v = pack('<' .. string.rep('d', 2 * n), unpack(nxt, 1, 2 * n))
+      end
+      state[kname[c]] = v
+      expire[kname[c]] = floor(tk / 1000) + 1
+    end
+    if user then
+      state[uname[c]] = pack('<dd', nxt[2 * total - 1], nxt[2 * total])
+      expire[uname[c]] = floor(tu / 1000) + 1
+    end
+  end
+end
+-- Each changed state once, expiring when its bucket is full again.
+for i = 1, #reads do
+  local name = reads[i]
+  if expire[name] then
+    redis.call('SET', name, state[name], 'PX', fmt('%d', expire[name]))
+  end
+end
+-- One string, not an array: one reply value to build here and to parse there.
+return table.concat(replies, ',')
 ";
 
 pub(super) struct RedisLimiters {
@@ -180,6 +233,17 @@ struct Shared {
     /// Milliseconds since `epoch` before which no further warning is logged.
     quiet_until: AtomicU64,
     failing: AtomicBool,
+    /// Checks waiting for the next script call. Whoever finds it empty spawns the task that
+    /// sends it (`send_queued`), so a task is on its way whenever it is not empty.
+    queue: Mutex<Vec<Pending>>,
+}
+
+/// One request's check, waiting for its script call.
+struct Pending {
+    key: Arc<RedisKey>,
+    /// Only for a key that limits its users.
+    user: Option<u64>,
+    reply: oneshot::Sender<Decision>,
 }
 
 struct RedisKey {
@@ -215,6 +279,7 @@ impl RedisLimiters {
             paused_until: AtomicU64::new(0),
             quiet_until: AtomicU64::new(0),
             failing: AtomicBool::new(false),
+            queue: Mutex::new(Vec::new()),
         });
         // Try once now so a healthy Redis is used from the first request; otherwise the task
         // keeps trying in the background rather than failing start-up.
@@ -252,39 +317,41 @@ impl RedisLimiters {
         self.shared.errors.load(Ordering::Relaxed)
     }
 
+    /// The request's decision from Redis. Checks made while an earlier one's call is still to
+    /// be sent join it: concurrent requests share one script call (one `TIME`, one `MGET`, one
+    /// reply), which is most of what a check costs redis-server. Nothing waits to fill a batch:
+    /// a call carries the checks that are queued by the time its task runs.
     pub(super) async fn check(&self, key: u32, user: Option<u64>) -> Decision {
         let Some(Some(key)) = self.keys.get(key as usize) else {
             debug_assert!((key as usize) < self.keys.len(), "key index out of range");
             return Decision::Unlimited;
         };
-        let user = user.zip(key.user_params.as_ref());
+        let user = user.filter(|_| key.user_params.is_some());
         if key.meta.windows.is_empty() && user.is_none() {
             return Decision::Unlimited;
         }
         let shared = &self.shared;
-        let Some(mut conn) = shared.usable() else {
+        if !shared.ready() {
             return shared.on_error(key, None);
+        }
+        let (reply, decision) = oneshot::channel();
+        let first = {
+            let mut queue = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.push(Pending {
+                key: Arc::clone(key),
+                user,
+                reply,
+            });
+            queue.len() == 1
         };
-        let cmd = shared.evalsha(key, user);
-        let reply = match tokio::time::timeout(COMMAND_TIMEOUT, shared.run(&cmd, &mut conn)).await {
-            Ok(reply) => reply,
-            Err(_) => {
-                let reconnect = !matches!(shared.connector, Connector::Cluster(_));
-                return shared.on_error(key, Some((&"timed out", reconnect)));
-            }
-        };
-        match reply {
-            Ok(reply) => match decode(&key.meta, user.is_some(), &reply) {
-                Some(decision) => {
-                    shared.recovered();
-                    decision
-                }
-                None => shared.on_error(key, Some((&"unexpected script reply", false))),
-            },
-            Err(e) => {
-                let reconnect = shared.connector.reconnect_after(&e);
-                shared.on_error(key, Some((&e, reconnect)))
-            }
+        if first {
+            tokio::spawn(Arc::clone(shared).send_queued());
+        }
+        // The call's task always answers (within `COMMAND_TIMEOUT`) unless it was torn down
+        // with the runtime.
+        match decision.await {
+            Ok(decision) => decision,
+            Err(_) => shared.on_error(key, Some((&"the script call was dropped", false))),
         }
     }
 }
@@ -339,13 +406,21 @@ fn window_params(w: &super::Window) -> [u8; PARAMS_LEN] {
     out
 }
 
-/// The script's reply as a decision; `None` if it is not the shape the script returns.
-fn decode(meta: &KeyMeta, with_user: bool, reply: &Value) -> Option<Decision> {
+/// The script's reply: one string, one check's part per request of the batch, in order;
+/// `None` if it is not that shape.
+fn split_reply(reply: &Value, checks: usize) -> Option<Vec<&[u8]>> {
     let text = match reply {
         Value::BulkString(bytes) => bytes.as_slice(),
         Value::SimpleString(text) => text.as_bytes(),
         _ => return None,
     };
+    let parts: Vec<&[u8]> = text.split(|&b| b == b',').collect();
+    (parts.len() == checks).then_some(parts)
+}
+
+/// One check's part of the script's reply as a decision; `None` if it is not the shape the
+/// script writes.
+fn decode(meta: &KeyMeta, with_user: bool, text: &[u8]) -> Option<Decision> {
     let mut numbers = [0i64; 1 + 3 * MAX_WINDOWS];
     let mut count = 0;
     for item in text.split(|&b| b == b' ') {
@@ -408,23 +483,101 @@ fn parse_i64(text: &[u8]) -> Option<i64> {
 }
 
 impl Shared {
-    /// The request's one command: `EVALSHA` over the key's state and, with a user, the user's
-    /// bucket, built straight into one buffer (the user's key name included, with no `String`
-    /// of its own).
-    fn evalsha(&self, key: &RedisKey, user: Option<(u64, &[u8; PARAMS_LEN])>) -> Cmd {
-        let len = 80 + key.state_key.len() + key.params.len();
-        let len = len + user.map_or(0, |_| key.user_prefix.len() + 20 + PARAMS_LEN);
-        let mut cmd = Cmd::with_capacity(7, len);
+    /// Takes every queued check and sends them in script calls of at most [`MAX_BATCH`] (in a
+    /// Cluster, one call per key id: a script's keys must share a slot), each answered by its
+    /// own task, so they travel pipelined.
+    async fn send_queued(self: Arc<Self>) {
+        // Let the tasks that are ready run first, so their checks join: a new task may run next
+        // (tokio's multi-threaded scheduler runs it in its spawner's place), before them.
+        tokio::task::yield_now().await;
+        let queued =
+            std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut calls: Vec<Vec<Pending>> = Vec::new();
+        let cluster = matches!(self.connector, Connector::Cluster(_));
+        for pending in queued {
+            let joins = calls.iter_mut().rev().find(|call| {
+                call.len() < MAX_BATCH && (!cluster || call[0].key.meta.id == pending.key.meta.id)
+            });
+            match joins {
+                Some(call) => call.push(pending),
+                None => calls.push(vec![pending]),
+            }
+        }
+        let last = calls.pop();
+        for call in calls {
+            tokio::spawn(Arc::clone(&self).call(call));
+        }
+        if let Some(call) = last {
+            self.call(call).await;
+        }
+    }
+
+    /// One script call for `batch`; answers every check in it.
+    async fn call(self: Arc<Self>, batch: Vec<Pending>) {
+        let Some(mut conn) = self.usable() else {
+            for pending in batch {
+                let _ = pending.reply.send(self.on_error(&pending.key, None));
+            }
+            return;
+        };
+        let cmd = self.evalsha(&batch);
+        let failed = |error: &dyn std::fmt::Display, reconnect: bool, batch: Vec<Pending>| {
+            for pending in batch {
+                let decision = self.on_error(&pending.key, Some((error, reconnect)));
+                let _ = pending.reply.send(decision);
+            }
+        };
+        let reply = match tokio::time::timeout(COMMAND_TIMEOUT, self.run(&cmd, &mut conn)).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => return failed(&e, self.connector.reconnect_after(&e), batch),
+            Err(_) => {
+                let reconnect = !matches!(self.connector, Connector::Cluster(_));
+                return failed(&"timed out", reconnect, batch);
+            }
+        };
+        let Some(parts) = split_reply(&reply, batch.len()) else {
+            return failed(&"unexpected script reply", false, batch);
+        };
+        self.recovered();
+        for (pending, part) in batch.into_iter().zip(parts) {
+            let decision = match decode(&pending.key.meta, pending.user.is_some(), part) {
+                Some(decision) => decision,
+                None => self.on_error(&pending.key, Some((&"unexpected script reply", false))),
+            };
+            let _ = pending.reply.send(decision);
+        }
+    }
+
+    /// One `EVALSHA` for `batch`, built straight into one buffer (the users' key names
+    /// included, with no `String` of their own).
+    fn evalsha(&self, batch: &[Pending]) -> Cmd {
+        let users = batch.iter().filter(|p| p.user.is_some()).count();
+        let len = 64
+            + batch
+                .iter()
+                .map(|p| {
+                    let user = p
+                        .user
+                        .map_or(0, |_| p.key.user_prefix.len() + 20 + PARAMS_LEN);
+                    32 + p.key.state_key.len() + p.key.params.len() + user
+                })
+                .sum::<usize>();
+        let mut cmd = Cmd::with_capacity(3 + 3 * batch.len() + users, len);
         cmd.arg("EVALSHA")
             .arg(self.script.get_hash())
-            .arg(if user.is_some() { 2 } else { 1 })
-            .arg(&key.state_key);
-        if let Some((user, _)) = user {
-            cmd.write_arg_fmt(format_args!("{}{user}", key.user_prefix));
+            .arg(batch.len() + users);
+        for p in batch {
+            cmd.arg(&p.key.state_key);
+            if let Some(user) = p.user {
+                cmd.write_arg_fmt(format_args!("{}{user}", p.key.user_prefix));
+            }
         }
-        cmd.arg(&key.params[..]);
-        if let Some((_, params)) = user {
-            cmd.arg(&params[..]);
+        for p in batch {
+            cmd.arg(&p.key.params[..]);
+            match p.user.and(p.key.user_params.as_ref()) {
+                Some(params) => cmd.arg(&params[..]),
+                None => cmd.arg(&b""[..]),
+            };
         }
         cmd
     }
@@ -445,10 +598,16 @@ impl Shared {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Whether requests may use Redis now: there is a connection and no recent failure
+    /// pauses its use.
+    fn ready(&self) -> bool {
+        self.now_ms() >= self.paused_until.load(Ordering::Relaxed) && self.conn.load().is_some()
+    }
+
     /// The connection (a clone sharing its socket), unless there is none yet or a recent
     /// failure pauses its use.
     fn usable(&self) -> Option<Conn> {
-        if self.now_ms() < self.paused_until.load(Ordering::Relaxed) {
+        if !self.ready() {
             return None;
         }
         self.conn.load().as_deref().cloned()
