@@ -32,6 +32,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod alloc;
 pub mod app;
 pub mod auth;
 pub mod cli;

@@ -10,11 +10,9 @@ use clap::{Parser, Subcommand};
 
 use qbgate::policy;
 
-/// mimalloc rather than glibc's malloc: a request makes a few dozen short-lived allocations
-/// (header maps, buffers, futures), and glibc's arenas cost about a tenth of the gateway's CPU
-/// per request in the profile (`bench/RESULTS.md`).
+/// mimalloc rather than glibc's malloc (see `qbgate::alloc`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: qbgate::alloc::Allocator = qbgate::alloc::Allocator;
 
 /// Exit code for a policy that does not compile (sysexits `EX_USAGE`).
 const EX_USAGE: u8 = 64;
