@@ -60,6 +60,8 @@ struct State {
     read: BytesMut,
     /// The bytes being written: a request head (and a small body), or a chunk's framing.
     write: Vec<u8>,
+    /// The field names of the last answer (see [`answer::Names`]).
+    names: answer::Names,
 }
 
 /// The answer to a request: its head, and its body, whole or still to read.
@@ -77,6 +79,7 @@ impl Conn {
             io,
             read: BytesMut::new(),
             write: Vec::new(),
+            names: answer::Names::default(),
         }))
     }
 
@@ -119,7 +122,7 @@ impl Conn {
         let head = std::future::poll_fn(|cx| {
             exchange(
                 &mut self.0.io,
-                &mut self.0.read,
+                (&mut self.0.read, &mut self.0.names),
                 &mut self.0.write,
                 &mut out,
                 request.body_mut(),
@@ -318,7 +321,7 @@ fn hex(mut n: u64, out: &mut [u8; 16]) -> &[u8] {
 /// may answer (413, say) before it has read the whole body.
 fn exchange(
     io: &mut Io,
-    read: &mut BytesMut,
+    (read, names): (&mut BytesMut, &mut Names),
     write: &mut Vec<u8>,
     out: &mut Outgoing,
     body: &mut ProxyBody,
@@ -338,7 +341,7 @@ fn exchange(
     if !out.wrote_any {
         return Poll::Pending;
     }
-    match ready!(poll_head(io, read, out.head_only, cx)) {
+    match ready!(poll_head(io, read, names, out.head_only, cx)) {
         Ok(head) => Poll::Ready(Ok(head)),
         Err(e) => Poll::Ready(Err(SendError::Failed(out.broken.take().unwrap_or(e)))),
     }
@@ -391,12 +394,13 @@ fn nonzero(n: usize) -> io::Result<usize> {
 fn poll_head(
     io: &mut Io,
     read: &mut BytesMut,
+    names: &mut Names,
     head_only: bool,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Head, BoxError>> {
     loop {
         if !read.is_empty() {
-            if let Some(head) = parse_head(read, head_only)? {
+            if let Some(head) = parse_head(read, head_only, names)? {
                 return Poll::Ready(Ok(head));
             }
             if read.len() > MAX_HEAD {

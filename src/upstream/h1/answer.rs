@@ -85,6 +85,53 @@ struct Fields {
     length: Result<Option<u64>, &'static str>,
 }
 
+/// The field names of a connection's last answer, by position, with the bytes each was read
+/// from. An upstream sends the same fields in the same order answer after answer, so a name is
+/// usually taken from here (a compare of a few bytes and a reference count) rather than parsed
+/// and, for a name outside the standard table, allocated again.
+#[derive(Default)]
+pub(super) struct Names(Vec<(Raw, HeaderName)>);
+
+/// Positions remembered; fields past them are parsed every time.
+const NAMES_KEPT: usize = 16;
+
+/// Names longer than this are not remembered.
+const NAME_KEPT_LEN: usize = 32;
+
+/// A name's bytes exactly as they came (the case included).
+struct Raw {
+    len: u8,
+    bytes: [u8; NAME_KEPT_LEN],
+}
+
+impl Names {
+    /// The name of the `i`th kept field, whose bytes are `raw`.
+    fn name(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, BoxError> {
+        if let Some((kept, name)) = self.0.get(i) {
+            if &kept.bytes[..usize::from(kept.len)] == raw {
+                return Ok(name.clone());
+            }
+        }
+        let name = HeaderName::from_bytes(raw).map_err(|_| protocol("bad header name"))?;
+        if i <= self.0.len() && i < NAMES_KEPT && raw.len() <= NAME_KEPT_LEN {
+            let mut bytes = [0; NAME_KEPT_LEN];
+            bytes[..raw.len()].copy_from_slice(raw);
+            let entry = (
+                Raw {
+                    len: raw.len() as u8,
+                    bytes,
+                },
+                name.clone(),
+            );
+            match self.0.get_mut(i) {
+                Some(slot) => *slot = entry,
+                None => self.0.push(entry),
+            }
+        }
+        Ok(name)
+    }
+}
+
 /// How [`parse_head`] treats a field, by its name (any case).
 enum Field {
     Connection,
@@ -121,8 +168,13 @@ pub(super) struct Head {
 
 /// Parse a complete head at the front of `read` and take it off; skip 1xx heads. `None` when the
 /// head is not complete yet. Header values share the head's bytes; the framing fields are read
-/// from the raw bytes and not kept, nor is any other hop-by-hop field.
-pub(super) fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<Head>, BoxError> {
+/// from the raw bytes and not kept, nor is any other hop-by-hop field. `names`: the
+/// connection's names of its last answer.
+pub(super) fn parse_head(
+    read: &mut BytesMut,
+    head_only: bool,
+    names: &mut Names,
+) -> Result<Option<Head>, BoxError> {
     loop {
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut []);
@@ -195,13 +247,14 @@ pub(super) fn parse_head(read: &mut BytesMut, head_only: bool) -> Result<Option<
         // Room for what the gateway adds to every answer (request id, rate-limit fields), so
         // those inserts do not grow the map.
         let mut map = HeaderMap::with_capacity(count + ADDED_FIELDS);
-        for &(name_at, name_len, value_at, value_len) in &spans[..count] {
+        for (i, &(name_at, name_len, value_at, value_len)) in spans[..count].iter().enumerate() {
             let (name_at, value_at) = (name_at as usize, value_at as usize);
-            let name = HeaderName::from_bytes(&head[name_at..name_at + name_len as usize])
-                .map_err(|_| protocol("bad header name"))?;
-            let value =
-                HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len as usize))
-                    .map_err(|_| protocol("bad header value"))?;
+            let name = names.name(i, &head[name_at..name_at + name_len as usize])?;
+            let value = head.slice(value_at..value_at + value_len as usize);
+            // SAFETY: httparse (strict, `ParserConfig::default()`) accepts in a value only HTAB
+            // and the bytes from SP up except DEL, exactly what `HeaderValue` allows; debug
+            // builds check it again.
+            let value = unsafe { HeaderValue::from_maybe_shared_unchecked(value) };
             map.append(name, value);
         }
         for name in listed {
@@ -383,7 +436,7 @@ pub fn decode(
     head_only: bool,
 ) -> Result<(http::response::Parts, Vec<u8>, bool), BoxError> {
     let mut read = BytesMut::from(wire);
-    let Some(head) = parse_head(&mut read, head_only)? else {
+    let Some(head) = parse_head(&mut read, head_only, &mut Names::default())? else {
         return Err(closed());
     };
     let mut body = Vec::new();

@@ -52,7 +52,7 @@ fn hex_sizes() {
 
 fn framing(head: &str, head_only: bool) -> Result<(Framing, bool), ()> {
     let mut read = BytesMut::from(head.as_bytes());
-    let head = parse_head(&mut read, head_only)
+    let head = parse_head(&mut read, head_only, &mut Names::default())
         .map_err(|_| ())?
         .ok_or(())?;
     Ok((head.framing, head.reusable))
@@ -149,13 +149,18 @@ fn interim_answers_are_skipped_and_a_partial_head_waits() {
     let mut read = BytesMut::from(
         &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nx-a: 1\r\ncontent-length: 2\r\n\r\n{}"[..],
     );
-    let parts = parse_head(&mut read, false).unwrap().unwrap().parts;
+    let parts = parse_head(&mut read, false, &mut Names::default())
+        .unwrap()
+        .unwrap()
+        .parts;
     assert_eq!(parts.status, 201);
     assert_eq!(parts.headers["x-a"], "1");
     assert_eq!(&read[..], b"{}");
 
     let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-le"[..]);
-    assert!(parse_head(&mut partial, false).unwrap().is_none());
+    assert!(parse_head(&mut partial, false, &mut Names::default())
+        .unwrap()
+        .is_none());
     assert_eq!(partial.len(), 27);
 }
 
@@ -195,5 +200,83 @@ fn a_request_head_carries_the_host_and_its_own_framing() {
         let out = Outgoing::new(&mut buf, &request, &host);
         assert_eq!(String::from_utf8(buf).unwrap(), wire);
         assert_eq!(out.body_in_head, method == "PUT" && wire.ends_with("{}"));
+    }
+}
+
+/// The fields of `parts` in order, as (name, value).
+fn fields(parts: &http::response::Parts) -> Vec<(String, Vec<u8>)> {
+    parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+proptest::proptest! {
+    /// Names remembered from a connection's earlier answers never change what a head reads as:
+    /// runs of heads (names from a small pool, in any case and order, so that positions repeat,
+    /// shift and differ, one name past the remembered length) read exactly as each head read
+    /// afresh.
+    #[test]
+    fn remembered_names_read_as_fresh(
+        heads in proptest::collection::vec(
+            proptest::collection::vec((0..8usize, proptest::bool::ANY, "[ -~\té]{0,12}"), 0..20),
+            1..6,
+        )
+    ) {
+        const POOL: [&str; 8] = [
+            "X-Token",
+            "X-Tokez",
+            "x-token",
+            "Content-Type",
+            "server",
+            "QB-Token-ExpirationDate",
+            "X-A-Field-Name-Longer-Than-Thirty-Two-Bytes",
+            "Date",
+        ];
+        let mut names = Names::default();
+        for head in heads {
+            let mut wire = String::from("HTTP/1.1 200 OK\r\n");
+            for (which, upper, value) in &head {
+                let name = POOL[*which];
+                let name = if *upper { name.to_ascii_uppercase() } else { name.to_string() };
+                wire.push_str(&format!("{name}: {value}\r\n"));
+            }
+            wire.push_str("content-length: 0\r\n\r\n");
+            let kept = parse_head(&mut BytesMut::from(wire.as_bytes()), false, &mut names)
+                .expect("a good head")
+                .expect("whole");
+            let fresh = parse_head(&mut BytesMut::from(wire.as_bytes()), false, &mut Names::default())
+                .expect("a good head")
+                .expect("whole");
+            proptest::prop_assert_eq!(fields(&kept.parts), fields(&fresh.parts));
+            proptest::prop_assert_eq!(kept.parts.headers.len(), head.len() + 1);
+        }
+    }
+}
+
+#[test]
+fn a_remembered_name_is_not_taken_for_another() {
+    let mut names = Names::default();
+    for (wire, expect) in [
+        (
+            &b"HTTP/1.1 200 OK\r\nX-A: 1\r\nServer: a\r\n\r\n"[..],
+            ["x-a", "server"],
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nX-B: 2\r\nserver: b\r\n\r\n",
+            ["x-b", "server"],
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nX-BB: 3\r\nx-b: c\r\n\r\n",
+            ["x-bb", "x-b"],
+        ),
+    ] {
+        let parts = parse_head(&mut BytesMut::from(wire), true, &mut names)
+            .unwrap()
+            .unwrap()
+            .parts;
+        let got: Vec<&str> = parts.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(got, expect);
     }
 }
