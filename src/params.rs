@@ -178,7 +178,7 @@ fn parse_json(body: &[u8]) -> Result<Map<String, Value>, ParamsError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let seed = StrictValue {
         depth: 0,
-        path: String::new(),
+        path: Path::Root,
         fault: &fault,
     };
     let parsed = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
@@ -194,15 +194,35 @@ fn parse_json(body: &[u8]) -> Result<Map<String, Value>, ParamsError> {
 /// Deserializes any JSON value like `serde_json::Value` does, but refuses duplicate object keys
 /// (serde_json keeps the last one silently) and nesting deeper than [`MAX_DEPTH`]. The typed
 /// error goes through `fault`, since serde's error type only carries text.
-struct StrictValue<'f> {
+struct StrictValue<'f, 'p> {
     /// Containers already entered above this value.
     depth: usize,
-    /// Where this value sits, in bracket form, to name a duplicate key.
-    path: String,
+    /// Where this value sits, to name a duplicate key; spelled out only then.
+    path: Path<'p>,
     fault: &'f RefCell<Option<ParamsError>>,
 }
 
-impl StrictValue<'_> {
+/// Where a JSON value sits: the keys and array levels above it.
+#[derive(Clone, Copy)]
+enum Path<'p> {
+    Root,
+    Key(&'p Path<'p>, &'p str),
+    Item(&'p Path<'p>),
+}
+
+impl Path<'_> {
+    /// In bracket form, as a form key would spell it: `a[b][]`.
+    fn spell(&self) -> String {
+        match self {
+            Path::Root => String::new(),
+            Path::Key(Path::Root, key) => (*key).to_string(),
+            Path::Key(parent, key) => format!("{}[{key}]", parent.spell()),
+            Path::Item(parent) => format!("{}[]", parent.spell()),
+        }
+    }
+}
+
+impl StrictValue<'_, '_> {
     fn fail<E: de::Error>(&self, err: ParamsError) -> E {
         let msg = err.to_string();
         *self.fault.borrow_mut() = Some(err);
@@ -220,7 +240,7 @@ impl StrictValue<'_> {
     }
 }
 
-impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
+impl<'de> DeserializeSeed<'de> for StrictValue<'_, '_> {
     type Value = Value;
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
@@ -228,7 +248,7 @@ impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for StrictValue<'_> {
+impl<'de> Visitor<'de> for StrictValue<'_, '_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -276,7 +296,7 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
         loop {
             let child = StrictValue {
                 depth,
-                path: format!("{}[]", self.path),
+                path: Path::Item(&self.path),
                 fault: self.fault,
             };
             match seq.next_element_seed(child)? {
@@ -291,13 +311,9 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
         let depth = self.enter()?;
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            let path = if self.path.is_empty() {
-                key.clone()
-            } else {
-                format!("{}[{key}]", self.path)
-            };
+            let path = Path::Key(&self.path, &key);
             if object.contains_key(&key) {
-                return Err(self.fail(ParamsError::Duplicate(path)));
+                return Err(self.fail(ParamsError::Duplicate(path.spell())));
             }
             let child = StrictValue {
                 depth,
