@@ -88,6 +88,42 @@ impl Default for RequestIds {
     }
 }
 
+/// The fields [`handle`] reads of the request as it came, found in one pass over its headers:
+/// a name comparison per field, where a lookup per name would hash it (five names, and most
+/// requests carry none of them).
+struct Seen<'a> {
+    /// The first `User-Agent`, as `HeaderMap::get` would answer.
+    user_agent: Option<&'a HeaderValue>,
+    expect: bool,
+    /// The first `X-Request-Id`.
+    request_id: Option<&'a HeaderValue>,
+    trace: crate::trace::Seen<'a>,
+}
+
+impl<'a> Seen<'a> {
+    fn of(headers: &'a http::HeaderMap) -> Self {
+        let mut seen = Seen {
+            user_agent: None,
+            expect: false,
+            request_id: None,
+            trace: crate::trace::Seen::default(),
+        };
+        // Every field, repeated names included; a name's first value comes first.
+        for (name, value) in headers {
+            if *name == header::USER_AGENT {
+                seen.user_agent.get_or_insert(value);
+            } else if *name == header::EXPECT {
+                seen.expect = true;
+            } else if *name == X_REQUEST_ID {
+                seen.request_id.get_or_insert(value);
+            } else {
+                seen.trace.note(name, value);
+            }
+        }
+        seen
+    }
+}
+
 /// Serve one request through every phase. `observer` (tests) sees what was judged for every
 /// request that is forwarded. `watch`: the client connection's upstream deadline, when the
 /// connection's sweep times the upstream wait (HTTP/1.1; `upstream/deadline.rs`).
@@ -107,19 +143,21 @@ pub async fn handle(
     let (mut parts, body) = request.into_parts();
     let method = parts.method.clone();
     let version = parts.version;
+    let seen = Seen::of(&parts.headers);
     // A clone shares the header's bytes with the request head.
-    let user_agent = parts.headers.get(header::USER_AGENT).cloned();
-    let expects_continue = parts.headers.contains_key(header::EXPECT);
-    let request_id = match parts.headers.get(&X_REQUEST_ID) {
+    let user_agent = seen.user_agent.cloned();
+    let expects_continue = seen.expect;
+    let request_id = match seen.request_id {
         Some(id) if upstream::valid_request_id(id) => id.clone(),
         _ => ids.next(),
     };
+    let incoming_trace = seen.trace.read();
     // Trace context: read the caller's, write the upstream's, before normalization copies the
     // headers into the canonical request.
     let tracer = &runtime.tracer;
-    let trace = tracer
-        .propagate
-        .then(|| crate::trace::Context::start(&mut parts.headers, tracer.exporting()));
+    let trace = tracer.propagate.then(|| {
+        crate::trace::Context::write(&mut parts.headers, incoming_trace, tracer.exporting())
+    });
     let export = trace
         .as_ref()
         .and_then(|t| tracer.exporter_for(t))
