@@ -482,6 +482,40 @@ mod tests {
         assert!(upstream::valid_request_id(&random));
     }
 
+    /// Each name's first value, as a lookup would answer, wherever the field stands; the trace
+    /// context's fields are noted for it.
+    #[test]
+    fn handle_reads_the_first_value_of_each_of_its_fields_in_one_pass() {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("host", "gate"),
+            ("x-request-id", "first-id"),
+            ("user-agent", "first-agent"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("x-request-id", "second-id"),
+            ("user-agent", "second-agent"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        let seen = Seen::of(&headers);
+        assert_eq!(seen.user_agent.unwrap(), "first-agent");
+        assert_eq!(seen.request_id.unwrap(), "first-id");
+        assert!(!seen.expect);
+        let mut traced = headers.clone();
+        let cx = crate::trace::Context::write(&mut traced, seen.trace.read(), false);
+        assert_eq!(cx.parent(), Some(*b"00f067aa0ba902b7"));
+
+        headers.append(header::EXPECT, HeaderValue::from_static("100-continue"));
+        let seen = Seen::of(&headers);
+        assert!(seen.expect);
+        let empty = http::HeaderMap::new();
+        let seen = Seen::of(&empty);
+        assert!(seen.user_agent.is_none() && seen.request_id.is_none() && !seen.expect);
+    }
+
     /// The size of an async fn's future, without making one.
     fn future_size<A, B, C, F, G: FnOnce(A, B, C) -> F>(_: G) -> usize {
         std::mem::size_of::<F>()
