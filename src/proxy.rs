@@ -69,15 +69,15 @@ impl RequestIds {
         }
     }
 
-    /// `{prefix:08x}{counter:012x}`, hex-encoded by hand (no `fmt` per request).
+    /// `{prefix:08x}{counter:012x}`, hex-encoded by hand (no `fmt` per request): the prefix's
+    /// 4 bytes and the counter's low 6, a byte's two digits at a time.
     fn next(&self) -> HeaderValue {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut bytes = [0u8; 10];
+        bytes[..4].copy_from_slice(&self.prefix.to_be_bytes());
+        bytes[4..].copy_from_slice(&n.to_be_bytes()[2..]);
         let mut id = [0u8; 20];
-        let value = (u128::from(self.prefix) << 48) | u128::from(n & 0xffff_ffff_ffff);
-        for (i, byte) in id.iter_mut().enumerate() {
-            *byte = HEX[((value >> (4 * (19 - i))) & 0xf) as usize];
-        }
+        crate::trace::hex_bytes(&mut id, &bytes);
         HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
     }
 }
