@@ -7,7 +7,7 @@
 use std::sync::{Arc, LazyLock};
 use std::time::SystemTime;
 
-use http::header::{self, HeaderName};
+use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
@@ -42,9 +42,14 @@ pub fn authenticate(
     headers: &HeaderMap,
     now: SystemTime,
 ) -> Result<Principal, GateError> {
-    let authorization = single(headers, &header::AUTHORIZATION)?;
-    let token = single(headers, &QB_TOKEN)?;
-    let on_behalf_of = single(headers, &ON_BEHALF_OF)?
+    let found = Credentials::of(headers);
+    // Refused in this order when several are bad.
+    let repeated = || GateError::BadHeader("a credential header is repeated");
+    let authorization = found.authorization.single(repeated)?;
+    let token = found.token.single(repeated)?;
+    let on_behalf_of = found
+        .on_behalf_of
+        .single(|| GateError::BadOnBehalfOf)?
         .map(|v| parse_user(v.as_bytes()).ok_or(GateError::BadOnBehalfOf))
         .transpose()?;
     match (authorization, token) {
@@ -112,21 +117,61 @@ pub fn authenticate(
     }
 }
 
-/// The header's only value; two values are ambiguous and refused.
-fn single<'a>(
-    headers: &'a HeaderMap,
-    name: &'static HeaderName,
-) -> Result<Option<&'a http::HeaderValue>, GateError> {
-    let mut values = headers.get_all(name).iter();
-    let first = values.next();
-    if values.next().is_some() {
-        return Err(if *name == ON_BEHALF_OF {
-            GateError::BadOnBehalfOf
-        } else {
-            GateError::BadHeader("a credential header is repeated")
-        });
+/// The credential headers, found in one pass over the fields: a name comparison per field,
+/// where a lookup per name would hash it.
+#[derive(Default)]
+struct Credentials<'a> {
+    authorization: Field<'a>,
+    token: Field<'a>,
+    on_behalf_of: Field<'a>,
+}
+
+impl<'a> Credentials<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        let mut found = Credentials::default();
+        // Every field, repeated names included.
+        for (name, value) in headers {
+            let field = if *name == header::AUTHORIZATION {
+                &mut found.authorization
+            } else if *name == QB_TOKEN {
+                &mut found.token
+            } else if *name == ON_BEHALF_OF {
+                &mut found.on_behalf_of
+            } else {
+                continue;
+            };
+            field.note(value);
+        }
+        found
     }
-    Ok(first)
+}
+
+/// One header's first value, and whether it came again.
+#[derive(Default)]
+struct Field<'a> {
+    first: Option<&'a HeaderValue>,
+    repeated: bool,
+}
+
+impl<'a> Field<'a> {
+    fn note(&mut self, value: &'a HeaderValue) {
+        if self.first.is_some() {
+            self.repeated = true;
+        } else {
+            self.first = Some(value);
+        }
+    }
+
+    /// The header's only value; two values are ambiguous and refused with `repeated`'s error.
+    fn single(
+        self,
+        repeated: impl FnOnce() -> GateError,
+    ) -> Result<Option<&'a HeaderValue>, GateError> {
+        if self.repeated {
+            return Err(repeated());
+        }
+        Ok(self.first)
+    }
 }
 
 /// `ApiKey <key>` (scheme in any case) -> the key bytes.

@@ -69,15 +69,15 @@ impl RequestIds {
         }
     }
 
-    /// `{prefix:08x}{counter:012x}`, hex-encoded by hand (no `fmt` per request).
+    /// `{prefix:08x}{counter:012x}`, hex-encoded by hand (no `fmt` per request): the prefix's
+    /// 4 bytes and the counter's low 6, a byte's two digits at a time.
     fn next(&self) -> HeaderValue {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut bytes = [0u8; 10];
+        bytes[..4].copy_from_slice(&self.prefix.to_be_bytes());
+        bytes[4..].copy_from_slice(&n.to_be_bytes()[2..]);
         let mut id = [0u8; 20];
-        let value = (u128::from(self.prefix) << 48) | u128::from(n & 0xffff_ffff_ffff);
-        for (i, byte) in id.iter_mut().enumerate() {
-            *byte = HEX[((value >> (4 * (19 - i))) & 0xf) as usize];
-        }
+        crate::trace::hex_bytes(&mut id, &bytes);
         HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
     }
 }
@@ -85,6 +85,42 @@ impl RequestIds {
 impl Default for RequestIds {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The fields [`handle`] reads of the request as it came, found in one pass over its headers:
+/// a name comparison per field, where a lookup per name would hash it (five names, and most
+/// requests carry none of them).
+struct Seen<'a> {
+    /// The first `User-Agent`, as `HeaderMap::get` would answer.
+    user_agent: Option<&'a HeaderValue>,
+    expect: bool,
+    /// The first `X-Request-Id`.
+    request_id: Option<&'a HeaderValue>,
+    trace: crate::trace::Seen<'a>,
+}
+
+impl<'a> Seen<'a> {
+    fn of(headers: &'a http::HeaderMap) -> Self {
+        let mut seen = Seen {
+            user_agent: None,
+            expect: false,
+            request_id: None,
+            trace: crate::trace::Seen::default(),
+        };
+        // Every field, repeated names included; a name's first value comes first.
+        for (name, value) in headers {
+            if *name == header::USER_AGENT {
+                seen.user_agent.get_or_insert(value);
+            } else if *name == header::EXPECT {
+                seen.expect = true;
+            } else if *name == X_REQUEST_ID {
+                seen.request_id.get_or_insert(value);
+            } else {
+                seen.trace.note(name, value);
+            }
+        }
+        seen
     }
 }
 
@@ -107,19 +143,21 @@ pub async fn handle(
     let (mut parts, body) = request.into_parts();
     let method = parts.method.clone();
     let version = parts.version;
+    let seen = Seen::of(&parts.headers);
     // A clone shares the header's bytes with the request head.
-    let user_agent = parts.headers.get(header::USER_AGENT).cloned();
-    let expects_continue = parts.headers.contains_key(header::EXPECT);
-    let request_id = match parts.headers.get(&X_REQUEST_ID) {
+    let user_agent = seen.user_agent.cloned();
+    let expects_continue = seen.expect;
+    let request_id = match seen.request_id {
         Some(id) if upstream::valid_request_id(id) => id.clone(),
         _ => ids.next(),
     };
+    let incoming_trace = seen.trace.read();
     // Trace context: read the caller's, write the upstream's, before normalization copies the
     // headers into the canonical request.
     let tracer = &runtime.tracer;
-    let trace = tracer
-        .propagate
-        .then(|| crate::trace::Context::start(&mut parts.headers, tracer.exporting()));
+    let trace = tracer.propagate.then(|| {
+        crate::trace::Context::write(&mut parts.headers, incoming_trace, tracer.exporting())
+    });
     let export = trace
         .as_ref()
         .and_then(|t| tracer.exporter_for(t))
@@ -442,6 +480,40 @@ mod tests {
         let random = RequestIds::new().next();
         assert_eq!(random.len(), 20);
         assert!(upstream::valid_request_id(&random));
+    }
+
+    /// Each name's first value, as a lookup would answer, wherever the field stands; the trace
+    /// context's fields are noted for it.
+    #[test]
+    fn handle_reads_the_first_value_of_each_of_its_fields_in_one_pass() {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("host", "gate"),
+            ("x-request-id", "first-id"),
+            ("user-agent", "first-agent"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("x-request-id", "second-id"),
+            ("user-agent", "second-agent"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        let seen = Seen::of(&headers);
+        assert_eq!(seen.user_agent.unwrap(), "first-agent");
+        assert_eq!(seen.request_id.unwrap(), "first-id");
+        assert!(!seen.expect);
+        let mut traced = headers.clone();
+        let cx = crate::trace::Context::write(&mut traced, seen.trace.read(), false);
+        assert_eq!(cx.parent(), Some(*b"00f067aa0ba902b7"));
+
+        headers.append(header::EXPECT, HeaderValue::from_static("100-continue"));
+        let seen = Seen::of(&headers);
+        assert!(seen.expect);
+        let empty = http::HeaderMap::new();
+        let seen = Seen::of(&empty);
+        assert!(seen.user_agent.is_none() && seen.request_id.is_none() && !seen.expect);
     }
 
     /// The size of an async fn's future, without making one.

@@ -72,8 +72,12 @@ pub fn normalize(
         None => false,
     };
     let mut headers = std::mem::take(&mut parts.headers);
-    headers::canonical(&mut headers)?;
-    let media = Media::read(&headers)?;
+    let seen = headers::canonical(&mut headers)?;
+    let media = if seen.content_type {
+        Media::read(&headers)?
+    } else {
+        None
+    };
     if media.is_none() && !body_empty && body::is_write(&method) {
         return Err(GateError::UntypedBody);
     }

@@ -37,7 +37,18 @@ use crate::policy;
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// Every byte's two lowercase hex digits, made at compile time: a byte is written as one lookup
+/// and one two-byte copy (a digit at a time costs twice as many instructions).
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    pairs
+};
 
 /// `00-` + 32 + `-` + 16 + `-` + 2.
 const HEADER_LEN: usize = 55;
@@ -56,22 +67,19 @@ impl Context {
     /// `traceparent` always (the same trace, or a new one), `tracestate` kept only beside a
     /// valid `traceparent`. A new trace is marked sampled when `sample_new` (spans are exported).
     pub fn start(headers: &mut HeaderMap, sample_new: bool) -> Context {
+        let mut seen = Seen::default();
+        for (name, value) in headers.iter() {
+            seen.note(name, value);
+        }
+        let incoming = seen.read();
+        Context::write(headers, incoming, sample_new)
+    }
+
+    /// [`Context::start`] for a request whose fields were already looked at ([`Seen`], in the
+    /// caller's own pass over them): the incoming context as read there, the outgoing written.
+    pub fn write(headers: &mut HeaderMap, incoming: Incoming, sample_new: bool) -> Context {
         let mut header = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        // One hash of the name for the lookup and the write (the common case, no header, and
-        // the traced one alike).
-        let entry = headers.entry(TRACEPARENT.clone());
-        let incoming = match &entry {
-            http::header::Entry::Occupied(found) => {
-                let mut all = found.iter();
-                match (all.next(), all.next()) {
-                    (Some(one), None) => parse(one.as_bytes()),
-                    // Sent twice: no way to tell which is meant.
-                    _ => None,
-                }
-            }
-            http::header::Entry::Vacant(_) => None,
-        };
-        let parent = match incoming {
+        let parent = match incoming.parsed {
             Some(parsed) => {
                 header[3..35].copy_from_slice(&parsed.trace_id);
                 header[53] = b'0';
@@ -86,18 +94,13 @@ impl Context {
             }
         };
         hex_into(&mut header[36..52], nonzero_random());
-        // Hex digits and dashes only: always a valid header value.
+        // Hex digits and dashes only: always a valid header value. An insert replaces every
+        // copy the caller sent.
         if let Ok(value) = HeaderValue::from_bytes(&header) {
-            match entry {
-                http::header::Entry::Occupied(mut found) => {
-                    found.insert(value);
-                }
-                http::header::Entry::Vacant(slot) => {
-                    slot.insert(value);
-                }
-            }
+            headers.insert(TRACEPARENT.clone(), value);
         }
-        if parent.is_none() {
+        // Looked up only when there is one to drop: most requests carry none.
+        if parent.is_none() && incoming.tracestate {
             headers.remove(&TRACESTATE);
         }
         Context { header, parent }
@@ -126,6 +129,49 @@ impl Context {
     pub fn parent(&self) -> Option<[u8; 16]> {
         self.parent
     }
+}
+
+/// The trace context fields of a request, noted during a pass over its headers (one name
+/// comparison each, where a lookup per name would hash it).
+#[derive(Default, Clone, Copy)]
+pub struct Seen<'a> {
+    /// The first `traceparent`.
+    traceparent: Option<&'a HeaderValue>,
+    /// `traceparent` came more than once: no way to tell which is meant.
+    repeated: bool,
+    tracestate: bool,
+}
+
+impl<'a> Seen<'a> {
+    /// Note one header field (any other than the trace context's is passed over).
+    pub fn note(&mut self, name: &HeaderName, value: &'a HeaderValue) {
+        if *name == TRACEPARENT {
+            self.repeated = self.traceparent.is_some();
+            self.traceparent.get_or_insert(value);
+        } else if *name == TRACESTATE {
+            self.tracestate = true;
+        }
+    }
+
+    /// The incoming context, read: it no longer borrows the headers, which
+    /// [`Context::write`] then changes.
+    pub fn read(self) -> Incoming {
+        Incoming {
+            parsed: match self.traceparent {
+                Some(one) if !self.repeated => parse(one.as_bytes()),
+                _ => None,
+            },
+            tracestate: self.tracestate,
+        }
+    }
+}
+
+/// The caller's trace context, as [`Seen::read`] found it.
+pub struct Incoming {
+    /// A single valid `traceparent`.
+    parsed: Option<Parsed>,
+    /// A `tracestate` came (dropped unless beside a valid `traceparent`).
+    tracestate: bool,
 }
 
 /// What a valid `traceparent` says.
@@ -179,11 +225,16 @@ fn nonzero_random() -> u64 {
     fastrand::u64(..).max(1)
 }
 
-/// `n` as 16 lowercase hex digits into `out` (its 16 bytes), a byte's two digits at a time.
+/// `n` as 16 lowercase hex digits into `out` (its 16 bytes).
 fn hex_into(out: &mut [u8], n: u64) {
-    for (pair, byte) in out.chunks_exact_mut(2).zip(n.to_be_bytes()) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0xf)];
+    hex_bytes(out, &n.to_be_bytes());
+}
+
+/// `bytes` as lowercase hex into `out` (twice as long), a byte's two digits at a time; also the
+/// digits of the gateway's request ids.
+pub fn hex_bytes(out: &mut [u8], bytes: &[u8]) {
+    for (pair, &byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
     }
 }
 
@@ -703,6 +754,23 @@ mod tests {
     }
 
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn hex_digits_are_what_fmt_writes() {
+        for byte in 0..=255u8 {
+            let mut out = [0u8; 2];
+            hex_bytes(&mut out, &[byte]);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{byte:02x}"));
+        }
+        for n in [0, 1, 0xa0f, u64::MAX, 0x0123_4567_89ab_cdef]
+            .into_iter()
+            .chain(std::iter::repeat_with(|| fastrand::u64(..)).take(1000))
+        {
+            let mut out = [0u8; 16];
+            hex_into(&mut out, n);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{n:016x}"));
+        }
+    }
 
     #[test]
     fn a_valid_traceparent_is_kept_and_the_gateway_becomes_the_parent() {

@@ -875,6 +875,36 @@ async fn no_refusal_leaves_a_keep_alive_client_writing_into_a_closed_connection(
     }
 }
 
+/// A refused request that asked for `100-continue` sends no body until told to: the gateway
+/// neither waits for it nor keeps the connection (its next bytes would be that body), and says
+/// so. Without the `Expect`, the same refusal keeps the connection (the test above).
+#[tokio::test]
+async fn a_refused_request_expecting_100_continue_is_told_the_connection_closes() {
+    let gate = Gate::start("").await;
+    for expect in ["100-continue", "100-Continue"] {
+        let mut conn = Conn::open(gate.addr).await;
+        conn.write(&head_only(
+            "PUT",
+            &update_path(),
+            &[
+                ("User-Agent", "expecting"),
+                ("Authorization", "ApiKey nope"),
+                ("Content-Type", "application/json"),
+                ("Expect", expect),
+            ],
+            20,
+        ))
+        .await;
+        let answer = conn.answer().await;
+        answer.assert_gate_error(401, "unknown_key");
+        assert!(answer.closes(), "{expect}: {answer:?}");
+        assert!(
+            conn.closed_within(Duration::from_secs(3)).await,
+            "{expect}: said close, stayed open"
+        );
+    }
+}
+
 /// A request head announcing a body of `length` bytes, sent on its own.
 fn head_only(method: &str, path: &str, headers: &[(&str, &str)], length: usize) -> Vec<u8> {
     let mut out = format!("{method} {path} HTTP/1.1\r\nHost: gate\r\n");

@@ -173,3 +173,50 @@ fn a_rotated_out_digest_works_until_its_not_after_and_the_new_one_keeps_working(
         assert_eq!(new.digest.unwrap().as_str(), &d("new-key")[..8]);
     }
 }
+
+/// When several credential headers are bad at once, the refusal is the first of: a repeated
+/// `Authorization`, a repeated `QB-Token`, a repeated `On-Behalf-Of`, an unreadable
+/// `On-Behalf-Of`, then both credentials; wherever the fields stand in the request.
+#[test]
+fn several_bad_credential_headers_are_refused_in_one_order() {
+    let p = policy("forward");
+    let any = format!("ApiKey {KEY_ANY}");
+    let e = |pairs: &[(&'static str, &str)]| auth(&p, pairs).unwrap_err();
+    let repeated = GateError::BadHeader("a credential header is repeated");
+    for pairs in [
+        &[
+            ("on-behalf-of", "1"),
+            ("on-behalf-of", "x"),
+            ("authorization", any.as_str()),
+            ("authorization", any.as_str()),
+        ][..],
+        &[
+            ("on-behalf-of", "x"),
+            ("qb-token", "t"),
+            ("authorization", any.as_str()),
+            ("qb-token", "t"),
+        ],
+        &[("qb-token", "t"), ("qb-token", "t")],
+    ] {
+        assert_eq!(e(pairs), repeated, "{pairs:?}");
+    }
+    for pairs in [
+        &[
+            ("on-behalf-of", "1"),
+            ("qb-token", "t"),
+            ("on-behalf-of", "1"),
+        ][..],
+        &[("qb-token", "t"), ("on-behalf-of", "x")],
+        &[("on-behalf-of", "x"), ("authorization", "Bearer nope")],
+    ] {
+        assert_eq!(e(pairs), GateError::BadOnBehalfOf, "{pairs:?}");
+    }
+    assert_eq!(
+        e(&[
+            ("qb-token", "t"),
+            ("authorization", &any),
+            ("on-behalf-of", "5")
+        ]),
+        GateError::BothCredentials
+    );
+}

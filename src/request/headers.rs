@@ -67,9 +67,16 @@ fn kind(name: &str) -> Kind {
     }
 }
 
+/// What the header phase's pass saw, for the phases after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// A `Content-Type` came: without one there is nothing for `Media::read` to look up.
+    pub content_type: bool,
+}
+
 /// Check the request's headers and remove the ones that end at this hop. One pass over the
 /// fields decides everything; a second one runs only when something is to be removed.
-pub fn canonical(headers: &mut HeaderMap) -> Result<(), GateError> {
+pub fn canonical(headers: &mut HeaderMap) -> Result<Seen, GateError> {
     let mut seen = 0u8;
     let mut dropped = false;
     // Every field, repeated names included.
@@ -92,8 +99,11 @@ pub fn canonical(headers: &mut HeaderMap) -> Result<(), GateError> {
             Kind::Override => return Err(GateError::MethodOverride),
         }
     }
+    let found = Seen {
+        content_type: seen & 4 != 0,
+    };
     if !dropped {
-        return Ok(());
+        return Ok(found);
     }
     for value in headers.get_all(header::CONNECTION) {
         let value = value.to_str().map_err(|_| GateError::ConnectionHeader)?;
@@ -122,7 +132,7 @@ pub fn canonical(headers: &mut HeaderMap) -> Result<(), GateError> {
     for name in doomed {
         headers.remove(name);
     }
-    Ok(())
+    Ok(found)
 }
 
 /// The name behind a [`Kind::Deciding`] bit.
