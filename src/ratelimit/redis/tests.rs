@@ -616,11 +616,9 @@ async fn failover_under_load(test: &str, how: Failover) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs redis-server and redis-cli (Debian); .ci/run installs them and runs it"]
-async fn cluster_keeps_a_key_and_its_users_in_one_slot() {
-    let redis = ClusterRedis::start("cluster_keeps_a_key_and_its_users_in_one_slot");
-    let store = RedisStore {
+/// The store's settings for `redis`'s nodes, `on_error: deny`.
+fn cluster_store(redis: &ClusterRedis) -> RedisStore {
+    RedisStore {
         servers: RedisServers::Cluster {
             nodes: redis
                 .node_list()
@@ -631,7 +629,14 @@ async fn cluster_keeps_a_key_and_its_users_in_one_slot() {
         password: None,
         ca_file: None,
         on_error_allow: false,
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and redis-cli (Debian); .ci/run installs them and runs it"]
+async fn cluster_keeps_a_key_and_its_users_in_one_slot() {
+    let redis = ClusterRedis::start("cluster_keeps_a_key_and_its_users_in_one_slot");
+    let store = cluster_store(&redis);
     let (a, b) = two_gateways(&store).await;
     within_two_percent(
         "Cluster",
@@ -678,18 +683,7 @@ async fn cluster_keeps_a_key_and_its_users_in_one_slot() {
 #[ignore = "needs redis-server and redis-cli (Debian); .ci/run installs them and runs it"]
 async fn cluster_calls_carry_one_key_s_checks() {
     let redis = ClusterRedis::start("cluster_calls_carry_one_key_s_checks");
-    let store = RedisStore {
-        servers: RedisServers::Cluster {
-            nodes: redis
-                .node_list()
-                .iter()
-                .map(|n| format!("redis://{n}"))
-                .collect(),
-        },
-        password: None,
-        ca_file: None,
-        on_error_allow: false,
-    };
+    let store = cluster_store(&redis);
     let q = Quota {
         per_minute: nz(100_000),
         per_user_per_second: nz(100_000),
