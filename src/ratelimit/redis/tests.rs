@@ -963,6 +963,17 @@ fn with_test_clock() -> String {
     )
 }
 
+/// A redis-server for `test`, the script on a test clock, and a connection to the server.
+async fn on_test_clock(test: &str) -> (Server, Script, ::redis::aio::MultiplexedConnection) {
+    let server = Server::start(test);
+    let client = Client::open(server.url()).expect("client");
+    let conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    (server, Script::new(&with_test_clock()), conn)
+}
+
 /// The script, run by a real redis-server on a clock the test sets, gives exactly what
 /// `Window::check` gives: allowed, remaining, reset and wait per window, the state it stores
 /// (nothing on a refusal) and an expiry at the moment the bucket is full again. Random windows
@@ -972,13 +983,7 @@ fn with_test_clock() -> String {
 async fn script_matches_window_check_exactly() {
     use crate::ratelimit::gcra::{Tat, Window};
 
-    let server = Server::start("script_matches_window_check_exactly");
-    let script = Script::new(&with_test_clock());
-    let client = Client::open(server.url()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let (_server, script, mut conn) = on_test_clock("script_matches_window_check_exactly").await;
     let periods = [1_000_000, 60_000_000, 3_600_000_000, 86_400_000_000];
     let mut cases = Cases(21);
     let (mut admitted, mut refused) = (0, 0);
@@ -1147,13 +1152,8 @@ async fn a_batch_decides_as_its_checks_one_after_another() {
     use crate::ratelimit::gcra::{Tat, Window};
     use std::collections::HashMap;
 
-    let server = Server::start("a_batch_decides_as_its_checks_one_after_another");
-    let script = Script::new(&with_test_clock());
-    let client = Client::open(server.url()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let (_server, script, mut conn) =
+        on_test_clock("a_batch_decides_as_its_checks_one_after_another").await;
     let w = |rate: u32, burst: u32, period: u64| {
         Window::new(
             "w",
